@@ -1,0 +1,145 @@
+"""Domain types shared by the pipeline and the adapters: frozen dataclasses and typed errors.
+
+This is the ground floor: it imports nothing from the project, and nothing here knows gRPC.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ImageFormat(enum.Enum):
+    JPEG = "jpeg"
+    PNG = "png"
+    WEBP = "webp"
+    BMP = "bmp"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What the header of an encoded image says, read without decoding it."""
+
+    format: ImageFormat
+    width: int
+    height: int
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    name: str
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DetectOptionsInput:
+    """Options as the caller gave them: None or empty means 'use the default'."""
+
+    model: ModelRef
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    class_allowlist: tuple[str, ...] = ()
+    max_detections: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DetectOptions:
+    """Options resolved against the defaults and validated."""
+
+    model: ModelRef
+    score_threshold: float
+    iou_threshold: float
+    class_allowlist: frozenset[str]
+    max_detections: int
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """An axis-aligned box; pixels of the original image unless said otherwise."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    def normalized(self, width: int, height: int) -> Box:
+        return Box(self.x_min / width, self.y_min / height, self.x_max / width, self.y_max / height)
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    label: str
+    class_id: int
+    score: float
+    box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionResult:
+    detections: tuple[Detection, ...]
+    width: int
+    height: int
+    model: ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """A bad field, named by its path in the request (e.g. `options.iou_threshold`)."""
+
+    field: str
+    description: str
+
+
+class VisionError(Exception):
+    """Base of the errors the pipeline and adapters raise; errors.py maps each to a status."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+
+class InvalidArgumentError(VisionError):
+    def __init__(self, reason: str, violations: tuple[FieldViolation, ...]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations), reason)
+        self.violations = violations
+
+    @classmethod
+    def one(cls, reason: str, field: str, description: str) -> InvalidArgumentError:
+        return cls(reason, (FieldViolation(field, description),))
+
+
+class ModelNotFoundError(VisionError):
+    def __init__(self, model: ModelRef, field: str) -> None:
+        what = f"model {model.name!r}" + (f" version {model.version!r}" if model.version else "")
+        super().__init__(f"{what} is not served here", "MODEL_NOT_FOUND")
+        self.model = model
+        self.field = field
+
+
+class BackendUnavailableError(VisionError):
+    """The inference backend cannot be reached or is not ready; the caller may retry."""
+
+    def __init__(self, retry_after_s: float = 1.0) -> None:
+        super().__init__("the inference backend is unavailable; retry later", "BACKEND_UNAVAILABLE")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(VisionError):
+    def __init__(self) -> None:
+        super().__init__("the deadline passed before inference finished", "DEADLINE_EXCEEDED")
+
+
+class BackendError(VisionError):
+    """The backend failed in a way the caller cannot fix; details go to the log, not the caller."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("inference failed", "BACKEND_ERROR")
+        self.detail = detail

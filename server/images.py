@@ -1,0 +1,147 @@
+"""Reads an encoded image's format and size from its header and enforces the limits.
+
+Nothing here decodes pixels: a 6 MB upload is checked in microseconds, and a decompression bomb
+is refused by its declared size before anything allocates for it. Decoding happens in Triton.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from server.domain import ImageFormat, ImageInfo, ImageLimits, InvalidArgumentError
+
+FIELD = "image.content"
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"
+# Formats we recognise but do not serve: a clearer error than "not an image".
+_UNSUPPORTED = {
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"\x00\x00\x01\x00": "ICO",
+    b"%PDF": "PDF",
+}
+# JPEG start-of-frame markers that carry the frame size (not DHT C4, JPG C8, DAC CC).
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def inspect_image(content: bytes, limits: ImageLimits) -> ImageInfo:
+    """Returns the image's format and size, or raises InvalidArgumentError naming image.content."""
+    if not content:
+        raise InvalidArgumentError.one("EMPTY_IMAGE", FIELD, "the image is empty")
+    if len(content) > limits.max_bytes:
+        raise InvalidArgumentError.one(
+            "IMAGE_TOO_LARGE", FIELD,
+            f"the image has {len(content)} bytes; the limit is {limits.max_bytes}",
+        )
+    info = _read_header(content)
+    if info.width <= 0 or info.height <= 0:
+        raise InvalidArgumentError.one(
+            "INVALID_IMAGE", FIELD, f"the {info.format.value} header gives no valid size"
+        )
+    if info.width * info.height > limits.max_pixels:
+        raise InvalidArgumentError.one(
+            "IMAGE_TOO_LARGE", FIELD,
+            f"the image is {info.width}x{info.height} pixels; the limit is {limits.max_pixels}",
+        )
+    return info
+
+
+def _read_header(content: bytes) -> ImageInfo:
+    if content.startswith(b"\xff\xd8\xff"):
+        return _jpeg(content)
+    if content.startswith(_PNG_MAGIC):
+        return _png(content)
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
+        return _webp(content)
+    if content.startswith(b"BM"):
+        return _bmp(content)
+    for magic, name in _UNSUPPORTED.items():
+        if content.startswith(magic):
+            raise InvalidArgumentError.one(
+                "UNSUPPORTED_IMAGE_FORMAT", FIELD,
+                f"{name} is not supported; send JPEG, PNG, WebP or BMP",
+            )
+    if content[4:8] == b"ftyp":
+        raise InvalidArgumentError.one(
+            "UNSUPPORTED_IMAGE_FORMAT", FIELD,
+            "HEIF/AVIF is not supported; send JPEG, PNG, WebP or BMP",
+        )
+    raise InvalidArgumentError.one(
+        "INVALID_IMAGE", FIELD, "the bytes are not an image (no JPEG, PNG, WebP or BMP signature)"
+    )
+
+
+def _truncated(fmt: ImageFormat) -> InvalidArgumentError:
+    return InvalidArgumentError.one(
+        "IMAGE_TRUNCATED", FIELD, f"the {fmt.value} data is truncated (upload incomplete?)"
+    )
+
+
+def _jpeg(content: bytes) -> ImageInfo:
+    pos, size, n = 2, None, len(content)
+    while pos + 4 <= n:
+        if content[pos] != 0xFF:
+            raise _truncated(ImageFormat.JPEG)
+        marker = content[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", content, pos + 2)
+        if marker in _JPEG_SOF and pos + 9 <= n:
+            height, width = struct.unpack_from(">HH", content, pos + 5)
+            size = (width, height)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows up to EOI
+            if size is None:
+                break
+            # FF D9 cannot occur inside entropy-coded data (FF is stuffed), so its absence after
+            # the scan starts means the file was cut short. Searching after SOS skips the EOI of
+            # an EXIF thumbnail, which sits in APP1 before it.
+            if content.find(b"\xff\xd9", pos + 2 + length) == -1:
+                raise _truncated(ImageFormat.JPEG)
+            return ImageInfo(ImageFormat.JPEG, size[0], size[1], n)
+        pos += 2 + length
+    raise _truncated(ImageFormat.JPEG)
+
+
+def _png(content: bytes) -> ImageInfo:
+    if len(content) < 33 or content[12:16] != b"IHDR":
+        raise _truncated(ImageFormat.PNG)
+    width, height = struct.unpack_from(">II", content, 16)
+    if content.rfind(_PNG_IEND, 33) == -1:
+        raise _truncated(ImageFormat.PNG)
+    return ImageInfo(ImageFormat.PNG, width, height, len(content))
+
+
+def _webp(content: bytes) -> ImageInfo:
+    (riff_size,) = struct.unpack_from("<I", content, 4)
+    if len(content) < 30 or riff_size + 8 > len(content):
+        raise _truncated(ImageFormat.WEBP)
+    chunk = content[12:16]
+    if chunk == b"VP8 ":
+        w, h = struct.unpack_from("<HH", content, 26)
+        width, height = w & 0x3FFF, h & 0x3FFF
+    elif chunk == b"VP8L":
+        (bits,) = struct.unpack_from("<I", content, 21)
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8X":
+        width = int.from_bytes(content[24:27], "little") + 1
+        height = int.from_bytes(content[27:30], "little") + 1
+    else:
+        raise InvalidArgumentError.one("INVALID_IMAGE", FIELD, "unknown WebP chunk")
+    return ImageInfo(ImageFormat.WEBP, width, height, len(content))
+
+
+def _bmp(content: bytes) -> ImageInfo:
+    if len(content) < 26:
+        raise _truncated(ImageFormat.BMP)
+    (file_size,) = struct.unpack_from("<I", content, 2)
+    if file_size > len(content):
+        raise _truncated(ImageFormat.BMP)
+    width, height = struct.unpack_from("<ii", content, 18)
+    return ImageInfo(ImageFormat.BMP, width, abs(height), len(content))

@@ -1,0 +1,1 @@
+"""Transport-free work: validate, call the model adapters, shape results. No gRPC, no protobuf."""

@@ -1,0 +1,110 @@
+"""Object detection: resolve and validate options, check the image, run the detector, and apply
+the generic result shaping (class allow-list, top-k) that is not model-specific."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from server.domain import (
+    DetectionResult,
+    DetectOptions,
+    DetectOptionsInput,
+    FieldViolation,
+    ImageLimits,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    ModelRef,
+)
+from server.images import inspect_image
+
+MAX_ALLOWLIST = 100
+MAX_DETECTIONS = 1000
+
+
+class Detector(Protocol):
+    async def detect(
+        self, content: bytes, options: DetectOptions, request_id: str, timeout_s: float | None
+    ) -> DetectionResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionConfig:
+    models: frozenset[str]
+    default_model: str
+    default_score_threshold: float
+    default_iou_threshold: float
+    default_max_detections: int
+    limits: ImageLimits
+
+
+class DetectionPipeline:
+    def __init__(self, detector: Detector, config: DetectionConfig) -> None:
+        self._detector = detector
+        self._config = config
+
+    def resolve_options(self, given: DetectOptionsInput) -> DetectOptions:
+        """Defaults filled in and every field checked; all violations are reported at once."""
+        cfg = self._config
+        violations: list[FieldViolation] = []
+        score = _unit_interval(given.score_threshold, cfg.default_score_threshold,
+                               "options.score_threshold", violations)
+        iou = _unit_interval(given.iou_threshold, cfg.default_iou_threshold,
+                             "options.iou_threshold", violations)
+        if not 0 <= given.max_detections <= MAX_DETECTIONS:
+            violations.append(FieldViolation(
+                "options.max_detections", f"must be in [0, {MAX_DETECTIONS}] (0 = default)"))
+        if len(given.class_allowlist) > MAX_ALLOWLIST:
+            violations.append(FieldViolation(
+                "options.class_allowlist", f"at most {MAX_ALLOWLIST} entries"))
+        violations.extend(
+            FieldViolation(f"options.class_allowlist[{i}]", "must not be empty")
+            for i, label in enumerate(given.class_allowlist) if not label.strip()
+        )
+        if given.model.version and not given.model.version.isdigit():
+            violations.append(FieldViolation(
+                "options.model.version", "must be a version number such as \"1\", or empty"))
+        if violations:
+            raise InvalidArgumentError("INVALID_OPTION", tuple(violations))
+        model = ModelRef(given.model.name or cfg.default_model, given.model.version)
+        if model.name not in cfg.models:
+            raise ModelNotFoundError(model, "options.model.name")
+        return DetectOptions(
+            model=model,
+            score_threshold=score,
+            iou_threshold=iou,
+            class_allowlist=frozenset(given.class_allowlist),
+            max_detections=given.max_detections or cfg.default_max_detections,
+        )
+
+    async def detect(
+        self, content: bytes, given: DetectOptionsInput, request_id: str, timeout_s: float | None
+    ) -> DetectionResult:
+        options = self.resolve_options(given)
+        inspect_image(content, self._config.limits)
+        result = await self._detector.detect(content, options, request_id, timeout_s)
+        return shape_result(result, options)
+
+
+def shape_result(result: DetectionResult, options: DetectOptions) -> DetectionResult:
+    """Applies the allow-list and keeps the top max_detections by score (Triton sorts already;
+    sorting again keeps this correct for any detector)."""
+    kept = [d for d in result.detections
+            if not options.class_allowlist or d.label in options.class_allowlist]
+    kept.sort(key=lambda d: d.score, reverse=True)
+    return DetectionResult(
+        detections=tuple(kept[: options.max_detections]),
+        width=result.width,
+        height=result.height,
+        model=result.model,
+    )
+
+
+def _unit_interval(
+    value: float | None, default: float, field: str, violations: list[FieldViolation]
+) -> float:
+    if value is None:
+        return default
+    if not 0.0 <= value <= 1.0:  # also false for NaN
+        violations.append(FieldViolation(field, "must be in [0, 1]"))
+    return value

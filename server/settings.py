@@ -1,0 +1,72 @@
+"""The service's one typed settings object, read from the environment (VISION_ prefix, nested
+with `__`, e.g. VISION_TRITON__URL) and from command-line flags, which take precedence.
+
+pydantic-settings is used because it gives typed, validated, nested settings from both sources
+with one declaration, the shape Immich and MLServer use.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
+
+from server.domain import ImageLimits
+
+
+class TritonSettings(BaseModel):
+    url: str = Field("127.0.0.1:4601", description="Triton's gRPC endpoint, host:port.")
+    timeout_s: float = Field(
+        30.0, gt=0, description="Per-call timeout when the caller sets no deadline, seconds."
+    )
+    health_poll_interval_s: float = Field(
+        2.0, gt=0, description="How often readiness of Triton and its models is checked, seconds."
+    )
+
+
+class LimitsSettings(BaseModel):
+    max_image_bytes: int = Field(32 << 20, gt=0, description="Largest encoded image, bytes.")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Largest image by width x height from its header."
+    )
+    max_stream_in_flight: int = Field(
+        8, gt=0, description="Images of one upload stream under inference at once (backpressure)."
+    )
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+
+
+class DetectionSettings(BaseModel):
+    default_model: str = Field("yolox_nano", description="Detector used when a call names none.")
+    models: list[str] = Field(
+        default_factory=lambda: ["yolox_nano"],
+        description="Triton ensembles callers may name for detection.",
+    )
+    default_score_threshold: float = Field(0.25, ge=0, le=1)
+    default_iou_threshold: float = Field(0.45, ge=0, le=1)
+    default_max_detections: int = Field(100, gt=0, le=1000)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VISION_", env_nested_delimiter="__", cli_kebab_case=True, extra="ignore"
+    )
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(4603, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    grace_period_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish, seconds."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by flags such as `--port` or `--triton.url`."""
+    args: list[str] | bool = argv if argv is not None else True
+    cli: CliSettingsSource[Settings] = CliSettingsSource(
+        Settings, cli_parse_args=args, cli_prog_name="vision-grpc"
+    )
+    return Settings(_cli_settings_source=cli(args=args))
