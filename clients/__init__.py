@@ -1,0 +1,1 @@
+"""Client SDKs for vision-grpc, one folder per language."""

@@ -1,0 +1,1 @@
+"""The Python SDK and CLI (package `clients.python.vision_client`)."""

@@ -1,0 +1,43 @@
+"""The shared test photos (../shared/testdata/images) and images derived from them."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "testdata" / "images"
+
+
+@cache
+def photo(name: str) -> bytes:
+    return (PHOTOS / name).read_bytes()
+
+
+def decode(name: str) -> np.ndarray:
+    """The photo as a BGR array, decoded as Triton's preprocess step decodes it."""
+    image = cv2.imdecode(np.frombuffer(photo(name), np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, name
+    return image
+
+
+def encode(name: str, ext: str) -> bytes:
+    """The photo re-encoded in another format (".jpg", ".webp", ".bmp", ".gif" ...)."""
+    ok, buffer = cv2.imencode(ext, decode(name))
+    assert ok
+    return bytes(buffer.tobytes())
+
+
+@cache
+def large_png(min_bytes: int = 6_000_000) -> bytes:
+    """astronaut.png upscaled to 2400x2400 with sensor-like noise so that PNG cannot shrink it
+    below min_bytes: an image that only fits through the chunked upload."""
+    image = cv2.resize(decode("astronaut.png"), (2400, 2400), interpolation=cv2.INTER_LINEAR)
+    noise = np.random.default_rng(7).integers(-6, 7, image.shape, dtype=np.int16)
+    image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    assert ok and buffer.size >= min_bytes, buffer.size
+    return bytes(buffer.tobytes())

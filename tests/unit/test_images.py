@@ -1,0 +1,80 @@
+"""Header-only image inspection: formats, sizes, truncation and limits, on real photos."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.domain import ImageFormat, ImageLimits, InvalidArgumentError
+from server.images import inspect_image
+from tests.images import encode, photo
+
+LIMITS = ImageLimits(max_bytes=32 << 20, max_pixels=40_000_000)
+
+
+@pytest.mark.parametrize(
+    ("name", "ext", "fmt"),
+    [
+        ("chelsea.png", None, ImageFormat.PNG),
+        ("obama.jpg", None, ImageFormat.JPEG),
+        ("chelsea.png", ".jpg", ImageFormat.JPEG),
+        ("chelsea.png", ".webp", ImageFormat.WEBP),
+        ("chelsea.png", ".bmp", ImageFormat.BMP),
+    ],
+)
+def test_reads_format_and_size_from_header(name: str, ext: str | None, fmt: ImageFormat) -> None:
+    content = photo(name) if ext is None else encode(name, ext)
+    info = inspect_image(content, LIMITS)
+    assert info.format is fmt
+    expected = {"chelsea.png": (451, 300), "obama.jpg": (910, 1137)}[name]
+    assert (info.width, info.height) == expected
+    assert info.size_bytes == len(content)
+
+
+def _reason_and_field(content: bytes, limits: ImageLimits = LIMITS) -> tuple[str, str, str]:
+    with pytest.raises(InvalidArgumentError) as caught:
+        inspect_image(content, limits)
+    (violation,) = caught.value.violations
+    return caught.value.reason, violation.field, violation.description
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "obama.jpg", "sample1.jpg"])
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_truncated_images_are_refused(name: str, keep: float) -> None:
+    content = photo(name)
+    reason, field, _ = _reason_and_field(content[: int(len(content) * keep)])
+    assert (reason, field) == ("IMAGE_TRUNCATED", "image.content")
+
+
+def test_truncated_webp_and_bmp_are_refused() -> None:
+    for ext in (".webp", ".bmp"):
+        content = encode("chelsea.png", ext)
+        assert _reason_and_field(content[:-100])[0] == "IMAGE_TRUNCATED"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "EMPTY_IMAGE"),
+        (b"hello, this is not an image at all", "INVALID_IMAGE"),
+        (b"GIF89a" + b"\0" * 64, "UNSUPPORTED_IMAGE_FORMAT"),
+        (b"II*\x00" + b"\0" * 64, "UNSUPPORTED_IMAGE_FORMAT"),
+        (b"\0\0\0\x18ftypheic" + b"\0" * 64, "UNSUPPORTED_IMAGE_FORMAT"),
+    ],
+)
+def test_non_images_are_refused(content: bytes, reason: str) -> None:
+    assert _reason_and_field(content)[:2] == (reason, "image.content")
+
+
+def test_real_gif_is_unsupported() -> None:
+    reason, _, description = _reason_and_field(encode("chelsea.png", ".gif"))
+    assert reason == "UNSUPPORTED_IMAGE_FORMAT"
+    assert "GIF" in description
+
+
+def test_limits_on_bytes_and_pixels() -> None:
+    content = photo("chelsea.png")
+    assert _reason_and_field(content, ImageLimits(len(content) - 1, 10**9))[0] == "IMAGE_TOO_LARGE"
+    reason, _, description = _reason_and_field(content, ImageLimits(10**9, 451 * 300 - 1))
+    assert reason == "IMAGE_TOO_LARGE"
+    assert "451x300" in description
+    assert inspect_image(content, ImageLimits(len(content), 451 * 300)).width == 451
