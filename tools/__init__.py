@@ -1,0 +1,1 @@
+"""Developer tools: model preparation and a local, real Triton server for tests and runs."""

@@ -1,0 +1,177 @@
+"""Fetch, verify and adapt the ONNX networks that `model_repository/` serves.
+
+Each file comes from a local cache folder or its upstream, is checked against a pinned SHA-256,
+edited where Triton needs it (a dynamic batch dimension) and written into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import numpy_helper
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = REPO_ROOT.parent / "shared" / "models"
+DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
+CACHE_ENV = "VISION_MODEL_CACHE"
+SOURCE_SHA_NAME = ".source-sha256"
+BATCH_DIM_NAME = "batch"
+
+
+class PrepareError(RuntimeError):
+    """A model file could not be found, fetched or verified."""
+
+
+def make_yolox_batch_dynamic(model: onnx.ModelProto) -> None:
+    """Turn the batch-1 YOLOX export into one that accepts any batch size.
+
+    The export fixes dim 0 of `images` and `output` to 1 and its three head Reshapes target
+    `[1, 85, -1]`; a 0 there tells Reshape to copy the incoming batch dimension instead.
+    """
+    graph = model.graph
+    for value in (*graph.input, *graph.output):
+        dim0 = value.type.tensor_type.shape.dim[0]
+        dim0.ClearField("dim_value")
+        dim0.dim_param = BATCH_DIM_NAME
+    # The intermediate shape hints all say batch 1; they are optional, so drop them and let
+    # onnxruntime infer shapes rather than trip over a stale static batch.
+    del graph.value_info[:]
+
+    initializers = {init.name: init for init in graph.initializer}
+    edited = 0
+    for node in graph.node:
+        if node.op_type != "Reshape":
+            continue
+        shape_init = initializers.get(node.input[1])
+        if shape_init is None:
+            continue
+        shape = numpy_helper.to_array(shape_init)
+        if shape.tolist() == [1, 85, -1]:
+            shape = shape.copy()
+            shape[0] = 0
+            shape_init.CopyFrom(numpy_helper.from_array(shape, shape_init.name))
+            edited += 1
+    if edited != 3:
+        raise PrepareError(f"expected 3 YOLOX head Reshapes targeting [1, 85, -1], found {edited}")
+    onnx.checker.check_model(model)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One network file: where it comes from, what it must hash to, where it goes."""
+
+    filename: str
+    sha256: str
+    url: str
+    target: str  # relative to the model repository
+    transform: Callable[[onnx.ModelProto], None] | None = None
+
+
+# Add a model here by one entry; the SHA-256 pins match ../shared/models/SHA256SUMS.
+MODELS: dict[str, ModelSpec] = {
+    "yolox_nano": ModelSpec(
+        filename="yolox_nano.onnx",
+        sha256="695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14",
+        url=(
+            "https://raw.githubusercontent.com/Kazuhito00/YOLOX-ONNX-TFLite-Sample/"
+            "HEAD/model/yolox_nano.onnx"
+        ),
+        target="yolox_nano_onnx/1/model.onnx",
+        transform=make_yolox_batch_dynamic,
+    ),
+}
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def default_cache() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else DEFAULT_CACHE
+
+
+def fetch_source(spec: ModelSpec, cache: Path) -> bytes:
+    """Read the pristine file from the cache, else download it; verify its SHA-256 either way."""
+    cached = cache / spec.filename
+    if cached.is_file():
+        data, origin = cached.read_bytes(), str(cached)
+    else:
+        print(f"{spec.filename}: not in {cache}, downloading {spec.url}", file=sys.stderr)
+        with urllib.request.urlopen(spec.url, timeout=60) as response:
+            data = response.read()
+        origin = spec.url
+    actual = sha256_of(data)
+    if actual != spec.sha256:
+        raise PrepareError(
+            f"{spec.filename} from {origin} has SHA-256 {actual}, expected {spec.sha256}"
+        )
+    return data
+
+
+def is_prepared(spec: ModelSpec, repository: Path) -> bool:
+    target = repository / spec.target
+    marker = target.parent / SOURCE_SHA_NAME
+    return target.is_file() and marker.is_file() and marker.read_text().strip() == spec.sha256
+
+
+def prepare(spec: ModelSpec, cache: Path, repository: Path, *, force: bool = False) -> Path:
+    """Write the (edited) model into the repository unless it is already there from this source."""
+    target = repository / spec.target
+    if not force and is_prepared(spec, repository):
+        return target
+    data = fetch_source(spec, cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if spec.transform is not None:
+        model = onnx.load_from_string(data)
+        spec.transform(model)
+        data = model.SerializeToString()
+    # Write beside the target and rename, so Triton never sees a half-written file.
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(data)
+    tmp_path = Path(tmp.name)
+    try:
+        tmp_path.chmod(0o644)
+        tmp_path.replace(target)
+    except OSError:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    (target.parent / SOURCE_SHA_NAME).write_text(spec.sha256 + "\n")
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.prepare_models", description=__doc__)
+    parser.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
+    parser.add_argument(
+        "--cache", type=Path, help=f"cache folder (default: ${CACHE_ENV} or ../shared/models)"
+    )
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    args = parser.parse_args(argv)
+    cache: Path = args.cache if args.cache is not None else default_cache()
+    names: list[str] = args.models or list(MODELS)
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s): {', '.join(unknown)}")
+    try:
+        for name in names:
+            path = prepare(MODELS[name], cache, args.repository, force=args.force)
+            print(f"{name}: {path}")
+    except (PrepareError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
