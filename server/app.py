@@ -15,6 +15,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 
 from server import triton
 from server.health import TritonHealthWatcher
+from server.interceptors.inflight import InFlight
 from server.pipeline.detection import DetectionConfig, DetectionPipeline
 from server.servicers.detection import DetectionServicer
 from server.settings import Settings
@@ -35,6 +36,7 @@ class RunningServer:
     triton_client: InferenceServerClient
     health_watcher: TritonHealthWatcher
     health_servicer: health.aio.HealthServicer
+    in_flight: InFlight
     _watch_task: asyncio.Task[None]
 
     async def stop(self, grace_s: float | None) -> None:
@@ -63,7 +65,8 @@ async def create_server(settings: Settings) -> RunningServer:
             limits=settings.limits.image_limits(),
         ),
     )
-    server = grpc.aio.server()
+    in_flight = InFlight()
+    server = grpc.aio.server(interceptors=[in_flight])
     det_grpc.add_DetectionServiceServicer_to_server(
         DetectionServicer(pipeline, settings.limits.max_image_bytes,
                           settings.limits.max_stream_in_flight),
@@ -87,4 +90,4 @@ async def create_server(settings: Settings) -> RunningServer:
     watch_task = asyncio.create_task(watcher.run())
     log.info("vision-grpc listening on %s:%d (triton %s)", settings.host, port,
              settings.triton.url)
-    return RunningServer(server, port, client, watcher, health_servicer, watch_task)
+    return RunningServer(server, port, client, watcher, health_servicer, in_flight, watch_task)

@@ -112,7 +112,9 @@ def _domain_error(exc: InferenceServerException, options: DetectOptions) -> Exce
     if status.endswith("NOT_FOUND") or "unknown model" in message or "unknown version" in message:
         field = "options.model.version" if "version" in message else "options.model.name"
         return ModelNotFoundError(options.model, field)
-    if status.endswith("INVALID_ARGUMENT") and "decode" in message:
+    # yolox_preprocess answers INVALID_ARG "... not a decodable image ..." for bytes it cannot
+    # decode; other INVALID_ARGUMENTs would be our own bug (shapes, types) and stay INTERNAL.
+    if status.endswith("INVALID_ARGUMENT") and "decodable" in message:
         return InvalidArgumentError.one(
             "IMAGE_DECODE_FAILED", "image.content", "the image could not be decoded"
         )

@@ -1,0 +1,1 @@
+"""Cross-cutting concerns around every RPC (no business logic here)."""

@@ -1,0 +1,74 @@
+"""Integration fixtures: the real local Triton (started once per session from the wheel, on free
+ports, unless VISION_TEST_TRITON_URL names one already running) and the real server in-process
+on port 0, reached over real gRPC channels."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from clients.python.vision_client import VisionClient
+from server.app import RunningServer, create_server
+from server.settings import Settings, TritonSettings
+from tools.local_triton import start_triton
+from vision.v1 import detection_service_pb2_grpc as det_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def triton_url() -> Iterator[str]:
+    given = os.environ.get("VISION_TEST_TRITON_URL")
+    if given:
+        yield given
+        return
+    triton = start_triton(
+        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        log_path=ROOT / "var" / "triton-tests.log",
+    )
+    try:
+        yield triton.grpc_url
+    finally:
+        triton.stop()
+
+
+def settings_for(triton_url: str) -> Settings:
+    return Settings(port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def server(triton_url: str) -> AsyncIterator[RunningServer]:
+    running = await create_server(settings_for(triton_url))
+    await running.health_watcher.checked.wait()
+    yield running
+    await running.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="session")
+def target(server: RunningServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def client(target: str) -> AsyncIterator[VisionClient]:
+    async with VisionClient(target, timeout_s=60.0) as vision:
+        yield vision
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stub(target: str) -> AsyncIterator[det_grpc.DetectionServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        yield det_grpc.DetectionServiceStub(channel)

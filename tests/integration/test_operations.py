@@ -1,0 +1,90 @@
+"""Operating the service: reflection and health through the real grpcurl binary, health and
+errors while Triton is unreachable, and graceful shutdown that drains in-flight calls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients.python.vision_client import VisionClient
+from server.app import create_server
+from server.settings import Settings, TritonSettings
+from tests.images import photo
+from tests.integration.conftest import free_port, settings_for
+from tests.integration.status_details import reason, status_of
+from vision.v1 import detection_service_pb2 as det_pb2
+from vision.v1 import detection_service_pb2_grpc as det_grpc
+from vision.v1 import image_pb2
+
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+async def grpcurl(*args: str, stdin: bytes = b"") -> str:
+    process = await asyncio.create_subprocess_exec(
+        GRPCURL, "-plaintext", *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_grpcurl_lists_services_by_reflection(target: str) -> None:
+    services = (await grpcurl(target, "list")).split()
+    assert {"vision.v1.DetectionService", "grpc.health.v1.Health"} <= set(services)
+    described = await grpcurl(target, "describe", "vision.v1.DetectionService")
+    assert "rpc StreamDetect ( stream .vision.v1.StreamDetectRequest )" in described
+
+
+async def test_grpcurl_health_and_detect(target: str) -> None:
+    for service in ("", "vision.v1.DetectionService"):
+        answer = json.loads(await grpcurl("-d", json.dumps({"service": service}), target,
+                                          "grpc.health.v1.Health/Check"))
+        assert answer == {"status": "SERVING"}
+    body = json.dumps({"image": {"content": base64.b64encode(photo("chelsea.png")).decode()}})
+    answer = json.loads(await grpcurl("-d", "@", target, "vision.v1.DetectionService/Detect",
+                                      stdin=body.encode()))
+    assert answer["detections"][0]["label"] == "cat"
+
+
+async def test_triton_unreachable_means_not_serving_and_unavailable() -> None:
+    settings = Settings(port=0, triton=TritonSettings(url=f"127.0.0.1:{free_port()}",
+                                                      health_poll_interval_s=0.2, timeout_s=2))
+    running = await create_server(settings)
+    try:
+        await running.health_watcher.checked.wait()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "vision.v1.DetectionService"):
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                stub = det_grpc.DetectionServiceStub(channel)
+                await stub.Detect(det_pb2.DetectRequest(
+                    image=image_pb2.Image(content=photo("chelsea.png"))), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert reason(status_of(caught.value)) == "BACKEND_UNAVAILABLE"
+    finally:
+        await running.stop(grace_s=0)
+
+
+async def test_graceful_shutdown_drains_in_flight_calls(triton_url: str) -> None:
+    running = await create_server(settings_for(triton_url))
+    await running.health_watcher.checked.wait()
+    async with VisionClient(f"127.0.0.1:{running.port}") as client:
+        calls = [asyncio.create_task(client.detect(photo("astronaut.png"))) for _ in range(8)]
+        await running.in_flight.wait_for(lambda count: count == 8)
+        await asyncio.wait_for(running.stop(grace_s=30), 60)
+        responses = await asyncio.gather(*calls)
+        assert all(r.detections[0].label == "person" for r in responses)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.detect(photo("astronaut.png"))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
