@@ -32,7 +32,7 @@ def decode_image(data: bytes) -> npt.NDArray[np.uint8]:
         raise ImageDecodeError("not a decodable image") from err
     if image is None or image.ndim != 3 or image.shape[2] != 3:
         raise ImageDecodeError("not a decodable image")
-    return image
+    return image.astype(np.uint8, copy=False)
 
 
 def letterbox(
