@@ -102,6 +102,7 @@ def _detections(result: Any, options: DetectOptions) -> DetectionResult:
             box=Box(*(float(v) for v in box)),
         )
         for box, score, class_id, label in zip(boxes, scores, class_ids, labels, strict=True)
+        if class_id >= 0  # padding rows when Triton answers several images in one request
     )
     return DetectionResult(detections=detections, width=width, height=height, model=options.model)
 
