@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (set up, local Triton + service) and `make test`
 # (set up, static checks, the whole test suite against a real local Triton).
-.PHONY: setup run test check lint typecheck proto proto-check unit integration
+.PHONY: setup run test check lint typecheck proto proto-check unit integration bench
 
 PY := .venv/bin/python
 BUF := node_modules/.bin/buf
@@ -19,6 +19,13 @@ unit: setup
 
 integration: setup
 	$(PY) -m pytest -q tests/integration
+
+# Benchmarks (bench/): starts its own Triton and server on free ports, writes bench/report/ and
+# bench/REPORT.md. The bench extras (psutil, matplotlib, py-spy) are installed on first use.
+bench: setup
+	$(PY) -c 'import matplotlib, psutil' 2>/dev/null || \
+	  .venv/bin/pip install -q -c requirements/dev.lock -e ".[dev,bench]"
+	$(PY) -m bench $(BENCH_ARGS)
 
 check: lint typecheck proto-check
 

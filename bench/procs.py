@@ -1,0 +1,185 @@
+"""The processes under test: a real Triton (tools.local_triton) on free ports, optionally from a
+temporary copy of model_repository with edited batching, and the vision-grpc server as its own
+process; plus what is read from them: CPU time, RSS and Triton's per-model batch counters."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import InferenceServerClient
+
+from bench.payloads import ROOT
+from tools.local_triton import MODEL_REPOSITORY, LocalTriton, start_triton
+
+HOST = "127.0.0.1"
+DETECTION_SERVICE = "vision.v1.DetectionService"
+STEPS = ("yolox_preprocess", "yolox_nano_onnx", "yolox_postprocess")
+SERVER_READY_TIMEOUT_S = 60.0
+SERVER_STOP_GRACE_S = 15.0
+_BATCHING_BLOCK = re.compile(r"dynamic_batching\s*\{[^}]*\}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class BatchingVariant:
+    """Dynamic-batching settings applied to every step of the ensemble."""
+
+    name: str
+    max_queue_delay_us: int
+    preferred_batch_sizes: tuple[int, ...]
+
+    def block(self) -> str:
+        preferred = ", ".join(str(size) for size in self.preferred_batch_sizes)
+        lines = [f"  preferred_batch_size: [ {preferred} ]"] if preferred else []
+        lines.append(f"  max_queue_delay_microseconds: {self.max_queue_delay_us}")
+        return "dynamic_batching {\n" + "\n".join(lines) + "\n}"
+
+
+def variant_repository(variant: BatchingVariant, into: Path) -> Path:
+    """A copy of model_repository whose steps' config.pbtxt and configs/cpu.pbtxt carry the
+    variant's batching block (the ONNX file is linked, not copied)."""
+    target = into / variant.name
+    shutil.copytree(MODEL_REPOSITORY, target, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
+    for onnx in MODEL_REPOSITORY.glob("*/*/*.onnx"):
+        (target / onnx.relative_to(MODEL_REPOSITORY)).symlink_to(onnx.resolve())
+    for step in STEPS:
+        for config in [target / step / "config.pbtxt", *(target / step / "configs").glob("*")]:
+            text, edits = _BATCHING_BLOCK.subn(variant.block(), config.read_text())
+            if edits != 1:
+                raise ValueError(f"{config}: expected one dynamic_batching block, found {edits}")
+            config.write_text(text)
+    return target
+
+
+def launch_triton(log_path: Path, repository: Path = MODEL_REPOSITORY,
+                  wait: bool = True) -> LocalTriton:
+    return start_triton(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                        log_path=log_path, model_repository=repository, wait=wait)
+
+
+class ServerProcess:
+    """`python -m server` in a process (and session) of its own, stopped by its pid."""
+
+    def __init__(self, triton_url: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.address = f"{HOST}:{self.port}"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server", "--host", HOST, "--port", str(self.port),
+                 "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5"],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_serving(self, timeout: float = SERVER_READY_TIMEOUT_S) -> None:
+        """Until grpc.health says SERVING for DetectionService (Triton and the model ready)."""
+        deadline = time.monotonic() + timeout
+        request = health_pb2.HealthCheckRequest(service=DETECTION_SERVICE)
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}; "
+                                       f"see {self.log_path}")
+                try:
+                    answer = stub.Check(request, timeout=1.0)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server not SERVING after {timeout:.0f} s")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM (graceful drain), SIGKILL only after the grace period."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=SERVER_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU seconds (user + system) of a group of processes, and the RSS of the first."""
+
+    cpu_s: float
+    rss_bytes: int
+
+
+class ProcessGroup:
+    """Processes read together: a root, and optionally every descendant it has (Triton's
+    Python-backend stubs are children of tritonserver)."""
+
+    def __init__(self, pids: list[int], with_children: bool = False) -> None:
+        self._processes = [psutil.Process(pid) for pid in pids]
+        if with_children:
+            self._processes += [child for process in list(self._processes)
+                                for child in process.children(recursive=True)]
+
+    def usage(self) -> Usage:
+        cpu = 0.0
+        for process in self._processes:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            cpu += float(times.user) + float(times.system)
+        rss = int(self._processes[0].memory_info().rss) if self._processes else 0
+        return Usage(cpu, rss)
+
+    def thread_cpu(self) -> dict[int, float]:
+        """CPU seconds of each thread of the first process, by thread id."""
+        return {int(thread.id): float(thread.user_time) + float(thread.system_time)
+                for thread in self._processes[0].threads()}
+
+
+def triton_batch_counters(url: str) -> dict[str, tuple[int, int]]:
+    """(inference_count, execution_count) per model: images processed and model executions."""
+    client = InferenceServerClient(url=url)
+    try:
+        stats: Any = client.get_inference_statistics(as_json=True)
+    finally:
+        client.close()
+    return {str(model["name"]): (int(model.get("inference_count", 0)),
+                                 int(model.get("execution_count", 0)))
+            for model in stats.get("model_stats", [])}
+
+
+def average_batches(before: dict[str, tuple[int, int]],
+                    after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Average executed batch size per model between two counter readings."""
+    batches = {}
+    for name, (inferences, executions) in after.items():
+        done = inferences - before.get(name, (0, 0))[0]
+        runs = executions - before.get(name, (0, 0))[1]
+        if runs > 0:
+            batches[name] = done / runs
+    return batches

@@ -1,0 +1,370 @@
+"""bench/REPORT.md and the console table, both rendered from results.json alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+Json = dict[str, Any]
+
+STEPS = ("yolox_preprocess", "yolox_nano_onnx", "yolox_postprocess")
+
+
+def fig(value: Json | None, digits: int = 1, unit: str = "") -> str:
+    """A serialised Spread as "median (min–max)"."""
+    if not value or not value.get("n") or math.isnan(value["median"]):
+        return "n/a"
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(value['median'])}{unit} ({f.format(value['low'])}–{f.format(value['high'])})"
+
+
+def med(value: Json | None, digits: int = 1) -> str:
+    if not value or not value.get("n") or math.isnan(value["median"]):
+        return "n/a"
+    return f"{value['median']:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _batches(summary: Json) -> str:
+    return " / ".join(med(summary["batches"].get(step), 2) for step in STEPS)
+
+
+def machine_section(results: Json) -> list[str]:
+    m = results["machine"]
+    packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
+    return [
+        "## Machine and command", "",
+        f"- Command: `{results['command']}` (run from the repository root); total wall time "
+        f"{results['wall_s']:.0f} s" + (" — a `--quick` smoke run, not the full budget"
+                                         if results["quick"] else "") + ".",
+        f"- Started {results['started_utc']}; phases (s): "
+        + ", ".join(f"{k} {v}" for k, v in results["phase_s"].items()) + ".",
+        f"- {m['cores']} cores, {m['cpu_model']}, {m['memory_gib']} GiB memory, Linux "
+        f"{m['kernel']}; load average at start {m['load_average']}, at end "
+        f"{[round(v, 2) for v in m.get('load_average_end', [])]}.",
+        f"- Python {m['python']}, Triton {m['triton']} (the `nvidia-pytriton` 0.7.0 wheel, "
+        f"CPU, every step a Python-backend model), {packages}.",
+        "- Everything shares the same 2 cores: Triton and its three Python-backend stubs, the "
+        "vision-grpc server process, the load generator's processes. The machine is shared and "
+        "noisy, which is why every figure is a median of interleaved rounds with its min–max.",
+        "",
+    ]
+
+
+def method_section(results: Json) -> list[str]:
+    b = results["budget"]
+    images = results["images"]
+    photos = images["photos"]
+    return [
+        "## Method", "",
+        "- Triton starts from `tools.local_triton.start_triton` on free ports; the server runs "
+        "as a separate process (`python -m server --port P --triton.url 127.0.0.1:Q`), ready "
+        "when grpc.health says SERVING; both are stopped by pid at the end (also on failure "
+        "or Ctrl-C). Everything binds to 127.0.0.1.",
+        f"- Load: {results['ceiling']['workers']} spawned generator processes, each one asyncio "
+        "loop with ONE reused channel (or one shared tritonclient) and N closed-loop calls in "
+        "flight; the concurrency is split across the processes; all start at the same instant. "
+        f"Runs last {b['run_s']} s (calls finishing after the window are not counted).",
+        f"- Every figure: the median of {b['reps']} rounds and its min–max in brackets. Ratios "
+        "are computed per round from arms run interleaved in that round (A, B, C, then B, C, A, "
+        "…), then summarised the same way.",
+        f"- Images: the {photos['count']} shared test photos "
+        f"({photos['min_bytes'] // 1000}–{photos['max_bytes'] // 1000} KB, JPEG and PNG) cycled; "
+        f"small = {images['small']} ({images['small_bytes'] // 1000} KB); large = "
+        f"{images['large']} ({images['large_bytes'] / 1e6:.1f} MB).",
+        "- Direct Triton calls send what the server sends: ensemble `yolox_nano`, IMAGE BYTES "
+        "[1,1], SCORE_THRESHOLD 0.25 and IOU_THRESHOLD 0.45 FP32 [1,1], all five outputs read "
+        "with `as_numpy`.",
+        "- CPU figures are user+system seconds read from /proc (psutil) before and after each "
+        "run, per completed image; Triton's include its Python-backend stub processes.",
+        "",
+    ]
+
+
+def ceiling_section(results: Json) -> list[str]:
+    section = results["ceiling"]
+    rows = [[c, fig(s["throughput"], 0), fig(s["p50_ms"], 2), fig(s["p99_ms"], 2),
+             fig(s["cpu_ms"].get("generator"), 3), fig(s["cpu_ms"].get("server"), 3)]
+            for c, s in section["concurrencies"].items()]
+    gateway = results["gateway"]["arms"]["service"]
+    best = max(s["throughput"]["median"] for s in gateway.values())
+    top = max(s["throughput"]["median"] for s in section["concurrencies"].values())
+    return [
+        "## Load generator ceiling", "",
+        "grpc.health.v1 Check on the server (a trivial RPC), same generator and channels:", "",
+        *table(["in flight", "calls/s", "p50 ms", "p99 ms", "generator CPU ms/call",
+                "server CPU ms/call"], rows),
+        f"The generator drives {top:.0f} trivial calls/s, {top / best:.0f}× the best detection "
+        f"rate measured ({best:.1f} images/s), so it is not what limits detection. It does take "
+        "CPU from the same 2 cores, though: its cost per detection call is in the table of "
+        "section 1.", "",
+    ]
+
+
+def gateway_section(results: Json) -> list[str]:
+    g = results["gateway"]
+    arms = g["arms"]
+    rows = []
+    for c in arms["service"]:
+        s, d = arms["service"][c], arms["direct"][c]
+        rows.append([c, fig(s["throughput"]), fig(d["throughput"]),
+                     fig(g["service_over_direct"][c], 3),
+                     f"{med(s['p50_ms'], 0)} / {med(s['p95_ms'], 0)} / {med(s['p99_ms'], 0)}",
+                     f"{med(d['p50_ms'], 0)} / {med(d['p95_ms'], 0)} / {med(d['p99_ms'], 0)}",
+                     fig(g["service_over_direct_p50"][c], 2)])
+    cpu_rows = []
+    for c in arms["service"]:
+        s, d = arms["service"][c], arms["direct"][c]
+        cpu_rows.append([c, fig(s["cpu_ms"].get("server"), 2), fig(s["cpu_ms"].get("triton"), 1),
+                         fig(d["cpu_ms"].get("triton"), 1), fig(s["cpu_ms"].get("generator"), 2),
+                         fig(d["cpu_ms"].get("generator"), 2), med(s["cores_busy"], 2),
+                         _batches(s)])
+    return [
+        "## 1. Gateway efficiency: service vs direct Triton", "",
+        "Unary `DetectionService/Detect` through the server vs the same images sent straight "
+        "to Triton's `yolox_nano` ensemble with one shared `tritonclient.grpc.aio` client.", "",
+        *table(["in flight", "service img/s", "direct img/s", "service ÷ direct (throughput)",
+                "service p50/p95/p99 ms", "direct p50/p95/p99 ms", "service ÷ direct (p50)"],
+               rows),
+        "Where the CPU goes (CPU ms per image; cores busy = all measured processes' CPU "
+        "seconds per wall second, out of 2):", "",
+        *table(["in flight", "server", "Triton (service arm)", "Triton (direct arm)",
+                "generator (service arm)", "generator (direct arm)", "cores busy (service arm)",
+                "avg batch pre / onnx / post (service arm)"], cpu_rows),
+    ]
+
+
+def per_request_section(results: Json) -> list[str]:
+    g = results["gateway"]
+    arms = g["arms"]
+    rows = [[c, fig(arms["per_request"][c]["throughput"]), fig(arms["direct"][c]["throughput"]),
+             fig(g["per_request_over_shared"][c], 3),
+             fig(arms["per_request"][c]["p50_ms"], 0), fig(arms["direct"][c]["p50_ms"], 0),
+             fig(g["per_request_over_shared_p50"][c], 2),
+             str(arms["per_request"][c]["errors"])]
+            for c in arms["per_request"]]
+    return [
+        "## 3. The seed's pattern: a new client per request vs one shared client", "",
+        "Straight to Triton, same load, measured in the same rounds as section 1: a new "
+        "`tritonclient.grpc.aio.InferenceServerClient` (channel + stub) created and closed for "
+        "every call vs one shared client.", "",
+        *table(["in flight", "per-request img/s", "shared img/s", "per-request ÷ shared",
+                "per-request p50 ms", "shared p50 ms", "p50 ratio", "errors"], rows),
+        "Note: gRPC core shares subchannels (TCP connections) between channels to the same "
+        "target with the same arguments while one of them is alive, so with several calls in "
+        "flight a \"new\" channel often rides an existing connection; only when calls do not "
+        "overlap (1 in flight) does every call pay a fresh TCP + HTTP/2 handshake. On this "
+        "CPU-bound box Triton's compute hides most of either cost.", "",
+    ]
+
+
+def in_process_section(results: Json) -> list[str]:
+    section = results["in_process"]
+    configs = section["configs"]
+    rows = [[name.replace("_", ", ").replace("intra", "intra_op ").replace("workers", "workers "),
+             fig(s["throughput"]), fig(s["p50_ms"], 1),
+             fig(s["cpu_ms"].get("generator") if name != "service" else None, 1)]
+            for name, s in configs.items() if name != "service"]
+    service = configs["service"]
+    return [
+        "## 2. The limit: in-process onnxruntime", "",
+        "The ensemble's own functions (`preprocess_batch`, `postprocess_image`, "
+        "`pack_detections` from model_repository, imported with a stand-in "
+        "`triton_python_backend_utils`) around the same `model.onnx`, one image at a time in the "
+        "generator's processes, no RPC; rounds interleaved with the service at "
+        f"{section['service_concurrency']} in flight (its best concurrency in section 1).", "",
+        *table(["setting", "img/s", "latency p50 ms", "CPU ms/image"], rows),
+        f"Best setting: **{section['best']}**. Service at {section['service_concurrency']} in "
+        f"flight: {fig(service['throughput'])} img/s, p50 {fig(service['p50_ms'], 0)} ms, "
+        f"server + Triton CPU {med(service['cpu_ms'].get('server'), 1)} + "
+        f"{med(service['cpu_ms'].get('triton'), 1)} ms/image.", "",
+        f"**service ÷ in-process (best) = {fig(section['service_over_inprocess'], 3)}**", "",
+    ]
+
+
+def streaming_section(results: Json) -> list[str]:
+    s = results["streaming"]
+    small, large = s["small"], s["large"]
+    return [
+        "## 5. Streaming vs unary", "",
+        f"One `StreamDetect` upload (header, 1 MiB chunks, end marker per image, as the SDK's "
+        f"`upload_messages` sends them; the server runs {s['in_flight']} images of a stream at "
+        f"once) vs unary calls keeping {s['in_flight']} in flight on one channel.", "",
+        *table(["images", "per run", "stream img/s", "other arm", "other img/s",
+                "stream ÷ other"], [
+            [f"small ({results['images']['small_bytes'] // 1000} KB JPEG)",
+             str(small["images_per_run"]), fig(small["arms"]["stream"]["throughput"]),
+             "unary Detect", fig(small["arms"]["unary"]["throughput"]),
+             fig(small["stream_over_other"], 3)],
+            [f"large ({results['images']['large_bytes'] / 1e6:.1f} MB PNG)",
+             str(large["images_per_run"]), fig(large["arms"]["stream"]["throughput"]),
+             "direct Triton", fig(large["arms"]["direct"]["throughput"]),
+             fig(large["stream_over_other"], 3)],
+        ]),
+        "Large images do not fit a unary call (4 MiB message limit), so the large case compares "
+        "the stream through the service with the same images sent straight to Triton "
+        f"({s['in_flight']} in flight, shared client) instead. Server CPU per image: small "
+        f"stream {med(small['arms']['stream']['cpu_ms'].get('server'), 2)} ms vs unary "
+        f"{med(small['arms']['unary']['cpu_ms'].get('server'), 2)} ms; large stream "
+        f"{med(large['arms']['stream']['cpu_ms'].get('server'), 1)} ms.", "",
+    ]
+
+
+def batching_section(results: Json) -> list[str]:
+    section = results["batching"]
+    variants = section["variants"]
+    gateway = results["gateway"]["arms"]["service"]
+    default_rows = [[c, _batches(s)] for c, s in gateway.items()]
+    rows = []
+    for name, v in variants.items():
+        for c, s in v["concurrencies"].items():
+            rows.append([name, str(v["max_queue_delay_us"]),
+                         str(v["preferred_batch_sizes"] or "none"), c, fig(s["throughput"]),
+                         fig(section["throughput_over_current"][name][c], 3),
+                         f"{med(s['p50_ms'], 0)} / {med(s['p99_ms'], 0)}",
+                         _batches(s)])
+    rec = section["recommendation"]
+    chosen = variants[rec["variant"]]
+    verdict = (f"The data supports **changing** the defaults to `{rec['variant']}` "
+               f"(max_queue_delay_microseconds {chosen['max_queue_delay_us']}, "
+               f"preferred_batch_size {chosen['preferred_batch_sizes'] or 'none'}) on every "
+               "step." if rec["change"] else
+               "The data supports **keeping** the current defaults "
+               "(max_queue_delay_microseconds 2000, preferred_batch_size [8] on every step): no "
+               "variant beat them reliably.")
+    return [
+        "## 4. Batching", "",
+        "Average executed batch size per step (inference_count ÷ execution_count deltas from "
+        "Triton's statistics) with the repository's defaults, during the service runs of "
+        "section 1:", "",
+        *table(["in flight", "avg batch pre / onnx / post"], default_rows),
+        "Variants: temporary copies of model_repository with every step's dynamic_batching "
+        "block (config.pbtxt and configs/cpu.pbtxt) edited, each served by its own Triton, "
+        "started together and measured in interleaved rounds with the direct shared client; "
+        "ratios are against the current defaults (`delay2000_pref8`) in the same rounds.", "",
+        *table(["variant", "delay µs", "preferred", "in flight", "img/s", "÷ current",
+                "p50 / p99 ms", "avg batch pre / onnx / post"], rows),
+        f"Rule: {rec['rule']}.", "", verdict, "",
+    ]
+
+
+def cost_section(results: Json) -> list[str]:
+    c = results["server_cost"]
+    growth = c["rss_after_last_mib"] - c["rss_after_first_mib"]
+    return [
+        "## 6. Server cost", "",
+        f"A fresh server process, {c['requests_total']} unary Detect calls of the small "
+        f"{results['images']['small_bytes'] // 1000} KB JPEG, {c['concurrency']} in flight, in "
+        f"chunks of {c['chunk_requests']}; CPU (user+sys) and RSS of the server process read "
+        "after each chunk.", "",
+        f"- CPU per 1 000 requests: **{fig(c['cpu_s_per_1000_steady'], 2, ' s')}** over chunks "
+        f"2–{len(c['chunks'])} (first chunk, with connection set-up and lazy imports: "
+        f"{c['cpu_s_per_1000_first']:.2f} s).",
+        f"- RSS: {c['rss_start_mib']:.1f} MiB when ready, {c['rss_after_first_mib']:.1f} MiB after "
+        f"{c['chunk_requests']} requests, {c['rss_after_last_mib']:.1f} MiB after "
+        f"{c['requests_total']} ({growth:+.1f} MiB).",
+        "",
+        *table(["chunk", "img/s", "CPU s / 1000", "RSS MiB"],
+               [[str(i + 1), f"{ch['throughput']:.1f}", f"{ch['cpu_s_per_1000']:.2f}",
+                 f"{ch['rss_mib']:.1f}"] for i, ch in enumerate(c["chunks"])]),
+    ]
+
+
+def profile_section(results: Json) -> list[str]:
+    lines = ["## The biggest cost in the service path (profile)", "",
+             "py-spy sampling the server process at 100 Hz without pausing it (`--nonblocking`, "
+             "Python frames; time inside C extensions counts to the Python line that called "
+             "them); idle samples (the loop waiting in epoll) are not counted. The raw "
+             "collapsed stacks are in bench/report/profile-*.txt (speedscope.app opens them).",
+             ""]
+    for name, p in results["profile"].items():
+        if "error" in p:
+            lines += [f"- {name}: not measured ({p['error']})", ""]
+            continue
+        # py-spy sees Python threads only: the event loop's share of the server's CPU
+        python_ms = p["server_cpu_ms_per_image"] * p["event_loop_thread_share"]
+        lines += [f"### {name}: {p['spec']['kind']} of {p['spec']['images']}, "
+                  f"{p['spec']['concurrency']} in flight", "",
+                  f"{p['throughput']:.1f} img/s; server CPU {p['server_cpu_ms_per_image']:.2f} ms "
+                  f"per image, {p['event_loop_thread_share']:.0%} of it on the event-loop "
+                  f"thread (the rest in gRPC core's threads); {p['samples']} samples.", "",
+                  *table(["where (leaf frame)", "share of samples", "≈ CPU ms / image"],
+                         [[bucket, f"{share:.1%}", f"{share * python_ms:.2f}"]
+                          for bucket, share in p["self_by_bucket"].items()]),
+                  "Top functions (self):", "",
+                  *table(["function", "share"], [[f"`{f}`", f"{s:.1%}"] for f, s in
+                                                 list(p["self_by_function"].items())[:10]]),
+                  "Service and tritonclient functions (inclusive):", "",
+                  *table(["function", "share"], [[f"`{f}`", f"{s:.1%}"] for f, s in
+                                                 list(p["inclusive_service_functions"].items())
+                                                 [:10]])]
+    return lines
+
+
+def markdown(results: Json, images: list[Path]) -> str:
+    g = results["gateway"]
+    s = results["streaming"]
+    c = results["server_cost"]
+    inproc = results["in_process"]
+    rec = results["batching"]["recommendation"]
+    batching_verdict = f"change to {rec['variant']}" if rec["change"] else \
+        "keep the current defaults"
+    summary = [
+        "# vision-grpc benchmarks", "",
+        "Generated by `python -m bench` from bench/report/results.json; do not edit by hand. "
+        "Figures are medians of interleaved rounds with (min–max).", "",
+        "## Summary", "",
+        "- service ÷ direct Triton throughput: " + ", ".join(
+            f"{c_} in flight {fig(v, 3)}" for c_, v in g["service_over_direct"].items()) + ".",
+        f"- service ÷ in-process onnxruntime (best setting `{inproc['best']}`): "
+        f"{fig(inproc['service_over_inprocess'], 3)}.",
+        "- new client per request ÷ shared client: " + ", ".join(
+            f"{c_} in flight {fig(v, 3)}" for c_, v in g["per_request_over_shared"].items()) + ".",
+        f"- stream ÷ unary (small): {fig(s['small']['stream_over_other'], 3)}; stream ÷ direct "
+        f"Triton (large): {fig(s['large']['stream_over_other'], 3)}.",
+        f"- server: {fig(c['cpu_s_per_1000_steady'], 2, ' s')} CPU per 1 000 small requests; "
+        f"RSS {c['rss_after_first_mib']:.0f} MiB after {c['chunk_requests']}, "
+        f"{c['rss_after_last_mib']:.0f} MiB after {c['requests_total']}.",
+        f"- batching: {batching_verdict} (section 4).", "",
+    ]
+    figures = ["## Figures", "", *[f"![{p.stem}]({p.as_posix()})" for p in images], ""]
+    not_measured = [
+        "## 7. Search", "", "Not measured: the store lands with a later issue.", "",
+        "## 8. GPU", "", "Not measured: this session had no accelerator lent, so every figure "
+        "here is CPU-only (Triton's Python backend running onnxruntime on 2 cores).", "",
+    ]
+    return "\n".join([
+        *summary, *machine_section(results), *method_section(results),
+        *ceiling_section(results), *gateway_section(results), *in_process_section(results),
+        *per_request_section(results), *batching_section(results),
+        *streaming_section(results), *cost_section(results), *profile_section(results),
+        *not_measured, *figures])
+
+
+def console_table(results: Json) -> str:
+    g = results["gateway"]
+    lines = [f"{'in flight':>9} {'service img/s':>22} {'direct img/s':>22} "
+             f"{'service÷direct':>22} {'per-req÷shared':>22}"]
+    for c in g["arms"]["service"]:
+        lines.append(f"{c:>9} {fig(g['arms']['service'][c]['throughput']):>22} "
+                     f"{fig(g['arms']['direct'][c]['throughput']):>22} "
+                     f"{fig(g['service_over_direct'][c], 3):>22} "
+                     f"{fig(g['per_request_over_shared'][c], 3):>22}")
+    ip, s, c_ = results["in_process"], results["streaming"], results["server_cost"]
+    lines += [
+        f"service ÷ in-process ({ip['best']}): {fig(ip['service_over_inprocess'], 3)}",
+        f"stream ÷ unary (small): {fig(s['small']['stream_over_other'], 3)}; "
+        f"stream ÷ direct (large): {fig(s['large']['stream_over_other'], 3)}",
+        f"server CPU per 1000 requests: {fig(c_['cpu_s_per_1000_steady'], 2, ' s')}; RSS "
+        f"{c_['rss_after_first_mib']:.1f} → {c_['rss_after_last_mib']:.1f} MiB",
+        f"batching recommendation: {results['batching']['recommendation']['variant']} "
+        f"(change: {results['batching']['recommendation']['change']})",
+        f"wall time {results['wall_s']:.0f} s",
+    ]
+    return "\n".join(lines)

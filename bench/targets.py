@@ -1,0 +1,199 @@
+"""What one benchmark call is, per kind: a health check, a unary Detect, a Triton infer over a
+shared client or a client made per call, a whole StreamDetect upload. Each target owns the one
+channel (or client) it reuses and is opened once per worker run, before timing starts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal, Protocol
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+
+from bench.payloads import PayloadName, payload
+from clients.python.vision_client.client import StreamImage, upload_messages
+from server.triton import DetectorTensors
+from vision.v1 import detection_service_pb2 as det_pb2
+from vision.v1 import detection_service_pb2_grpc as det_grpc
+from vision.v1 import image_pb2
+
+TargetKind = Literal["health", "detect", "triton", "triton_per_request", "stream"]
+
+ENSEMBLE = "yolox_nano"
+SCORE_THRESHOLD = 0.25
+IOU_THRESHOLD = 0.45
+# The service's own limits: 32 MiB images through the stream, 4 MiB unary (gRPC's default).
+STREAM_CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20),
+                          ("grpc.max_receive_message_length", 64 << 20)]
+CALL_TIMEOUT_S = 120.0
+
+
+class Target(Protocol):
+    async def open(self) -> None: ...
+
+    async def call(self, index: int) -> int:
+        """One request (index picks the image); returns how many images it completed."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class HealthTarget:
+    """grpc.health.v1 Check on the server: the trivial RPC that shows the generator's ceiling."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = health_pb2_grpc.HealthStub(self._channel)
+        self._request = health_pb2.HealthCheckRequest(service="")
+
+    async def open(self) -> None:
+        await self._channel.channel_ready()
+
+    async def call(self, index: int) -> int:
+        await self._stub.Check(self._request, timeout=CALL_TIMEOUT_S)
+        return 1
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class DetectTarget:
+    """DetectionService/Detect (unary) over one shared channel, server-side default options
+    (score 0.25, IoU 0.45): the same work the direct Triton calls ask for."""
+
+    def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = det_grpc.DetectionServiceStub(self._channel)
+        self._requests = [det_pb2.DetectRequest(image=image_pb2.Image(content=image))
+                          for image in images]
+
+    async def open(self) -> None:
+        await self._channel.channel_ready()
+
+    async def call(self, index: int) -> int:
+        await self._stub.Detect(self._requests[index % len(self._requests)],
+                                timeout=CALL_TIMEOUT_S)
+        return 1
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def _infer_inputs(content: bytes) -> list[InferInput]:
+    """The ensemble's inputs as server/triton.py builds them: [1, 1] tensors."""
+    tensors = [
+        (DetectorTensors.IMAGE, np.array([[content]], dtype=np.object_), "BYTES"),
+        (DetectorTensors.SCORE_THRESHOLD, np.array([[SCORE_THRESHOLD]], dtype=np.float32), "FP32"),
+        (DetectorTensors.IOU_THRESHOLD, np.array([[IOU_THRESHOLD]], dtype=np.float32), "FP32"),
+    ]
+    inputs = []
+    for name, value, datatype in tensors:
+        tensor = InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
+
+
+async def _infer(client: InferenceServerClient, content: bytes,
+                 outputs: list[InferRequestedOutput]) -> None:
+    result: Any = await client.infer(ENSEMBLE, _infer_inputs(content), outputs=outputs,
+                                     client_timeout=CALL_TIMEOUT_S)
+    for name in DetectorTensors.OUTPUTS:  # read the answer, as a real caller would
+        result.as_numpy(name)
+
+
+class TritonTarget:
+    """The ensemble straight on Triton through one shared `tritonclient.grpc.aio` client."""
+
+    def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
+        self._address = address
+        self._images = images
+        self._outputs = [InferRequestedOutput(name) for name in DetectorTensors.OUTPUTS]
+        self._client: InferenceServerClient | None = None
+
+    async def open(self) -> None:
+        self._client = InferenceServerClient(url=self._address)
+        await self._client.is_server_ready()
+
+    async def call(self, index: int) -> int:
+        assert self._client is not None
+        await _infer(self._client, self._images[index % len(self._images)], self._outputs)
+        return 1
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+class TritonPerRequestTarget:
+    """The seed's pattern: a new `InferenceServerClient` (channel + stub) for every call, closed
+    after it."""
+
+    def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
+        self._address = address
+        self._images = images
+        self._outputs = [InferRequestedOutput(name) for name in DetectorTensors.OUTPUTS]
+
+    async def open(self) -> None:
+        return None
+
+    async def call(self, index: int) -> int:
+        client = InferenceServerClient(url=self._address)
+        try:
+            await _infer(client, self._images[index % len(self._images)], self._outputs)
+        finally:
+            await client.close()
+        return 1
+
+    async def close(self) -> None:
+        return None
+
+
+class StreamTarget:
+    """One StreamDetect call that uploads `per_stream` images (header, 1 MiB chunks, end marker
+    each, as the SDK sends them) and reads every result; each failed result counts as an error."""
+
+    def __init__(self, address: str, images: tuple[bytes, ...], per_stream: int) -> None:
+        self._channel = grpc.aio.insecure_channel(address, options=STREAM_CHANNEL_OPTIONS)
+        self._stub = det_grpc.DetectionServiceStub(self._channel)
+        self._images = images
+        self._per_stream = per_stream
+
+    async def open(self) -> None:
+        await self._channel.channel_ready()
+
+    def _uploads(self, index: int) -> Iterator[det_pb2.StreamDetectRequest]:
+        return upload_messages(
+            StreamImage(f"{index}-{i}", self._images[(index + i) % len(self._images)])
+            for i in range(self._per_stream))
+
+    async def call(self, index: int) -> int:
+        ok = 0
+        async for response in self._stub.StreamDetect(self._uploads(index),
+                                                       timeout=CALL_TIMEOUT_S):
+            if response.status.code != 0:
+                raise RuntimeError(f"stream image failed: {response.status.message}")
+            ok += 1
+        if ok != self._per_stream:
+            raise RuntimeError(f"stream answered {ok} of {self._per_stream} images")
+        return ok
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def make_target(kind: TargetKind, address: str, images: PayloadName,
+                per_stream: int = 1) -> Target:
+    content = payload(images)
+    if kind == "health":
+        return HealthTarget(address)
+    if kind == "detect":
+        return DetectTarget(address, content)
+    if kind == "triton":
+        return TritonTarget(address, content)
+    if kind == "triton_per_request":
+        return TritonPerRequestTarget(address, content)
+    return StreamTarget(address, content, per_stream)
