@@ -155,10 +155,20 @@ class ProcessGroup:
         rss = int(self._processes[0].memory_info().rss) if self._processes else 0
         return Usage(cpu, rss)
 
-    def thread_cpu(self) -> dict[int, float]:
-        """CPU seconds of each thread of the first process, by thread id."""
-        return {int(thread.id): float(thread.user_time) + float(thread.system_time)
-                for thread in self._processes[0].threads()}
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds of the first process's threads by thread name (/proc/…/task/…/comm);
+        its main thread is reported as "main"."""
+        root = self._processes[0]
+        totals: dict[str, float] = {}
+        for thread in root.threads():
+            try:
+                name = Path(f"/proc/{root.pid}/task/{thread.id}/comm").read_text().strip()
+            except OSError:
+                continue
+            name = "main" if thread.id == root.pid else name
+            totals[name] = totals.get(name, 0.0) + float(thread.user_time) \
+                + float(thread.system_time)
+        return totals
 
 
 def triton_batch_counters(url: str) -> dict[str, tuple[int, int]]:

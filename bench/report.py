@@ -278,24 +278,29 @@ def cost_section(results: Json) -> list[str]:
 
 def profile_section(results: Json) -> list[str]:
     lines = ["## The biggest cost in the service path (profile)", "",
-             "py-spy sampling the server process at 100 Hz without pausing it (`--nonblocking`, "
-             "Python frames; time inside C extensions counts to the Python line that called "
-             "them); idle samples (the loop waiting in epoll) are not counted. The raw "
-             "collapsed stacks are in bench/report/profile-*.txt (speedscope.app opens them).",
-             ""]
+             "py-spy sampling the server process's Python threads (the event loop and gRPC's "
+             "poller thread); time inside C extensions counts to the Python line that called "
+             "them; samples of the loop idle in epoll and of the poller thread blocked in C "
+             "are left out of the shares, so the shares are of the event-loop thread's work. "
+             "CPU per thread comes from /proc (thread names as the kernel shows them; `main` is "
+             "the event loop). The raw collapsed stacks are in bench/report/profile-*.txt "
+             "(speedscope.app or flamegraph.pl open them).", ""]
     for name, p in results["profile"].items():
         if "error" in p:
             lines += [f"- {name}: not measured ({p['error']})", ""]
             continue
-        # py-spy sees Python threads only: the event loop's share of the server's CPU
-        python_ms = p["server_cpu_ms_per_image"] * p["event_loop_thread_share"]
+        threads = ", ".join(f"{thread} {ms:.2f}" for thread, ms in
+                            p["thread_cpu_ms_per_image"].items() if ms >= 0.005)
+        active = p["samples"] - p["idle_samples"]
+        loop_ms = p["thread_cpu_ms_per_image"].get("main", 0.0)
         lines += [f"### {name}: {p['spec']['kind']} of {p['spec']['images']}, "
                   f"{p['spec']['concurrency']} in flight", "",
                   f"{p['throughput']:.1f} img/s; server CPU {p['server_cpu_ms_per_image']:.2f} ms "
-                  f"per image, {p['event_loop_thread_share']:.0%} of it on the event-loop "
-                  f"thread (the rest in gRPC core's threads); {p['samples']} samples.", "",
-                  *table(["where (leaf frame)", "share of samples", "≈ CPU ms / image"],
-                         [[bucket, f"{share:.1%}", f"{share * python_ms:.2f}"]
+                  f"per image; by thread (ms/image): {threads}. {active} active samples of "
+                  f"{p['samples']} at {p['rate_hz']} Hz.", "",
+                  *table(["where (leaf frame)", "share of active samples",
+                          "≈ ms/image (share × event-loop thread CPU)"],
+                         [[bucket, f"{share:.1%}", f"{share * loop_ms:.2f}"]
                           for bucket, share in p["self_by_bucket"].items()]),
                   "Top functions (self):", "",
                   *table(["function", "share"], [[f"`{f}`", f"{s:.1%}"] for f, s in

@@ -255,7 +255,9 @@ def streaming(env: Env, budget: Budget) -> Json:
     return section
 
 
-PROFILE_BUCKETS = (  # (file path fragment, bucket), first match wins
+PROFILE_BUCKETS = (  # (leaf frame fragment, bucket), first match wins
+    ("selectors.py", "idle: event loop waiting in epoll"),
+    ("threading.py", "idle: gRPC poller thread waiting in C"),
     ("google/protobuf", "protobuf (parse/serialise)"),
     ("_upb", "protobuf (parse/serialise)"),
     ("tritonclient/", "tritonclient (request build, result parse)"),
@@ -276,7 +278,8 @@ def _frame_file(frame: str) -> str:
 
 def _bucket(frame: str) -> str:
     path = _frame_file(frame)
-    return next((name for fragment, name in PROFILE_BUCKETS if fragment in path), "other")
+    return next((name for fragment, name in PROFILE_BUCKETS if fragment in path),
+                "other (Python stdlib, interpreter)")
 
 
 def _short_frame(frame: str) -> str:
@@ -303,22 +306,33 @@ def parse_collapsed(text: str) -> Json:
         frames = [frame for frame in stack.split(";") if frame.strip()]
         total += count
         leaf = frames[-1]
-        by_bucket[_bucket(leaf)] += count
+        bucket = _bucket(leaf)
+        by_bucket[bucket] += count
+        if bucket.startswith("idle"):
+            continue
         by_leaf[_short_frame(leaf)] += count
         for frame in set(frames):
-            if any(part in _frame_file(frame) for part in ("server/", "tritonclient/")):
+            path = _frame_file(frame)
+            if "server/__main__" not in path and any(
+                    part in path for part in ("server/", "tritonclient/")):
                 inclusive[_short_frame(frame)] += count
-    share = (lambda n: n / total) if total else (lambda n: 0.0)
-    return {"samples": total,
-            "self_by_bucket": {name: share(n) for name, n in by_bucket.most_common()},
+    idle = sum(n for name, n in by_bucket.items() if name.startswith("idle"))
+    active = total - idle
+    share = (lambda n: n / active) if active else (lambda n: 0.0)
+    return {"samples": total, "idle_samples": idle,
+            "self_by_bucket": {name: share(n) for name, n in by_bucket.most_common()
+                               if not name.startswith("idle")},
             "self_by_function": {name: share(n) for name, n in by_leaf.most_common(15)},
             "inclusive_service_functions": {name: share(n)
                                             for name, n in inclusive.most_common(15)}}
 
 
+PROFILE_RATE_HZ = 250
+
+
 def profile(env: Env, budget: Budget, name: str, spec: RunSpec) -> Json:
-    """py-spy samples the server process (100 Hz, without pausing it) while spec runs; also the
-    server's CPU split between its event-loop thread and gRPC core's threads."""
+    """py-spy samples the server process's Python threads (250 Hz) while spec runs; also the
+    server's CPU per thread (event loop = main, gRPC core's named threads)."""
     py_spy = Path(sys.executable).parent / "py-spy"
     output = env.report_dir / f"profile-{name}.txt"
     if not py_spy.is_file():
@@ -328,7 +342,7 @@ def profile(env: Env, budget: Budget, name: str, spec: RunSpec) -> Json:
     cpu_before = server.usage().cpu_s
     sampler = subprocess.Popen(
         [str(py_spy), "record", "--pid", str(env.server.pid), "--duration",
-         str(int(budget.profile_s)), "--rate", "100", "--format", "raw", "--nonblocking",
+         str(int(budget.profile_s)), "--rate", str(PROFILE_RATE_HZ), "--format", "raw",
          "--output", str(output)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -341,7 +355,10 @@ def profile(env: Env, budget: Budget, name: str, spec: RunSpec) -> Json:
             sampler.wait()
     cpu = server.usage().cpu_s - cpu_before
     threads_after = server.thread_cpu()
-    loop_thread = threads_after.get(env.server.pid, 0.0) - threads_before.get(env.server.pid, 0.0)
+    per_image = (lambda seconds: 1000.0 * seconds / run.completed) if run.completed else \
+        (lambda seconds: 0.0)
+    threads = {name: per_image(spent - threads_before.get(name, 0.0))
+               for name, spent in threads_after.items()}
     if sampler.returncode != 0 or not output.is_file():
         return {"error": f"py-spy failed ({sampler.returncode}): {errors.decode()[-400:]}"}
     section = parse_collapsed(output.read_text())
@@ -349,8 +366,9 @@ def profile(env: Env, budget: Budget, name: str, spec: RunSpec) -> Json:
         "file": output.name, "spec": {"kind": spec.kind, "images": spec.images,
                                       "concurrency": spec.concurrency},
         "throughput": run.throughput, "completed": run.completed,
-        "server_cpu_ms_per_image": 1000.0 * cpu / run.completed if run.completed else 0.0,
-        "event_loop_thread_share": loop_thread / cpu if cpu > 0 else 0.0,
+        "server_cpu_ms_per_image": per_image(cpu),
+        "thread_cpu_ms_per_image": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
+        "rate_hz": PROFILE_RATE_HZ,
     })
     env.log(f"  {name}: {run.throughput:.1f} img/s, server "
             f"{section['server_cpu_ms_per_image']:.2f} CPU ms/image, top "
