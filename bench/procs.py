@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import InferenceServerClient
 
 from bench.payloads import ROOT
-from tools.local_triton import MODEL_REPOSITORY, LocalTriton, start_triton
+from tools.local_triton import MODEL_REPOSITORY, LocalTriton, start_triton, stop_process
 
 HOST = "127.0.0.1"
 DETECTION_SERVICE = "vision.v1.DetectionService"
@@ -117,13 +116,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         """SIGTERM (graceful drain), SIGKILL only after the grace period."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=SERVER_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, SERVER_STOP_GRACE_S)
 
 
 @dataclass(frozen=True)

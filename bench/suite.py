@@ -24,7 +24,7 @@ from bench.procs import (
     variant_repository,
 )
 from bench.stats import Spread, paired_ratio, spread
-from tools.local_triton import LocalTriton
+from tools.local_triton import REPO_ROOT, LocalTriton
 
 Json = dict[str, Any]
 
@@ -285,7 +285,7 @@ def _bucket(frame: str) -> str:
 def _short_frame(frame: str) -> str:
     name, _, where = frame.partition(" (")
     path = where.rstrip(")")
-    for marker in ("site-packages/", "python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "python3.11/", f"{REPO_ROOT}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{name} ({path})"

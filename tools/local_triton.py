@@ -179,14 +179,7 @@ class LocalTriton:
 
     def stop(self, grace: float = STOP_GRACE_S) -> int:
         """SIGTERM, wait for Triton to drain and unload; SIGKILL only after the grace period."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, grace)
 
     def __enter__(self) -> LocalTriton:
         return self
@@ -198,6 +191,18 @@ class LocalTriton:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM a child we started, SIGKILL it only if it outlives the grace period."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
