@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (set up, local Triton + service) and `make test`
 # (set up, static checks, the whole test suite against a real local Triton).
-.PHONY: setup run test check lint typecheck proto proto-check unit integration bench
+.PHONY: setup run test check lint typecheck proto proto-check api-release unit integration bench
 
 PY := .venv/bin/python
 BUF := node_modules/.bin/buf
@@ -39,11 +39,17 @@ typecheck:
 proto:
 	scripts/gen-protos
 
-# buf lint + format, breaking changes against the main branch, and stale generated code.
+# buf lint + format, breaking changes against the last released contract (releases/CURRENT,
+# shown to catch a deliberate break), and stale generated code.
 proto-check:
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
-	if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
-	  $(BUF) breaking --against '.git#branch=main'; fi
+	scripts/check-buf-breaking
 	scripts/gen-protos --check
+
+# Records the contract as released: `make api-release VERSION=0.3.0` (see CHANGELOG.md).
+api-release:
+	test -n "$(VERSION)"
+	$(BUF) build -o releases/vision-api-v$(VERSION).binpb
+	echo "vision-api-v$(VERSION).binpb" > releases/CURRENT
 

@@ -25,7 +25,7 @@ def _medians(values: list[Json]) -> list[float]:
 
 def gateway_throughput(results: Json, out: Path) -> Path:
     arms = results["gateway"]["arms"]
-    labels = {"service": "service (Detect)", "direct": "direct Triton, shared client",
+    labels = {"service": "service (DetectObjects)", "direct": "direct Triton, shared client",
               "per_request": "direct Triton, client per request"}
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for arm, label in labels.items():
@@ -138,7 +138,7 @@ def profile(results: Json, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     ax.barh(list(buckets)[::-1], [100 * v for v in list(buckets.values())[::-1]])
     ax.set_xlabel("% of the server's non-idle Python samples (leaf frame)")
-    ax.set_title("Where the server's time goes (unary Detect, py-spy)")
+    ax.set_title("Where the server's time goes (unary DetectObjects, py-spy)")
     return _save(fig, out / "profile.png")
 
 

@@ -127,8 +127,9 @@ def gateway_section(results: Json) -> list[str]:
                          _batches(s)])
     return [
         "## 1. Gateway efficiency: service vs direct Triton", "",
-        "Unary `DetectionService/Detect` through the server vs the same images sent straight "
-        "to Triton's `yolox_nano` ensemble with one shared `tritonclient.grpc.aio` client.", "",
+        "Unary `DetectionService/DetectObjects` through the server vs the same images sent "
+        "straight to Triton's `yolox_nano` ensemble with one shared `tritonclient.grpc.aio` "
+        "client.", "",
         *table(["in flight", "service img/s", "direct img/s", "service ÷ direct (throughput)",
                 "service p50/p95/p99 ms", "direct p50/p95/p99 ms", "service ÷ direct (p50)"],
                rows),
@@ -194,14 +195,14 @@ def streaming_section(results: Json) -> list[str]:
     small, large = s["small"], s["large"]
     return [
         "## 5. Streaming vs unary", "",
-        f"One `StreamDetect` upload (header, 1 MiB chunks, end marker per image, as the SDK's "
-        f"`upload_messages` sends them; the server runs {s['in_flight']} images of a stream at "
-        f"once) vs unary calls keeping {s['in_flight']} in flight on one channel.", "",
+        f"One `StreamDetectObjects` upload (header, 1 MiB chunks, end marker per image, as the "
+        f"SDK's `detection_uploads` sends them; the server runs {s['in_flight']} images of a "
+        f"stream at once) vs unary calls keeping {s['in_flight']} in flight on one channel.", "",
         *table(["images", "per run", "stream img/s", "other arm", "other img/s",
                 "stream ÷ other"], [
             [f"small ({results['images']['small_bytes'] // 1000} KB JPEG)",
              str(small["images_per_run"]), fig(small["arms"]["stream"]["throughput"]),
-             "unary Detect", fig(small["arms"]["unary"]["throughput"]),
+             "unary DetectObjects", fig(small["arms"]["unary"]["throughput"]),
              fig(small["stream_over_other"], 3)],
             [f"large ({results['images']['large_bytes'] / 1e6:.1f} MB PNG)",
              str(large["images_per_run"]), fig(large["arms"]["stream"]["throughput"]),
@@ -260,7 +261,7 @@ def cost_section(results: Json) -> list[str]:
     growth = c["rss_after_last_mib"] - c["rss_after_first_mib"]
     return [
         "## 6. Server cost", "",
-        f"A fresh server process, {c['requests_total']} unary Detect calls of the small "
+        f"A fresh server process, {c['requests_total']} unary DetectObjects calls of the small "
         f"{results['images']['small_bytes'] // 1000} KB JPEG, {c['concurrency']} in flight, in "
         f"chunks of {c['chunk_requests']}; CPU (user+sys) and RSS of the server process read "
         "after each chunk.", "",

@@ -224,9 +224,9 @@ def in_process(env: Env, budget: Budget, service_concurrency: int) -> Json:
 
 
 def streaming(env: Env, budget: Budget) -> Json:
-    """Benchmark 5: one StreamDetect upload vs unary calls (small images), and vs direct Triton
-    for large ones, which unary cannot carry; unary and direct keep as many calls in flight as
-    the server runs per stream."""
+    """Benchmark 5: one StreamDetectObjects upload vs unary calls (small images), and vs direct
+    Triton for large ones, which unary cannot carry; unary and direct keep as many calls in flight
+    as the server runs per stream."""
     meter = env.meter()
     address, url, window = env.server.address, env.triton.grpc_url, budget.stream_in_flight
     cases = {

@@ -1,6 +1,7 @@
-"""What one benchmark call is, per kind: a health check, a unary Detect, a Triton infer over a
-shared client or a client made per call, a whole StreamDetect upload. Each target owns the one
-channel (or client) it reuses and is opened once per worker run, before timing starts."""
+"""What one benchmark call is, per kind: a health check, a unary DetectObjects, a Triton infer
+over a shared client or a client made per call, a whole StreamDetectObjects upload. Each target
+owns the one channel (or client) it reuses and is opened once per worker run, before timing
+starts."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 
 from bench.payloads import PayloadName, payload
-from clients.python.vision_client.client import StreamImage, upload_messages
-from server.triton import DetectorTensors
+from server.triton import detection as tensors
+from server.triton.tensors import IMAGE
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 from vision.v1 import image_pb2
+from vision_client.client import StreamImage, detection_uploads
 
 TargetKind = Literal["health", "detect", "triton", "triton_per_request", "stream"]
 
@@ -61,20 +63,20 @@ class HealthTarget:
 
 
 class DetectTarget:
-    """DetectionService/Detect (unary) over one shared channel, server-side default options
+    """DetectionService/DetectObjects (unary) over one shared channel, server-side default options
     (score 0.25, IoU 0.45): the same work the direct Triton calls ask for."""
 
     def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = det_grpc.DetectionServiceStub(self._channel)
-        self._requests = [det_pb2.DetectRequest(image=image_pb2.Image(content=image))
+        self._requests = [det_pb2.DetectObjectsRequest(image=image_pb2.Image(content=image))
                           for image in images]
 
     async def open(self) -> None:
         await self._channel.channel_ready()
 
     async def call(self, index: int) -> int:
-        await self._stub.Detect(self._requests[index % len(self._requests)],
+        await self._stub.DetectObjects(self._requests[index % len(self._requests)],
                                 timeout=CALL_TIMEOUT_S)
         return 1
 
@@ -83,16 +85,16 @@ class DetectTarget:
 
 
 def _infer_inputs(content: bytes) -> list[InferInput]:
-    """The ensemble's inputs as server/triton.py builds them: [1, 1] tensors."""
-    tensors = [
-        (DetectorTensors.IMAGE, np.array([[content]], dtype=np.object_), "BYTES"),
-        (DetectorTensors.SCORE_THRESHOLD, np.array([[SCORE_THRESHOLD]], dtype=np.float32), "FP32"),
-        (DetectorTensors.IOU_THRESHOLD, np.array([[IOU_THRESHOLD]], dtype=np.float32), "FP32"),
-    ]
+    """The ensemble's inputs as server/triton/detection.py builds them: [1, 1] tensors."""
+    values = {
+        IMAGE: np.array([[content]], dtype=np.object_),
+        tensors.SCORE_THRESHOLD: np.array([[SCORE_THRESHOLD]], dtype=np.float32),
+        tensors.IOU_THRESHOLD: np.array([[IOU_THRESHOLD]], dtype=np.float32),
+    }
     inputs = []
-    for name, value, datatype in tensors:
-        tensor = InferInput(name, list(value.shape), datatype)
-        tensor.set_data_from_numpy(value)
+    for spec in tensors.TENSORS.inputs:
+        tensor = InferInput(spec.name, list(values[spec.name].shape), spec.datatype)
+        tensor.set_data_from_numpy(values[spec.name])
         inputs.append(tensor)
     return inputs
 
@@ -101,7 +103,7 @@ async def _infer(client: InferenceServerClient, content: bytes,
                  outputs: list[InferRequestedOutput]) -> None:
     result: Any = await client.infer(ENSEMBLE, _infer_inputs(content), outputs=outputs,
                                      client_timeout=CALL_TIMEOUT_S)
-    for name in DetectorTensors.OUTPUTS:  # read the answer, as a real caller would
+    for name in tensors.TENSORS.output_names:  # read the answer, as a real caller would
         result.as_numpy(name)
 
 
@@ -111,7 +113,7 @@ class TritonTarget:
     def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
         self._address = address
         self._images = images
-        self._outputs = [InferRequestedOutput(name) for name in DetectorTensors.OUTPUTS]
+        self._outputs = [InferRequestedOutput(name) for name in tensors.TENSORS.output_names]
         self._client: InferenceServerClient | None = None
 
     async def open(self) -> None:
@@ -135,7 +137,7 @@ class TritonPerRequestTarget:
     def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
         self._address = address
         self._images = images
-        self._outputs = [InferRequestedOutput(name) for name in DetectorTensors.OUTPUTS]
+        self._outputs = [InferRequestedOutput(name) for name in tensors.TENSORS.output_names]
 
     async def open(self) -> None:
         return None
@@ -153,8 +155,9 @@ class TritonPerRequestTarget:
 
 
 class StreamTarget:
-    """One StreamDetect call that uploads `per_stream` images (header, 1 MiB chunks, end marker
-    each, as the SDK sends them) and reads every result; each failed result counts as an error."""
+    """One StreamDetectObjects call that uploads `per_stream` images (header, 1 MiB chunks, end
+    marker each, as the SDK sends them) and reads every result; each failed result counts as an
+    error."""
 
     def __init__(self, address: str, images: tuple[bytes, ...], per_stream: int) -> None:
         self._channel = grpc.aio.insecure_channel(address, options=STREAM_CHANNEL_OPTIONS)
@@ -165,14 +168,14 @@ class StreamTarget:
     async def open(self) -> None:
         await self._channel.channel_ready()
 
-    def _uploads(self, index: int) -> Iterator[det_pb2.StreamDetectRequest]:
-        return upload_messages(
+    def _uploads(self, index: int) -> Iterator[det_pb2.StreamDetectObjectsRequest]:
+        return detection_uploads(
             StreamImage(f"{index}-{i}", self._images[(index + i) % len(self._images)])
             for i in range(self._per_stream))
 
     async def call(self, index: int) -> int:
         ok = 0
-        async for response in self._stub.StreamDetect(self._uploads(index),
+        async for response in self._stub.StreamDetectObjects(self._uploads(index),
                                                        timeout=CALL_TIMEOUT_S):
             if response.status.code != 0:
                 raise RuntimeError(f"stream image failed: {response.status.message}")

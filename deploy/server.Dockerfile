@@ -5,8 +5,6 @@ COPY requirements/dev.lock ./requirements/
 COPY pyproject.toml ./
 COPY server ./server
 COPY vision ./vision
-COPY clients ./clients
-COPY tools ./tools
 RUN pip install --no-cache-dir -c requirements/dev.lock .
 ENV VISION_HOST=0.0.0.0
 EXPOSE 4603

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from server import request_ids
 from server.app import create_server
 from server.settings import Settings, load_settings
 
@@ -25,8 +26,10 @@ def main() -> None:
     settings = load_settings()
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(request_ids.LogFilter())
     asyncio.run(serve(settings))
 
 

@@ -1,93 +1,120 @@
-"""Start-up and shutdown: settings → Triton client → pipeline → servicers → gRPC server, and back
-down in reverse order. `create_server` is what tests call (with port 0)."""
+"""Start-up and shutdown: settings → Triton client → registry of services → gRPC server, and
+back down in reverse order. `create_server` is what tests call (with port 0)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tritonclient.grpc.aio import InferenceServerClient
 
-from server import triton
 from server.health import TritonHealthWatcher
 from server.interceptors.inflight import InFlight
-from server.pipeline.detection import DetectionConfig, DetectionPipeline
-from server.servicers.detection import DetectionServicer
+from server.interceptors.request_id import RequestIdInterceptor
+from server.services import SERVICES, Resources, Service
 from server.settings import Settings
-from vision.v1 import detection_service_pb2 as det_pb2
-from vision.v1 import detection_service_pb2_grpc as det_grpc
+from server.triton.calls import TritonCalls, create_client
 
 log = logging.getLogger(__name__)
 
-DETECTION_SERVICE = det_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+MODEL_CHECK_TIMEOUT_S = 5.0
+
+
+class ModelContractError(RuntimeError):
+    """A served model's tensors differ from what its adapter sends or reads."""
 
 
 @dataclass
 class RunningServer:
-    """A started server and what it owns; `stop` releases all of it."""
+    """A started server and what it owns; `stop` releases all of it in reverse order."""
 
     server: grpc.aio.Server
     port: int
-    triton_client: InferenceServerClient
     health_watcher: TritonHealthWatcher
     health_servicer: health.aio.HealthServicer
     in_flight: InFlight
-    _watch_task: asyncio.Task[None]
+    _resources: contextlib.AsyncExitStack
 
     async def stop(self, grace_s: float | None) -> None:
         """Graceful: health says NOT_SERVING, new calls are refused, in-flight ones get grace_s
-        to finish; then the Triton channel closes."""
+        to finish; then the background checks stop and the Triton channel closes."""
         await self.health_servicer.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        self._watch_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._watch_task
-        await self.triton_client.close()
+        await self._resources.aclose()
 
 
-async def create_server(settings: Settings) -> RunningServer:
-    """Builds and starts the server inside the running loop; returns it with its bound port."""
-    client = triton.create_client(settings.triton.url)
-    detection = settings.detection
-    pipeline = DetectionPipeline(
-        triton.TritonDetector(client, settings.triton.timeout_s),
-        DetectionConfig(
-            models=frozenset(detection.models),
-            default_model=detection.default_model,
-            default_score_threshold=detection.default_score_threshold,
-            default_iou_threshold=detection.default_iou_threshold,
-            default_max_detections=detection.default_max_detections,
-            limits=settings.limits.image_limits(),
-        ),
-    )
+async def create_server(
+    settings: Settings, services: Sequence[Service] = SERVICES
+) -> RunningServer:
+    """Builds and starts the server inside the running loop; returns it with its bound port.
+    Raises ModelContractError when a ready model does not match its adapter."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        return await _start(settings, services, stack)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
+async def _start(settings: Settings, services: Sequence[Service],
+                 stack: contextlib.AsyncExitStack) -> RunningServer:
+    triton = TritonCalls(create_client(settings.triton.url), settings.triton.timeout_s)
+    stack.push_async_callback(triton.close)
+    await check_models(triton, services, settings)
+    resources = Resources(settings=settings, triton=triton)
+
     in_flight = InFlight()
-    server = grpc.aio.server(interceptors=[in_flight])
-    det_grpc.add_DetectionServiceServicer_to_server(
-        DetectionServicer(pipeline, settings.limits.max_image_bytes,
-                          settings.limits.max_stream_in_flight),
-        server,
-    )
+    server = grpc.aio.server(interceptors=[in_flight, RequestIdInterceptor()])
+    for service in services:
+        service.add_to_server(service.build(resources), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (DETECTION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
-        server,
-    )
+        (*(s.name for s in services), HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
+
     watcher = TritonHealthWatcher(
-        client, health_servicer, {DETECTION_SERVICE: [detection.default_model]},
-        settings.triton.health_poll_interval_s,
-    )
+        triton, health_servicer, {s.name: s.models(settings) for s in services},
+        settings.triton.health_poll_interval_s)
     await server.start()
     watch_task = asyncio.create_task(watcher.run())
+    stack.push_async_callback(_cancel, watch_task)
     log.info("vision-grpc listening on %s:%d (triton %s)", settings.host, port,
              settings.triton.url)
-    return RunningServer(server, port, client, watcher, health_servicer, in_flight, watch_task)
+    return RunningServer(server, port, watcher, health_servicer, in_flight, stack)
+
+
+async def check_models(triton: TritonCalls, services: Sequence[Service],
+                       settings: Settings) -> None:
+    """Compares every ready model with the tensors its adapter relies on. Models that are not
+    ready (or a Triton that does not answer) are left to health, which reports them."""
+    if not await triton.server_ready(MODEL_CHECK_TIMEOUT_S):
+        log.warning("triton at %s is not ready; model contracts not checked at start-up",
+                    settings.triton.url)
+        return
+    for service in services:
+        if service.tensors is None:
+            continue
+        for model in service.models(settings):
+            if not await triton.model_ready(model, MODEL_CHECK_TIMEOUT_S):
+                continue
+            metadata = await triton.model_metadata(model, MODEL_CHECK_TIMEOUT_S)
+            problems = service.tensors.mismatches(metadata)
+            if problems:
+                raise ModelContractError(
+                    f"model {model!r} does not match what {service.name} sends and reads: "
+                    + "; ".join(problems))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

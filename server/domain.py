@@ -89,16 +89,31 @@ class DetectionResult:
     model: ModelRef
 
 
+class Input(enum.Enum):
+    """The input of a pipeline that a field path is relative to. Pipelines and adapters name
+    fields relative to their own inputs; the servicer knows where each input sits in its request
+    (`image.content` in a unary call, `chunk.data` in a stream) and prefixes the path."""
+
+    IMAGE = "image"  # the encoded image bytes themselves
+    OPTIONS = "options"  # the task's options message
+    REQUEST = "request"  # the request message itself (paths are already absolute)
+
+
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """A bad field, named by its path in the request (e.g. `options.iou_threshold`)."""
+    """A bad field: `path` is relative to `input` ("" = the input itself), e.g. OPTIONS +
+    "iou_threshold"."""
 
-    field: str
+    input: Input
+    path: str
     description: str
 
 
 class VisionError(Exception):
-    """Base of the errors the pipeline and adapters raise; errors.py maps each to a status."""
+    """Base of the errors the pipeline and adapters raise; errors.py maps each to a status.
+
+    `message` is safe to show a caller; it never names a field path, because the path depends on
+    the request's shape (the status's BadRequest detail carries the paths)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -108,20 +123,23 @@ class VisionError(Exception):
 
 class InvalidArgumentError(VisionError):
     def __init__(self, reason: str, violations: tuple[FieldViolation, ...]) -> None:
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations), reason)
+        super().__init__("; ".join(v.description for v in violations), reason)
         self.violations = violations
 
     @classmethod
-    def one(cls, reason: str, field: str, description: str) -> InvalidArgumentError:
-        return cls(reason, (FieldViolation(field, description),))
+    def one(cls, reason: str, input: Input, path: str, description: str) -> InvalidArgumentError:
+        return cls(reason, (FieldViolation(input, path, description),))
 
 
 class ModelNotFoundError(VisionError):
-    def __init__(self, model: ModelRef, field: str) -> None:
-        what = f"model {model.name!r}" + (f" version {model.version!r}" if model.version else "")
+    """A model (or version) the service does not serve; `path` is relative to the options."""
+
+    def __init__(self, model: ModelRef, path: str) -> None:
+        what = f"model {_clipped(model.name)!r}" + (
+            f" version {_clipped(model.version)!r}" if model.version else "")
         super().__init__(f"{what} is not served here", "MODEL_NOT_FOUND")
         self.model = model
-        self.field = field
+        self.path = path
 
 
 class BackendUnavailableError(VisionError):
@@ -143,3 +161,12 @@ class BackendError(VisionError):
     def __init__(self, detail: str) -> None:
         super().__init__("inference failed", "BACKEND_ERROR")
         self.detail = detail
+
+
+MAX_ECHOED_CHARS = 64
+
+
+def _clipped(value: str) -> str:
+    """A caller's value as echoed in a message: long values are cut so that an error always fits
+    in gRPC's metadata limit."""
+    return value if len(value) <= MAX_ECHOED_CHARS else value[:MAX_ECHOED_CHARS] + "…"

@@ -1,11 +1,19 @@
 """The one table from domain errors to `google.rpc.Status` (AIP-193): a code, a message safe to
 show, ErrorInfo(reason, domain) and the detail each kind needs (BadRequest, ResourceInfo,
-RetryInfo). Unknown exceptions become INTERNAL with a generic message and a logged traceback."""
+RetryInfo). Unknown exceptions become INTERNAL with a generic message and a logged traceback.
+
+Field paths: domain errors name fields relative to the pipeline's inputs (domain.Input); the
+`RequestPaths` of the RPC at hand says where each input sits in its request, so the same error
+reads `image.content` in a unary call and `chunk.data` in a stream.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -18,6 +26,8 @@ from server.domain import (
     BackendError,
     BackendUnavailableError,
     DeadlineExceededError,
+    FieldViolation,
+    Input,
     InvalidArgumentError,
     ModelNotFoundError,
     VisionError,
@@ -26,36 +36,55 @@ from server.domain import (
 log = logging.getLogger(__name__)
 
 DOMAIN = "vision.v1"
+# An error travels in gRPC trailing metadata (8 KiB by default on most stacks), twice: the message
+# as grpc-message and the whole Status base64-encoded in grpc-status-details-bin. These caps keep
+# every error's Status near 2 KiB, so it is always delivered as documented.
+MAX_VIOLATIONS = 10
+MAX_DESCRIPTION = 120
+MAX_IN_MESSAGE = 3
 
 
-def to_status(exc: BaseException, renames: Mapping[str, str] | None = None) -> status_pb2.Status:
-    """The google.rpc.Status for an exception raised while serving one request or one image.
+@dataclass(frozen=True, slots=True)
+class RequestPaths:
+    """Where a pipeline's inputs sit in one RPC's request, e.g. image → "image.content"."""
 
-    `renames` maps field-path prefixes to the names a differently shaped request uses (a
-    streamed image's `image.content` is its `chunk.data`)."""
-    def field(path: str) -> str:
-        return rename_field(path, renames or {})
+    image: str
+    options: str
 
+    def path(self, violation: FieldViolation) -> str:
+        root = {Input.IMAGE: self.image, Input.OPTIONS: self.options, Input.REQUEST: ""}[
+            violation.input]
+        if not violation.path:
+            return root
+        if not root or violation.path.startswith("["):
+            return root + violation.path
+        return f"{root}.{violation.path}"
+
+
+def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
+    """The google.rpc.Status for an exception raised while serving one request or one image."""
     if isinstance(exc, InvalidArgumentError):
+        shown = exc.violations[:MAX_VIOLATIONS]
+        fields = [(paths.path(v), _clip(v.description)) for v in shown]
+        message = "; ".join(f"{field}: {description}"
+                            for field, description in fields[:MAX_IN_MESSAGE])
+        if len(exc.violations) > MAX_IN_MESSAGE:
+            message += f" (and {len(exc.violations) - MAX_IN_MESSAGE} more)"
         bad = details_pb2.BadRequest(field_violations=[
-            details_pb2.BadRequest.FieldViolation(field=field(v.field), description=v.description)
-            for v in exc.violations
+            details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in fields
         ])
-        return _status(code_pb2.INVALID_ARGUMENT, exc, bad)
+        return _status(code_pb2.INVALID_ARGUMENT, exc, bad, message=message)
     if isinstance(exc, ModelNotFoundError):
+        field = paths.path(FieldViolation(Input.OPTIONS, exc.path, exc.message))
         resource = details_pb2.ResourceInfo(
-            resource_type="model", resource_name=exc.model.name, description=exc.message
-        )
+            resource_type="model", resource_name=_clip(exc.model.name), description=exc.message)
         bad = details_pb2.BadRequest(field_violations=[
-            details_pb2.BadRequest.FieldViolation(field=field(exc.field), description=exc.message)
+            details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)
         ])
         return _status(code_pb2.NOT_FOUND, exc, resource, bad)
     if isinstance(exc, BackendUnavailableError):
-        retry = details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(nanos=int(exc.retry_after_s * 1e9) % 10**9,
-                                              seconds=int(exc.retry_after_s))
-        )
-        return _status(code_pb2.UNAVAILABLE, exc, retry)
+        return _status(code_pb2.UNAVAILABLE, exc, _retry_info(exc.retry_after_s))
     if isinstance(exc, DeadlineExceededError):
         return _status(code_pb2.DEADLINE_EXCEEDED, exc)
     if isinstance(exc, BackendError):
@@ -65,23 +94,56 @@ def to_status(exc: BaseException, renames: Mapping[str, str] | None = None) -> s
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
 
 
-def rename_field(path: str, renames: Mapping[str, str]) -> str:
-    for old, new in renames.items():
-        if path == old or path.startswith(old + ".") or path.startswith(old + "["):
-            return new + path[len(old):]
-    return path
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_DESCRIPTION else text[:MAX_DESCRIPTION] + "…"
 
 
-def _status(code: int, exc: VisionError, *details: Message) -> status_pb2.Status:
+def _retry_info(after_s: float) -> details_pb2.RetryInfo:
+    seconds = int(after_s)
+    return details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
+        seconds=seconds, nanos=int((after_s - seconds) * 1e9)))
+
+
+def _status(
+    code: int, exc: VisionError, *details: Message, message: str | None = None
+) -> status_pb2.Status:
     info = details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN)
     packed = []
     for detail in (info, *details):
         any_detail = any_pb2.Any()
         any_detail.Pack(detail)
         packed.append(any_detail)
-    return status_pb2.Status(code=code, message=exc.message, details=packed)
+    return status_pb2.Status(code=code, message=message or exc.message, details=packed)
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], exc: BaseException) -> None:
-    """Ends the call with the rich status for exc (raises, as context.abort does)."""
-    await context.abort_with_status(rpc_status.to_status(to_status(exc)))
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def unary(
+    paths: RequestPaths,
+) -> Callable[
+    [Callable[[Servicer, Request, Context], Awaitable[Response]]],
+    Callable[[Servicer, Request, Context], Awaitable[Response]],
+]:
+    """Decorates a unary RPC method: whatever it raises ends the call with the status from the
+    table above, its field paths placed by `paths`."""
+
+    def decorate(
+        method: Callable[[Servicer, Request, Context], Awaitable[Response]],
+    ) -> Callable[[Servicer, Request, Context], Awaitable[Response]]:
+        @functools.wraps(method)
+        async def handled(self: Servicer, request: Request, context: Context) -> Response:
+            try:
+                return await method(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (every error becomes a status)
+                await context.abort_with_status(rpc_status.to_status(to_status(exc, paths)))
+                raise  # unreachable: abort_with_status raises
+
+        return handled
+
+    return decorate

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from server.domain import ImageFormat, ImageInfo, ImageLimits, InvalidArgumentError
-
-FIELD = "image.content"
+from server.domain import ImageFormat, ImageInfo, ImageLimits, Input, InvalidArgumentError
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND\xaeB`\x82"
@@ -28,25 +26,27 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 
 
 def inspect_image(content: bytes, limits: ImageLimits) -> ImageInfo:
-    """Returns the image's format and size, or raises InvalidArgumentError naming image.content."""
+    """Returns the image's format and size, or raises InvalidArgumentError about the image."""
     if not content:
-        raise InvalidArgumentError.one("EMPTY_IMAGE", FIELD, "the image is empty")
+        raise _invalid("EMPTY_IMAGE", "the image is empty")
     if len(content) > limits.max_bytes:
-        raise InvalidArgumentError.one(
-            "IMAGE_TOO_LARGE", FIELD,
+        raise _invalid(
+            "IMAGE_TOO_LARGE",
             f"the image has {len(content)} bytes; the limit is {limits.max_bytes}",
         )
     info = _read_header(content)
     if info.width <= 0 or info.height <= 0:
-        raise InvalidArgumentError.one(
-            "INVALID_IMAGE", FIELD, f"the {info.format.value} header gives no valid size"
-        )
+        raise _invalid("INVALID_IMAGE", f"the {info.format.value} header gives no valid size")
     if info.width * info.height > limits.max_pixels:
-        raise InvalidArgumentError.one(
-            "IMAGE_TOO_LARGE", FIELD,
+        raise _invalid(
+            "IMAGE_TOO_LARGE",
             f"the image is {info.width}x{info.height} pixels; the limit is {limits.max_pixels}",
         )
     return info
+
+
+def _invalid(reason: str, description: str) -> InvalidArgumentError:
+    return InvalidArgumentError.one(reason, Input.IMAGE, "", description)
 
 
 def _read_header(content: bytes) -> ImageInfo:
@@ -60,24 +60,20 @@ def _read_header(content: bytes) -> ImageInfo:
         return _bmp(content)
     for magic, name in _UNSUPPORTED.items():
         if content.startswith(magic):
-            raise InvalidArgumentError.one(
-                "UNSUPPORTED_IMAGE_FORMAT", FIELD,
-                f"{name} is not supported; send JPEG, PNG, WebP or BMP",
+            raise _invalid(
+                "UNSUPPORTED_IMAGE_FORMAT", f"{name} is not supported; send JPEG, PNG, WebP or BMP"
             )
     if content[4:8] == b"ftyp":
-        raise InvalidArgumentError.one(
-            "UNSUPPORTED_IMAGE_FORMAT", FIELD,
-            "HEIF/AVIF is not supported; send JPEG, PNG, WebP or BMP",
+        raise _invalid(
+            "UNSUPPORTED_IMAGE_FORMAT", "HEIF/AVIF is not supported; send JPEG, PNG, WebP or BMP"
         )
-    raise InvalidArgumentError.one(
-        "INVALID_IMAGE", FIELD, "the bytes are not an image (no JPEG, PNG, WebP or BMP signature)"
+    raise _invalid(
+        "INVALID_IMAGE", "the bytes are not an image (no JPEG, PNG, WebP or BMP signature)"
     )
 
 
 def _truncated(fmt: ImageFormat) -> InvalidArgumentError:
-    return InvalidArgumentError.one(
-        "IMAGE_TRUNCATED", FIELD, f"the {fmt.value} data is truncated (upload incomplete?)"
-    )
+    return _invalid("IMAGE_TRUNCATED", f"the {fmt.value} data is truncated (upload incomplete?)")
 
 
 def _jpeg(content: bytes) -> ImageInfo:
@@ -134,7 +130,7 @@ def _webp(content: bytes) -> ImageInfo:
         width = int.from_bytes(content[24:27], "little") + 1
         height = int.from_bytes(content[27:30], "little") + 1
     else:
-        raise InvalidArgumentError.one("INVALID_IMAGE", FIELD, "unknown WebP chunk")
+        raise _invalid("INVALID_IMAGE", "unknown WebP chunk")
     return ImageInfo(ImageFormat.WEBP, width, height, len(content))
 
 
@@ -144,5 +140,9 @@ def _bmp(content: bytes) -> ImageInfo:
     (file_size,) = struct.unpack_from("<I", content, 2)
     if file_size > len(content):
         raise _truncated(ImageFormat.BMP)
-    width, height = struct.unpack_from("<ii", content, 18)
+    (header_size,) = struct.unpack_from("<I", content, 14)
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit unsigned width and height
+        width, height = struct.unpack_from("<HH", content, 18)
+    else:
+        width, height = struct.unpack_from("<ii", content, 18)
     return ImageInfo(ImageFormat.BMP, width, abs(height), len(content))

@@ -7,7 +7,7 @@ with one declaration, the shape Immich and MLServer use.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
 from server.domain import ImageLimits
@@ -36,12 +36,24 @@ class LimitsSettings(BaseModel):
         return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
 
 
-class DetectionSettings(BaseModel):
-    default_model: str = Field("yolox_nano", description="Detector used when a call names none.")
+class TaskSettings(BaseModel):
+    """The models of one task (detection, embedding, ...): one block per task, same shape."""
+
+    default_model: str = Field(description="Model used when a call names none.")
     models: list[str] = Field(
-        default_factory=lambda: ["yolox_nano"],
-        description="Triton ensembles callers may name for detection.",
+        default_factory=list,
+        description="Triton models callers may name for this task; the default is always one.",
     )
+
+    @model_validator(mode="after")
+    def _default_is_served(self) -> TaskSettings:
+        if self.default_model not in self.models:
+            self.models = [self.default_model, *self.models]
+        return self
+
+
+class DetectionSettings(TaskSettings):
+    default_model: str = Field("yolox_nano", description="Detector used when a call names none.")
     default_score_threshold: float = Field(0.25, ge=0, le=1)
     default_iou_threshold: float = Field(0.45, ge=0, le=1)
     default_max_detections: int = Field(100, gt=0, le=1000)

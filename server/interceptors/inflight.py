@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 
-# The generic form exists only in the type stubs; at run time the alias must stay a string.
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+from server.interceptors.wrapping import Handler, wrap_handler
 
 
 class InFlight(grpc.aio.ServerInterceptor):
@@ -34,27 +33,7 @@ class InFlight(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._streaming(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return None if handler is None else wrap_handler(handler, self._unary, self._streaming)
 
     def _unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def counted(request: Any, context: Any) -> Any:

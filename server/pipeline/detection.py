@@ -12,11 +12,13 @@ from server.domain import (
     DetectOptionsInput,
     FieldViolation,
     ImageLimits,
+    Input,
     InvalidArgumentError,
     ModelNotFoundError,
     ModelRef,
 )
 from server.images import inspect_image
+from server.pipeline.models import check_version
 
 MAX_ALLOWLIST = 100
 MAX_DETECTIONS = 1000
@@ -48,27 +50,27 @@ class DetectionPipeline:
         cfg = self._config
         violations: list[FieldViolation] = []
         score = _unit_interval(given.score_threshold, cfg.default_score_threshold,
-                               "options.score_threshold", violations)
+                               "score_threshold", violations)
         iou = _unit_interval(given.iou_threshold, cfg.default_iou_threshold,
-                             "options.iou_threshold", violations)
+                             "iou_threshold", violations)
         if not 0 <= given.max_detections <= MAX_DETECTIONS:
             violations.append(FieldViolation(
-                "options.max_detections", f"must be in [0, {MAX_DETECTIONS}] (0 = default)"))
+                Input.OPTIONS, "max_detections",
+                f"must be in [0, {MAX_DETECTIONS}] (0 = default)"))
         if len(given.class_allowlist) > MAX_ALLOWLIST:
             violations.append(FieldViolation(
-                "options.class_allowlist", f"at most {MAX_ALLOWLIST} entries"))
-        violations.extend(
-            FieldViolation(f"options.class_allowlist[{i}]", "must not be empty")
-            for i, label in enumerate(given.class_allowlist) if not label.strip()
-        )
-        if given.model.version and not given.model.version.isdigit():
-            violations.append(FieldViolation(
-                "options.model.version", "must be a version number such as \"1\", or empty"))
+                Input.OPTIONS, "class_allowlist", f"at most {MAX_ALLOWLIST} entries"))
+        else:
+            violations.extend(
+                FieldViolation(Input.OPTIONS, f"class_allowlist[{i}]", "must not be blank")
+                for i, label in enumerate(given.class_allowlist) if not label.strip()
+            )
+        violations.extend(check_version(given.model))
         if violations:
             raise InvalidArgumentError("INVALID_OPTION", tuple(violations))
         model = ModelRef(given.model.name or cfg.default_model, given.model.version)
         if model.name not in cfg.models:
-            raise ModelNotFoundError(model, "options.model.name")
+            raise ModelNotFoundError(model, "model.name")
         return DetectOptions(
             model=model,
             score_threshold=score,
@@ -106,5 +108,5 @@ def _unit_interval(
     if value is None:
         return default
     if not 0.0 <= value <= 1.0:  # also false for NaN
-        violations.append(FieldViolation(field, "must be in [0, 1]"))
+        violations.append(FieldViolation(Input.OPTIONS, field, "must be in [0, 1]"))
     return value

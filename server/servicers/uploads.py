@@ -1,21 +1,36 @@
-"""Reassembles images from a StreamDetect upload (header → chunks → end, repeated) and reports
-each protocol mistake as a failure of that one image, so the stream goes on."""
+"""Reassembles images from any upload stream (upload.proto: header → chunks → end, repeated) and
+reports each protocol mistake as a failure of that one image, so the stream goes on.
+
+Every streaming RPC's request has the same `kind` oneof (header, chunk, end); the assembler is
+told which of the header's `options` it takes, so one state machine serves every service.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from server.domain import InvalidArgumentError
-from vision.v1 import detection_service_pb2 as det_pb2
+from server import request_ids
+from server.domain import Input, InvalidArgumentError
+from vision.v1 import upload_pb2
 
-MAX_REQUEST_ID = 128
 _REASON = "UPLOAD_PROTOCOL"
+
+
+class UploadMessage(Protocol):
+    """One message of an upload stream (e.g. vision.v1.StreamDetectObjectsRequest)."""
+
+    @property
+    def header(self) -> upload_pb2.UploadHeader: ...
+    @property
+    def chunk(self) -> upload_pb2.ImageChunk: ...
+    def WhichOneof(self, oneof_group: Literal["kind"]) -> str | None: ...  # noqa: N802
 
 
 @dataclass(frozen=True, slots=True)
 class CompletedUpload:
     request_id: str
-    options: det_pb2.DetectionOptions
+    header: upload_pb2.UploadHeader
     content: bytes
 
 
@@ -33,7 +48,7 @@ class _Open:
     """An image being uploaded. Chunks are kept as received and joined once at the end: one
     copy of the image instead of an append per chunk plus a final copy (see bench/REPORT.md)."""
 
-    header: det_pb2.UploadHeader
+    header: upload_pb2.UploadHeader
     chunks: list[bytes]
     received: int = 0
 
@@ -45,13 +60,14 @@ class UploadAssembler:
     quietly: one mistake yields one failed result, not one per chunk.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, options_field: str) -> None:
         self._max_bytes = max_bytes
+        self._options_field = options_field
         self._open: _Open | None = None
         self._skipping = False
         self._seen: set[str] = set()
 
-    def feed(self, message: det_pb2.StreamDetectRequest) -> list[Event]:
+    def feed(self, message: UploadMessage) -> list[Event]:
         kind = message.WhichOneof("kind")
         if kind == "header":
             return self._header(message.header)
@@ -70,7 +86,7 @@ class UploadAssembler:
         return [FailedUpload(request_id, _error(
             "end", "the stream closed before this image's end marker"))]
 
-    def _header(self, header: det_pb2.UploadHeader) -> list[Event]:
+    def _header(self, header: upload_pb2.UploadHeader) -> list[Event]:
         events: list[Event] = []
         if self._open is not None:
             events.append(FailedUpload(self._open.header.request_id, _error(
@@ -79,27 +95,31 @@ class UploadAssembler:
         self._skipping = False
         problem = self._check_header(header)
         if problem is not None:
-            events.append(FailedUpload(header.request_id, problem))
+            shown = header.request_id if request_ids.is_valid(header.request_id) else ""
+            events.append(FailedUpload(shown, problem))
             self._skipping = True
             return events
         self._seen.add(header.request_id)
         self._open = _Open(header, [])
         return events
 
-    def _check_header(self, header: det_pb2.UploadHeader) -> InvalidArgumentError | None:
+    def _check_header(self, header: upload_pb2.UploadHeader) -> InvalidArgumentError | None:
         rid = header.request_id
-        if not rid:
-            return _error("header.request_id", "required")
-        if len(rid) > MAX_REQUEST_ID:
-            return _error("header.request_id", f"at most {MAX_REQUEST_ID} characters")
+        if not request_ids.is_valid(rid):
+            return _error("header.request_id", f"required: 1 to {request_ids.MAX_LENGTH} "
+                          "printable ASCII characters without spaces")
         if rid in self._seen:
             return _error("header.request_id", "already used on this stream")
         if header.size_bytes <= 0:
             return _error("header.size_bytes", "required, > 0")
         if header.size_bytes > self._max_bytes:
             return InvalidArgumentError.one(
-                "IMAGE_TOO_LARGE", "header.size_bytes",
+                "IMAGE_TOO_LARGE", Input.REQUEST, "header.size_bytes",
                 f"{header.size_bytes} bytes declared; the limit is {self._max_bytes}")
+        given = header.WhichOneof("options")
+        if given is not None and given != self._options_field:
+            return _error(f"header.{given}",
+                          f"this RPC takes header.{self._options_field}, not header.{given}")
         return None
 
     def _chunk(self, data: bytes) -> list[Event]:
@@ -131,8 +151,8 @@ class UploadAssembler:
             return [FailedUpload(header.request_id, _error(
                 "chunk.data",
                 f"received {upload.received} bytes; the header declared {header.size_bytes}"))]
-        return [CompletedUpload(header.request_id, header.options, b"".join(upload.chunks))]
+        return [CompletedUpload(header.request_id, header, b"".join(upload.chunks))]
 
 
 def _error(field: str, description: str) -> InvalidArgumentError:
-    return InvalidArgumentError.one(_REASON, field, description)
+    return InvalidArgumentError.one(_REASON, Input.REQUEST, field, description)

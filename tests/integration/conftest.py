@@ -13,11 +13,11 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from clients.python.vision_client import VisionClient
 from server.app import RunningServer, create_server
 from server.settings import Settings, TritonSettings
 from tools.local_triton import start_triton
 from vision.v1 import detection_service_pb2_grpc as det_grpc
+from vision_client import VisionClient
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ import asyncio
 
 from tritonclient.grpc.aio import InferenceServerClient
 
-from clients.python.vision_client import VisionClient
 from tests.images import photo
+from vision_client import VisionClient
 
 
 async def _counts(url: str, model: str) -> tuple[int, int]:

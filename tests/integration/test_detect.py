@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from clients.python.vision_client import VisionClient
 from tests import reference_yolox
 from tests.images import decode, encode, photo
-from vision.v1 import detection_service_pb2 as det_pb2
+from vision.v1 import detection_pb2
+from vision_client import VisionClient
 
 
 @pytest.mark.parametrize(
@@ -43,13 +43,13 @@ async def test_photos_match_in_process_reference(
 
 async def test_options_reach_the_model_and_the_shaping(client: VisionClient) -> None:
     everything = await client.detect(photo("coffee.png"),
-                                     det_pb2.DetectionOptions(score_threshold=0.01))
+                                     detection_pb2.DetectionOptions(score_threshold=0.01))
     default = await client.detect(photo("coffee.png"))
     assert len(everything.detections) > len(default.detections)
     assert min(d.score for d in everything.detections) >= 0.01
     only_table = await client.detect(
         photo("coffee.png"),
-        det_pb2.DetectionOptions(class_allowlist=["dining table"], max_detections=1))
+        detection_pb2.DetectionOptions(class_allowlist=["dining table"], max_detections=1))
     assert [d.label for d in only_table.detections] == ["dining table"]
 
 

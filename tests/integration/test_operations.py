@@ -15,7 +15,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients.python.vision_client import VisionClient
 from server.app import create_server
 from server.settings import Settings, TritonSettings
 from tests.images import photo
@@ -24,6 +23,7 @@ from tests.integration.status_details import reason, status_of
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 from vision.v1 import image_pb2
+from vision_client import VisionClient
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
@@ -41,7 +41,8 @@ async def test_grpcurl_lists_services_by_reflection(target: str) -> None:
     services = (await grpcurl(target, "list")).split()
     assert {"vision.v1.DetectionService", "grpc.health.v1.Health"} <= set(services)
     described = await grpcurl(target, "describe", "vision.v1.DetectionService")
-    assert "rpc StreamDetect ( stream .vision.v1.StreamDetectRequest )" in described
+    assert ("rpc StreamDetectObjects ( stream .vision.v1.StreamDetectObjectsRequest )"
+            in described)
 
 
 async def test_grpcurl_health_and_detect(target: str) -> None:
@@ -50,7 +51,7 @@ async def test_grpcurl_health_and_detect(target: str) -> None:
                                           "grpc.health.v1.Health/Check"))
         assert answer == {"status": "SERVING"}
     body = json.dumps({"image": {"content": base64.b64encode(photo("chelsea.png")).decode()}})
-    answer = json.loads(await grpcurl("-d", "@", target, "vision.v1.DetectionService/Detect",
+    answer = json.loads(await grpcurl("-d", "@", target, "vision.v1.DetectionService/DetectObjects",
                                       stdin=body.encode()))
     assert answer["detections"][0]["label"] == "cat"
 
@@ -68,7 +69,7 @@ async def test_triton_unreachable_means_not_serving_and_unavailable() -> None:
                 assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 stub = det_grpc.DetectionServiceStub(channel)
-                await stub.Detect(det_pb2.DetectRequest(
+                await stub.DetectObjects(det_pb2.DetectObjectsRequest(
                     image=image_pb2.Image(content=photo("chelsea.png"))), timeout=10)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             assert reason(status_of(caught.value)) == "BACKEND_UNAVAILABLE"

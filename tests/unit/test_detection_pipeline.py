@@ -82,7 +82,7 @@ async def test_bad_options_name_their_fields(kwargs: dict[str, object], fields: 
     with pytest.raises(InvalidArgumentError) as caught:
         await DetectionPipeline(fake, CONFIG).detect(photo("chelsea.png"), given(**kwargs), "r",
                                                      None)
-    assert [v.field for v in caught.value.violations] == fields
+    assert [f"{v.input.value}.{v.path}" for v in caught.value.violations] == fields
     assert fake.calls == []
 
 
@@ -91,7 +91,7 @@ async def test_unknown_model_is_not_found_before_inference() -> None:
     with pytest.raises(ModelNotFoundError) as caught:
         await DetectionPipeline(fake, CONFIG).detect(photo("chelsea.png"), given(name="yolo9000"),
                                                      "r", None)
-    assert caught.value.field == "options.model.name"
+    assert caught.value.path == "model.name"
     assert fake.calls == []
 
 

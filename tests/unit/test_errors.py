@@ -9,11 +9,15 @@ from server.domain import (
     BackendUnavailableError,
     DeadlineExceededError,
     FieldViolation,
+    Input,
     InvalidArgumentError,
     ModelNotFoundError,
     ModelRef,
 )
-from server.errors import DOMAIN, to_status
+from server.errors import DOMAIN, MAX_VIOLATIONS, RequestPaths, to_status
+
+UNARY = RequestPaths(image="image.content", options="options")
+STREAM = RequestPaths(image="chunk.data", options="header.detection")
 
 
 def details(status: status_pb2.Status) -> dict[str, object]:
@@ -30,10 +34,10 @@ def details(status: status_pb2.Status) -> dict[str, object]:
 
 def test_invalid_argument_carries_every_violation() -> None:
     exc = InvalidArgumentError("INVALID_OPTION", (
-        FieldViolation("options.iou_threshold", "must be in [0, 1]"),
-        FieldViolation("options.max_detections", "too many"),
+        FieldViolation(Input.OPTIONS, "iou_threshold", "must be in [0, 1]"),
+        FieldViolation(Input.OPTIONS, "max_detections", "too many"),
     ))
-    status = to_status(exc)
+    status = to_status(exc, UNARY)
     assert status.code == code_pb2.INVALID_ARGUMENT
     found = details(status)
     info = found["ErrorInfo"]
@@ -43,19 +47,37 @@ def test_invalid_argument_carries_every_violation() -> None:
     assert isinstance(bad, error_details_pb2.BadRequest)
     assert [v.field for v in bad.field_violations] == [
         "options.iou_threshold", "options.max_detections"]
+    assert status.message == (
+        "options.iou_threshold: must be in [0, 1]; options.max_detections: too many")
 
 
-def test_field_renames_apply_by_prefix() -> None:
-    exc = InvalidArgumentError("X", (FieldViolation("image.content", "bad"),
-                                     FieldViolation("options.class_allowlist[2]", "empty")))
-    bad = details(to_status(exc, {"image.content": "chunk.data", "options": "header.options"}))
+def test_paths_are_placed_by_the_request_shape_in_details_and_message() -> None:
+    exc = InvalidArgumentError("X", (FieldViolation(Input.IMAGE, "", "bad"),
+                                     FieldViolation(Input.OPTIONS, "class_allowlist[2]", "empty"),
+                                     FieldViolation(Input.REQUEST, "header.size_bytes", "big")))
+    status = to_status(exc, STREAM)
+    bad = details(status)
     assert isinstance(bad["BadRequest"], error_details_pb2.BadRequest)
     assert [v.field for v in bad["BadRequest"].field_violations] == [
-        "chunk.data", "header.options.class_allowlist[2]"]
+        "chunk.data", "header.detection.class_allowlist[2]", "header.size_bytes"]
+    assert "image.content" not in status.message and "chunk.data: bad" in status.message
+
+
+def test_violations_and_echoed_values_are_capped_so_errors_stay_deliverable() -> None:
+    many = tuple(FieldViolation(Input.OPTIONS, f"class_allowlist[{i}]", "x" * 1000)
+                 for i in range(100))
+    status = to_status(InvalidArgumentError("INVALID_OPTION", many), UNARY)
+    bad = details(status)["BadRequest"]
+    assert isinstance(bad, error_details_pb2.BadRequest)
+    assert len(bad.field_violations) == MAX_VIOLATIONS
+    assert "(and 97 more)" in status.message
+    assert status.ByteSize() < 2500
+    huge = to_status(ModelNotFoundError(ModelRef("m" * 2000), "model.name"), UNARY)
+    assert huge.ByteSize() < 1024
 
 
 def test_model_not_found() -> None:
-    status = to_status(ModelNotFoundError(ModelRef("nope", "3"), "options.model.version"))
+    status = to_status(ModelNotFoundError(ModelRef("nope", "3"), "model.version"), UNARY)
     assert status.code == code_pb2.NOT_FOUND
     found = details(status)
     resource = found["ResourceInfo"]
@@ -67,7 +89,7 @@ def test_model_not_found() -> None:
 
 
 def test_unavailable_has_retry_info() -> None:
-    status = to_status(BackendUnavailableError(retry_after_s=1.5))
+    status = to_status(BackendUnavailableError(retry_after_s=1.5), UNARY)
     assert status.code == code_pb2.UNAVAILABLE
     retry = details(status)["RetryInfo"]
     assert isinstance(retry, error_details_pb2.RetryInfo)
@@ -75,8 +97,8 @@ def test_unavailable_has_retry_info() -> None:
 
 
 def test_internal_errors_never_leak_their_text() -> None:
-    assert to_status(DeadlineExceededError()).code == code_pb2.DEADLINE_EXCEEDED
-    backend = to_status(BackendError("StatusCode.INTERNAL: secret stack trace"))
+    assert to_status(DeadlineExceededError(), UNARY).code == code_pb2.DEADLINE_EXCEEDED
+    backend = to_status(BackendError("StatusCode.INTERNAL: secret stack trace"), UNARY)
     assert backend.code == code_pb2.INTERNAL and "secret" not in backend.message
-    unknown = to_status(RuntimeError("password=hunter2"))
+    unknown = to_status(RuntimeError("password=hunter2"), UNARY)
     assert (unknown.code, unknown.message) == (code_pb2.INTERNAL, "internal error")

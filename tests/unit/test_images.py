@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
-from server.domain import ImageFormat, ImageLimits, InvalidArgumentError
+from server.domain import ImageFormat, ImageLimits, Input, InvalidArgumentError
 from server.images import inspect_image
 from tests.images import encode, photo
 
@@ -34,7 +36,8 @@ def _reason_and_field(content: bytes, limits: ImageLimits = LIMITS) -> tuple[str
     with pytest.raises(InvalidArgumentError) as caught:
         inspect_image(content, limits)
     (violation,) = caught.value.violations
-    return caught.value.reason, violation.field, violation.description
+    assert violation.input is Input.IMAGE
+    return caught.value.reason, violation.path, violation.description
 
 
 @pytest.mark.parametrize("name", ["astronaut.png", "obama.jpg", "sample1.jpg"])
@@ -42,7 +45,7 @@ def _reason_and_field(content: bytes, limits: ImageLimits = LIMITS) -> tuple[str
 def test_truncated_images_are_refused(name: str, keep: float) -> None:
     content = photo(name)
     reason, field, _ = _reason_and_field(content[: int(len(content) * keep)])
-    assert (reason, field) == ("IMAGE_TRUNCATED", "image.content")
+    assert (reason, field) == ("IMAGE_TRUNCATED", "")
 
 
 def test_truncated_webp_and_bmp_are_refused() -> None:
@@ -62,7 +65,7 @@ def test_truncated_webp_and_bmp_are_refused() -> None:
     ],
 )
 def test_non_images_are_refused(content: bytes, reason: str) -> None:
-    assert _reason_and_field(content)[:2] == (reason, "image.content")
+    assert _reason_and_field(content)[:2] == (reason, "")
 
 
 def test_real_gif_is_unsupported() -> None:
@@ -78,3 +81,11 @@ def test_limits_on_bytes_and_pixels() -> None:
     assert reason == "IMAGE_TOO_LARGE"
     assert "451x300" in description
     assert inspect_image(content, ImageLimits(len(content), 451 * 300)).width == 451
+
+
+def test_os2_bmp_header_gives_its_real_size() -> None:
+    pixels = bytes(8 * 3)  # 3 rows of 2 BGR pixels, each row padded to 8 bytes
+    header = struct.pack("<2sIHHI", b"BM", 26 + len(pixels), 0, 0, 26)
+    core = struct.pack("<IHHHH", 12, 2, 3, 1, 24)  # BITMAPCOREHEADER: 16-bit width, height
+    info = inspect_image(header + core + pixels, LIMITS)
+    assert (info.format, info.width, info.height) == (ImageFormat.BMP, 2, 3)

@@ -1,25 +1,27 @@
-"""The StreamDetect upload state machine: every protocol mistake fails one image, never more."""
+"""The upload state machine of every streaming RPC: every protocol mistake fails one image,
+never more."""
 
 from __future__ import annotations
 
 from server.servicers.uploads import CompletedUpload, Event, FailedUpload, UploadAssembler
+from vision.v1 import detection_pb2, upload_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
 
 
-def header(request_id: str, size: int) -> det_pb2.StreamDetectRequest:
-    return det_pb2.StreamDetectRequest(
-        header=det_pb2.UploadHeader(request_id=request_id, size_bytes=size))
+def header(request_id: str, size: int) -> det_pb2.StreamDetectObjectsRequest:
+    return det_pb2.StreamDetectObjectsRequest(
+        header=upload_pb2.UploadHeader(request_id=request_id, size_bytes=size))
 
 
-def chunk(data: bytes) -> det_pb2.StreamDetectRequest:
-    return det_pb2.StreamDetectRequest(chunk=det_pb2.ImageChunk(data=data))
+def chunk(data: bytes) -> det_pb2.StreamDetectObjectsRequest:
+    return det_pb2.StreamDetectObjectsRequest(chunk=upload_pb2.ImageChunk(data=data))
 
 
-END = det_pb2.StreamDetectRequest(end=det_pb2.UploadEnd())
+END = det_pb2.StreamDetectObjectsRequest(end=upload_pb2.UploadEnd())
 
 
-def run(*messages: det_pb2.StreamDetectRequest, max_bytes: int = 1000) -> list[Event]:
-    assembler = UploadAssembler(max_bytes)
+def run(*messages: det_pb2.StreamDetectObjectsRequest, max_bytes: int = 1000) -> list[Event]:
+    assembler = UploadAssembler(max_bytes, options_field="detection")
     events = [event for message in messages for event in assembler.feed(message)]
     return events + assembler.close()
 
@@ -27,7 +29,7 @@ def run(*messages: det_pb2.StreamDetectRequest, max_bytes: int = 1000) -> list[E
 def failure(event: Event) -> tuple[str, str, str]:
     assert isinstance(event, FailedUpload), event
     (violation,) = event.error.violations
-    return event.request_id, event.error.reason, violation.field
+    return event.request_id, event.error.reason, violation.path
 
 
 def test_images_are_reassembled_in_order() -> None:
@@ -77,5 +79,21 @@ def test_orphan_chunks_and_end_markers() -> None:
 
 
 def test_empty_message_is_a_failure() -> None:
-    (event,) = run(det_pb2.StreamDetectRequest())
+    (event,) = run(det_pb2.StreamDetectObjectsRequest())
     assert failure(event)[2] == "kind"
+
+
+def test_headers_take_only_this_rpcs_options_and_printable_ids() -> None:
+    detection = det_pb2.StreamDetectObjectsRequest(header=upload_pb2.UploadHeader(
+        request_id="det", size_bytes=1,
+        detection=detection_pb2.DetectionOptions(max_detections=3)))
+    events = run(detection, chunk(b"x"), END, header("has space", 1), chunk(b"x"), END,
+                 header("x" * 129, 1), END)
+    (done, spaced, long_id) = events
+    assert isinstance(done, CompletedUpload)
+    assert done.header.detection.max_detections == 3
+    assert failure(spaced) == ("", "UPLOAD_PROTOCOL", "header.request_id")
+    assert failure(long_id) == ("", "UPLOAD_PROTOCOL", "header.request_id")
+    other = UploadAssembler(1000, options_field="embedding")
+    (wrong,) = other.feed(detection)
+    assert failure(wrong) == ("det", "UPLOAD_PROTOCOL", "header.detection")

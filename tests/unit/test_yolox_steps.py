@@ -140,20 +140,24 @@ def test_decode_image_rejects_undecodable_bytes(data: bytes) -> None:
         pre.decode_image(data)
 
 
-def test_preprocess_execute_fails_only_the_request_with_a_bad_image() -> None:
+def test_preprocess_execute_reports_a_bad_image_in_its_status_and_goes_on() -> None:
     good = np.array([[encode(solid_image(100, 200, (1, 2, 3)))]], dtype=np.object_)
-    bad = np.array([[b"garbage"]], dtype=np.object_)
-    responses = pre.TritonPythonModel().execute([{"IMAGE": good}, {"IMAGE": bad}, {"IMAGE": good}])
-    assert len(responses) == 3
-    assert responses[1].error is not None
-    assert responses[1].error.code == FakeTritonError.INVALID_ARG
-    assert "IMAGE[0]" in responses[1].error.message
-    for response in (responses[0], responses[2]):
-        assert response.error is None
-        assert response.outputs["IMAGES"].shape == (1, 3, 416, 416)
-        assert response.outputs["SCALE"].tolist() == [[pytest.approx(416 / 200)]]
-        assert response.outputs["IMAGE_SIZE"].tolist() == [[100, 200]]
-        assert response.outputs["IMAGE_SIZE"].dtype == np.int32
+    mixed = np.array([[b"garbage"], [encode(solid_image(100, 200, (1, 2, 3)))]], dtype=np.object_)
+    responses = pre.TritonPythonModel().execute([{"IMAGE": good}, {"IMAGE": mixed}])
+    assert len(responses) == 2
+    assert all(response.error is None for response in responses)
+    assert responses[0].outputs["IMAGE_STATUS"].tolist() == [[pre.STATUS_OK]]
+    assert responses[1].outputs["IMAGE_STATUS"].tolist() == [
+        [pre.STATUS_UNDECODABLE], [pre.STATUS_OK]]
+    assert responses[1].outputs["IMAGE_STATUS"].dtype == np.int32
+    assert responses[1].outputs["IMAGES"].shape == (2, 3, 416, 416)
+    assert (responses[1].outputs["IMAGES"][0] == pre.PAD_VALUE).all()
+    assert responses[1].outputs["IMAGE_SIZE"].tolist() == [[0, 0], [100, 200]]
+    for outputs, row in ((responses[0].outputs, 0), (responses[1].outputs, 1)):
+        assert outputs["IMAGES"].shape[1:] == (3, 416, 416)
+        assert outputs["SCALE"][row].tolist() == [pytest.approx(416 / 200)]
+        assert outputs["IMAGE_SIZE"][row].tolist() == [100, 200]
+        assert outputs["IMAGE_SIZE"].dtype == np.int32
 
 
 # --- postprocess -------------------------------------------------------------------------------
@@ -259,16 +263,20 @@ def test_postprocess_execute_packs_labels_and_rejects_bad_thresholds() -> None:
     model.labels = post.read_labels(MODELS / "yolox_postprocess" / "labels.txt")
     assert len(model.labels) == 80 and model.labels[60] == "dining table"
 
-    def request(score: float) -> dict[str, npt.NDArray[Any]]:
+    def request(score: float, status: int = 0) -> dict[str, npt.NDArray[Any]]:
         return {
             "PREDICTIONS": raw_with((16, 20, 5, 0.0, 0.0, 64, 41, 0.8))[None],
             "SCALE": np.array([[1.0]], dtype=np.float32),
             "IMAGE_SIZE": np.array([[416, 416]], dtype=np.int32),
+            "IMAGE_STATUS": np.array([[status]], dtype=np.int32),
             "SCORE_THRESHOLD": np.array([[score]], dtype=np.float32),
             "IOU_THRESHOLD": np.array([[0.45]], dtype=np.float32),
         }
 
-    good, bad, nan = model.execute([request(0.25), request(1.5), request(float("nan"))])
+    good, bad, nan, undecodable = model.execute(
+        [request(0.25), request(1.5), request(float("nan")), request(0.25, status=1)])
+    assert undecodable.error is None
+    assert undecodable.outputs["CLASS_IDS"].shape == (1, 0)
     assert good.error is None
     assert good.outputs["LABELS"].tolist() == [[b"cup"]]
     assert good.outputs["CLASS_IDS"].tolist() == [[41]]

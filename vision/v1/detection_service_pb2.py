@@ -24,46 +24,33 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
-from vision.v1 import geometry_pb2 as vision_dot_v1_dot_geometry__pb2
+from vision.v1 import detection_pb2 as vision_dot_v1_dot_detection__pb2
 from vision.v1 import image_pb2 as vision_dot_v1_dot_image__pb2
 from vision.v1 import model_pb2 as vision_dot_v1_dot_model__pb2
+from vision.v1 import upload_pb2 as vision_dot_v1_dot_upload__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!vision/v1/detection_service.proto\x12\tvision.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x17google/rpc/status.proto\x1a\x18vision/v1/geometry.proto\x1a\x15vision/v1/image.proto\x1a\x15vision/v1/model.proto\"\xcd\x01\n\x10\x44\x65tectionOptions\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.vision.v1.ModelReference\x12\x1c\n\x0fscore_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\x0f\x63lass_allowlist\x18\x04 \x03(\t\x12\x16\n\x0emax_detections\x18\x05 \x01(\x05\x42\x12\n\x10_score_thresholdB\x10\n\x0e_iou_threshold\"\x9a\x01\n\tDetection\x12\r\n\x05label\x18\x01 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\x12#\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x16.vision.v1.BoundingBox\x12\x38\n\x0enormalized_box\x18\x05 \x01(\x0b\x32 .vision.v1.NormalizedBoundingBox\"d\n\rDetectRequest\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x10.vision.v1.ImageB\x04\xe2\x41\x01\x02\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.vision.v1.DetectionOptions\"\x9a\x01\n\x0e\x44\x65tectResponse\x12(\n\ndetections\x18\x01 \x03(\x0b\x32\x14.vision.v1.Detection\x12.\n\nimage_size\x18\x02 \x01(\x0b\x32\x14.vision.v1.ImageSizeB\x04\xe2\x41\x01\x03\x12.\n\x05model\x18\x03 \x01(\x0b\x32\x19.vision.v1.ModelReferenceB\x04\xe2\x41\x01\x03\"\x95\x01\n\x13StreamDetectRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.vision.v1.UploadHeaderH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.vision.v1.ImageChunkH\x00\x12#\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x14.vision.v1.UploadEndH\x00\x42\x06\n\x04kind\"p\n\x0cUploadHeader\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.vision.v1.DetectionOptions\x12\x18\n\nsize_bytes\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x1a\n\nImageChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x0b\n\tUploadEnd\"y\n\x14StreamDetectResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x19.vision.v1.DetectResponse2\xa6\x01\n\x10\x44\x65tectionService\x12=\n\x06\x44\x65tect\x12\x18.vision.v1.DetectRequest\x1a\x19.vision.v1.DetectResponse\x12S\n\x0cStreamDetect\x12\x1e.vision.v1.StreamDetectRequest\x1a\x1f.vision.v1.StreamDetectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!vision/v1/detection_service.proto\x12\tvision.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x17google/rpc/status.proto\x1a\x19vision/v1/detection.proto\x1a\x15vision/v1/image.proto\x1a\x15vision/v1/model.proto\x1a\x16vision/v1/upload.proto\"k\n\x14\x44\x65tectObjectsRequest\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x10.vision.v1.ImageB\x04\xe2\x41\x01\x02\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.vision.v1.DetectionOptions\"\xa1\x01\n\x15\x44\x65tectObjectsResponse\x12(\n\ndetections\x18\x01 \x03(\x0b\x32\x14.vision.v1.Detection\x12.\n\nimage_size\x18\x02 \x01(\x0b\x32\x14.vision.v1.ImageSizeB\x04\xe2\x41\x01\x03\x12.\n\x05model\x18\x03 \x01(\x0b\x32\x19.vision.v1.ModelReferenceB\x04\xe2\x41\x01\x03\"\x9c\x01\n\x1aStreamDetectObjectsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.vision.v1.UploadHeaderH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.vision.v1.ImageChunkH\x00\x12#\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x14.vision.v1.UploadEndH\x00\x42\x06\n\x04kind\"\x87\x01\n\x1bStreamDetectObjectsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\x30\n\x06result\x18\x03 \x01(\x0b\x32 .vision.v1.DetectObjectsResponse2\xd0\x01\n\x10\x44\x65tectionService\x12R\n\rDetectObjects\x12\x1f.vision.v1.DetectObjectsRequest\x1a .vision.v1.DetectObjectsResponse\x12h\n\x13StreamDetectObjects\x12%.vision.v1.StreamDetectObjectsRequest\x1a&.vision.v1.StreamDetectObjectsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vision.v1.detection_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DETECTREQUEST'].fields_by_name['image']._loaded_options = None
-  _globals['_DETECTREQUEST'].fields_by_name['image']._serialized_options = b'\342A\001\002'
-  _globals['_DETECTRESPONSE'].fields_by_name['image_size']._loaded_options = None
-  _globals['_DETECTRESPONSE'].fields_by_name['image_size']._serialized_options = b'\342A\001\003'
-  _globals['_DETECTRESPONSE'].fields_by_name['model']._loaded_options = None
-  _globals['_DETECTRESPONSE'].fields_by_name['model']._serialized_options = b'\342A\001\003'
-  _globals['_UPLOADHEADER'].fields_by_name['request_id']._loaded_options = None
-  _globals['_UPLOADHEADER'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
-  _globals['_UPLOADHEADER'].fields_by_name['size_bytes']._loaded_options = None
-  _globals['_UPLOADHEADER'].fields_by_name['size_bytes']._serialized_options = b'\342A\001\002'
-  _globals['_DETECTIONOPTIONS']._serialized_start=179
-  _globals['_DETECTIONOPTIONS']._serialized_end=384
-  _globals['_DETECTION']._serialized_start=387
-  _globals['_DETECTION']._serialized_end=541
-  _globals['_DETECTREQUEST']._serialized_start=543
-  _globals['_DETECTREQUEST']._serialized_end=643
-  _globals['_DETECTRESPONSE']._serialized_start=646
-  _globals['_DETECTRESPONSE']._serialized_end=800
-  _globals['_STREAMDETECTREQUEST']._serialized_start=803
-  _globals['_STREAMDETECTREQUEST']._serialized_end=952
-  _globals['_UPLOADHEADER']._serialized_start=954
-  _globals['_UPLOADHEADER']._serialized_end=1066
-  _globals['_IMAGECHUNK']._serialized_start=1068
-  _globals['_IMAGECHUNK']._serialized_end=1094
-  _globals['_UPLOADEND']._serialized_start=1096
-  _globals['_UPLOADEND']._serialized_end=1107
-  _globals['_STREAMDETECTRESPONSE']._serialized_start=1109
-  _globals['_STREAMDETECTRESPONSE']._serialized_end=1230
-  _globals['_DETECTIONSERVICE']._serialized_start=1233
-  _globals['_DETECTIONSERVICE']._serialized_end=1399
+  _globals['_DETECTOBJECTSREQUEST'].fields_by_name['image']._loaded_options = None
+  _globals['_DETECTOBJECTSREQUEST'].fields_by_name['image']._serialized_options = b'\342A\001\002'
+  _globals['_DETECTOBJECTSRESPONSE'].fields_by_name['image_size']._loaded_options = None
+  _globals['_DETECTOBJECTSRESPONSE'].fields_by_name['image_size']._serialized_options = b'\342A\001\003'
+  _globals['_DETECTOBJECTSRESPONSE'].fields_by_name['model']._loaded_options = None
+  _globals['_DETECTOBJECTSRESPONSE'].fields_by_name['model']._serialized_options = b'\342A\001\003'
+  _globals['_DETECTOBJECTSREQUEST']._serialized_start=203
+  _globals['_DETECTOBJECTSREQUEST']._serialized_end=310
+  _globals['_DETECTOBJECTSRESPONSE']._serialized_start=313
+  _globals['_DETECTOBJECTSRESPONSE']._serialized_end=474
+  _globals['_STREAMDETECTOBJECTSREQUEST']._serialized_start=477
+  _globals['_STREAMDETECTOBJECTSREQUEST']._serialized_end=633
+  _globals['_STREAMDETECTOBJECTSRESPONSE']._serialized_start=636
+  _globals['_STREAMDETECTOBJECTSRESPONSE']._serialized_end=771
+  _globals['_DETECTIONSERVICE']._serialized_start=774
+  _globals['_DETECTIONSERVICE']._serialized_end=982
 # @@protoc_insertion_point(module_scope)

@@ -8,9 +8,10 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
-from vision.v1 import geometry_pb2 as _geometry_pb2
+from vision.v1 import detection_pb2 as _detection_pb2
 from vision.v1 import image_pb2 as _image_pb2
 from vision.v1 import model_pb2 as _model_pb2
+from vision.v1 import upload_pb2 as _upload_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,107 +24,8 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class DetectionOptions(_message.Message):
-    """Options for one detection."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MODEL_FIELD_NUMBER: _builtins.int
-    SCORE_THRESHOLD_FIELD_NUMBER: _builtins.int
-    IOU_THRESHOLD_FIELD_NUMBER: _builtins.int
-    CLASS_ALLOWLIST_FIELD_NUMBER: _builtins.int
-    MAX_DETECTIONS_FIELD_NUMBER: _builtins.int
-    score_threshold: _builtins.float
-    """Minimum score (objectness × class probability) a detection must reach,
-    in [0, 1]. Default 0.25 when unset.
-    """
-    iou_threshold: _builtins.float
-    """IoU above which an overlapping box of the same class is suppressed by
-    non-maximum suppression, in [0, 1]. Default 0.45 when unset.
-    """
-    max_detections: _builtins.int
-    """The most detections returned, highest scores first, in [0, 1000].
-    0 means the default, 100.
-    """
-    @_builtins.property
-    def model(self) -> _model_pb2.ModelReference:
-        """The model to run. Default: the service's default detector ("yolox_nano")."""
-
-    @_builtins.property
-    def class_allowlist(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Keep only detections whose label is in this list (e.g. "person", "cup").
-        Empty keeps every class. At most 100 entries.
-        """
-
-    def __init__(
-        self,
-        *,
-        model: _model_pb2.ModelReference | None = ...,
-        score_threshold: _builtins.float | None = ...,
-        iou_threshold: _builtins.float | None = ...,
-        class_allowlist: _abc.Iterable[_builtins.str] | None = ...,
-        max_detections: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_iou_threshold", b"_iou_threshold", "_score_threshold", b"_score_threshold", "iou_threshold", b"iou_threshold", "model", b"model", "score_threshold", b"score_threshold"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_iou_threshold", b"_iou_threshold", "_score_threshold", b"_score_threshold", "class_allowlist", b"class_allowlist", "iou_threshold", b"iou_threshold", "max_detections", b"max_detections", "model", b"model", "score_threshold", b"score_threshold"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__iou_threshold: _TypeAlias = _typing.Literal["iou_threshold"]  # noqa: Y015
-    _WhichOneofArgType__iou_threshold: _TypeAlias = _typing.Literal["_iou_threshold", b"_iou_threshold"]  # noqa: Y015
-    _WhichOneofReturnType__score_threshold: _TypeAlias = _typing.Literal["score_threshold"]  # noqa: Y015
-    _WhichOneofArgType__score_threshold: _TypeAlias = _typing.Literal["_score_threshold", b"_score_threshold"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__iou_threshold) -> _WhichOneofReturnType__iou_threshold | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__score_threshold) -> _WhichOneofReturnType__score_threshold | None: ...
-
-Global___DetectionOptions: _TypeAlias = DetectionOptions  # noqa: Y015
-
-@_typing.final
-class Detection(_message.Message):
-    """One detected object."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LABEL_FIELD_NUMBER: _builtins.int
-    CLASS_ID_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
-    BOX_FIELD_NUMBER: _builtins.int
-    NORMALIZED_BOX_FIELD_NUMBER: _builtins.int
-    label: _builtins.str
-    """The class name, e.g. "person"."""
-    class_id: _builtins.int
-    """The class index in the model's label list."""
-    score: _builtins.float
-    """Confidence in [0, 1]."""
-    @_builtins.property
-    def box(self) -> _geometry_pb2.BoundingBox:
-        """The box in pixels of the original image."""
-
-    @_builtins.property
-    def normalized_box(self) -> _geometry_pb2.NormalizedBoundingBox:
-        """The same box normalised to [0, 1] by the image's width and height."""
-
-    def __init__(
-        self,
-        *,
-        label: _builtins.str = ...,
-        class_id: _builtins.int = ...,
-        score: _builtins.float = ...,
-        box: _geometry_pb2.BoundingBox | None = ...,
-        normalized_box: _geometry_pb2.NormalizedBoundingBox | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "normalized_box", b"normalized_box"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "class_id", b"class_id", "label", b"label", "normalized_box", b"normalized_box", "score", b"score"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Detection: _TypeAlias = Detection  # noqa: Y015
-
-@_typing.final
-class DetectRequest(_message.Message):
-    """Request for DetectionService.Detect."""
+class DetectObjectsRequest(_message.Message):
+    """Request for DetectionService.DetectObjects."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -134,14 +36,14 @@ class DetectRequest(_message.Message):
         """The image to look at."""
 
     @_builtins.property
-    def options(self) -> Global___DetectionOptions:
+    def options(self) -> _detection_pb2.DetectionOptions:
         """Detection options; every field has a default."""
 
     def __init__(
         self,
         *,
         image: _image_pb2.Image | None = ...,
-        options: Global___DetectionOptions | None = ...,
+        options: _detection_pb2.DetectionOptions | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -149,11 +51,13 @@ class DetectRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___DetectRequest: _TypeAlias = DetectRequest  # noqa: Y015
+Global___DetectObjectsRequest: _TypeAlias = DetectObjectsRequest  # noqa: Y015
 
 @_typing.final
-class DetectResponse(_message.Message):
-    """Response of DetectionService.Detect, and the result of one streamed image."""
+class DetectObjectsResponse(_message.Message):
+    """Response of DetectionService.DetectObjects, and the result of one streamed
+    image.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -161,7 +65,7 @@ class DetectResponse(_message.Message):
     IMAGE_SIZE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def detections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Detection]:
+    def detections(self) -> _containers.RepeatedCompositeFieldContainer[_detection_pb2.Detection]:
         """Detections, highest score first."""
 
     @_builtins.property
@@ -175,7 +79,7 @@ class DetectResponse(_message.Message):
     def __init__(
         self,
         *,
-        detections: _abc.Iterable[Global___Detection] | None = ...,
+        detections: _abc.Iterable[_detection_pb2.Detection] | None = ...,
         image_size: _image_pb2.ImageSize | None = ...,
         model: _model_pb2.ModelReference | None = ...,
     ) -> None: ...
@@ -185,11 +89,13 @@ class DetectResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___DetectResponse: _TypeAlias = DetectResponse  # noqa: Y015
+Global___DetectObjectsResponse: _TypeAlias = DetectObjectsResponse  # noqa: Y015
 
 @_typing.final
-class StreamDetectRequest(_message.Message):
-    """One message of a StreamDetect upload: a header, a chunk or an end marker."""
+class StreamDetectObjectsRequest(_message.Message):
+    """One message of a StreamDetectObjects upload (see upload.proto); headers
+    carry `options.detection`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -197,25 +103,23 @@ class StreamDetectRequest(_message.Message):
     CHUNK_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def header(self) -> Global___UploadHeader:
-        """Opens an image. Sending a header while another image is still open
-        closes that one with INVALID_ARGUMENT (its end marker is missing).
-        """
+    def header(self) -> _upload_pb2.UploadHeader:
+        """Opens an image."""
 
     @_builtins.property
-    def chunk(self) -> Global___ImageChunk:
+    def chunk(self) -> _upload_pb2.ImageChunk:
         """The next piece of the open image's bytes."""
 
     @_builtins.property
-    def end(self) -> Global___UploadEnd:
-        """Closes the open image; its detection starts now."""
+    def end(self) -> _upload_pb2.UploadEnd:
+        """Closes the open image."""
 
     def __init__(
         self,
         *,
-        header: Global___UploadHeader | None = ...,
-        chunk: Global___ImageChunk | None = ...,
-        end: Global___UploadEnd | None = ...,
+        header: _upload_pb2.UploadHeader | None = ...,
+        chunk: _upload_pb2.ImageChunk | None = ...,
+        end: _upload_pb2.UploadEnd | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "header", b"header", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -225,87 +129,10 @@ class StreamDetectRequest(_message.Message):
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
-Global___StreamDetectRequest: _TypeAlias = StreamDetectRequest  # noqa: Y015
+Global___StreamDetectObjectsRequest: _TypeAlias = StreamDetectObjectsRequest  # noqa: Y015
 
 @_typing.final
-class UploadHeader(_message.Message):
-    """Opens one image on an upload stream."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    OPTIONS_FIELD_NUMBER: _builtins.int
-    SIZE_BYTES_FIELD_NUMBER: _builtins.int
-    request_id: _builtins.str
-    """The caller's id for this image, echoed on its result. Required, at most
-    128 characters, unique among the images of one stream.
-    """
-    size_bytes: _builtins.int
-    """The image's total size in bytes, > 0 and within the size limit. Chunks
-    beyond it fail the image; an end marker before it is reached does too.
-    """
-    @_builtins.property
-    def options(self) -> Global___DetectionOptions:
-        """Detection options for this image."""
-
-    def __init__(
-        self,
-        *,
-        request_id: _builtins.str = ...,
-        options: Global___DetectionOptions | None = ...,
-        size_bytes: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "request_id", b"request_id", "size_bytes", b"size_bytes"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___UploadHeader: _TypeAlias = UploadHeader  # noqa: Y015
-
-@_typing.final
-class ImageChunk(_message.Message):
-    """A piece of an image's bytes. Chunks of 64 KiB to 1 MiB keep memory and
-    latency balanced; each message must stay under gRPC's 4 MiB limit.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DATA_FIELD_NUMBER: _builtins.int
-    data: _builtins.bytes
-    """The bytes, appended in order."""
-    def __init__(
-        self,
-        *,
-        data: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ImageChunk: _TypeAlias = ImageChunk  # noqa: Y015
-
-@_typing.final
-class UploadEnd(_message.Message):
-    """Marks the end of the open image."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___UploadEnd: _TypeAlias = UploadEnd  # noqa: Y015
-
-@_typing.final
-class StreamDetectResponse(_message.Message):
+class StreamDetectObjectsResponse(_message.Message):
     """The outcome of one streamed image."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -320,7 +147,7 @@ class StreamDetectResponse(_message.Message):
         """OK, or why this image failed (with the same details as a unary call)."""
 
     @_builtins.property
-    def result(self) -> Global___DetectResponse:
+    def result(self) -> Global___DetectObjectsResponse:
         """The detections when status is OK; unset otherwise."""
 
     def __init__(
@@ -328,7 +155,7 @@ class StreamDetectResponse(_message.Message):
         *,
         request_id: _builtins.str = ...,
         status: _status_pb2.Status | None = ...,
-        result: Global___DetectResponse | None = ...,
+        result: Global___DetectObjectsResponse | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -336,4 +163,4 @@ class StreamDetectResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StreamDetectResponse: _TypeAlias = StreamDetectResponse  # noqa: Y015
+Global___StreamDetectObjectsResponse: _TypeAlias = StreamDetectObjectsResponse  # noqa: Y015

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class DetectionServiceStub:
-    """Finds objects (80 COCO classes with the default model) in images.
+    """Finds objects (the 80 COCO classes with the default model) in images.
     """
 
     def __init__(self, channel):
@@ -35,23 +35,23 @@ class DetectionServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Detect = channel.unary_unary(
-                '/vision.v1.DetectionService/Detect',
-                request_serializer=vision_dot_v1_dot_detection__service__pb2.DetectRequest.SerializeToString,
-                response_deserializer=vision_dot_v1_dot_detection__service__pb2.DetectResponse.FromString,
+        self.DetectObjects = channel.unary_unary(
+                '/vision.v1.DetectionService/DetectObjects',
+                request_serializer=vision_dot_v1_dot_detection__service__pb2.DetectObjectsRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_detection__service__pb2.DetectObjectsResponse.FromString,
                 _registered_method=True)
-        self.StreamDetect = channel.stream_stream(
-                '/vision.v1.DetectionService/StreamDetect',
-                request_serializer=vision_dot_v1_dot_detection__service__pb2.StreamDetectRequest.SerializeToString,
-                response_deserializer=vision_dot_v1_dot_detection__service__pb2.StreamDetectResponse.FromString,
+        self.StreamDetectObjects = channel.stream_stream(
+                '/vision.v1.DetectionService/StreamDetectObjects',
+                request_serializer=vision_dot_v1_dot_detection__service__pb2.StreamDetectObjectsRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_detection__service__pb2.StreamDetectObjectsResponse.FromString,
                 _registered_method=True)
 
 
 class DetectionServiceServicer:
-    """Finds objects (80 COCO classes with the default model) in images.
+    """Finds objects (the 80 COCO classes with the default model) in images.
     """
 
-    def Detect(self, request, context):
+    def DetectObjects(self, request, context):
         """Detects objects in one image. Bad input is INVALID_ARGUMENT with a
         google.rpc.BadRequest detail naming the field; an unknown model is
         NOT_FOUND; Triton unreachable is UNAVAILABLE with a RetryInfo detail.
@@ -60,14 +60,13 @@ class DetectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StreamDetect(self, request_iterator, context):
-        """Uploads images in chunks and detects objects in each. Per image the caller
-        sends a header, then the image's bytes in one or more chunks, then an end
-        marker; any number of images may follow on the same stream. Each image's
-        result comes back as soon as it is ready (not necessarily in upload
-        order), tagged with the header's request_id and carrying its own status:
-        one bad image never fails the stream. The stream's own status reports
-        only failures of the whole call (deadline, cancellation, auth).
+    def StreamDetectObjects(self, request_iterator, context):
+        """Uploads images with the upload protocol (upload.proto) and detects
+        objects in each. Each image's result comes back as soon as it is ready
+        (not necessarily in upload order), tagged with its header's request_id
+        and carrying its own status: one bad image never fails the stream. The
+        stream's own status reports only failures of the whole call (deadline,
+        cancellation, auth).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -76,15 +75,15 @@ class DetectionServiceServicer:
 
 def add_DetectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Detect': grpc.unary_unary_rpc_method_handler(
-                    servicer.Detect,
-                    request_deserializer=vision_dot_v1_dot_detection__service__pb2.DetectRequest.FromString,
-                    response_serializer=vision_dot_v1_dot_detection__service__pb2.DetectResponse.SerializeToString,
+            'DetectObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetectObjects,
+                    request_deserializer=vision_dot_v1_dot_detection__service__pb2.DetectObjectsRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_detection__service__pb2.DetectObjectsResponse.SerializeToString,
             ),
-            'StreamDetect': grpc.stream_stream_rpc_method_handler(
-                    servicer.StreamDetect,
-                    request_deserializer=vision_dot_v1_dot_detection__service__pb2.StreamDetectRequest.FromString,
-                    response_serializer=vision_dot_v1_dot_detection__service__pb2.StreamDetectResponse.SerializeToString,
+            'StreamDetectObjects': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamDetectObjects,
+                    request_deserializer=vision_dot_v1_dot_detection__service__pb2.StreamDetectObjectsRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_detection__service__pb2.StreamDetectObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -95,11 +94,11 @@ def add_DetectionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DetectionService:
-    """Finds objects (80 COCO classes with the default model) in images.
+    """Finds objects (the 80 COCO classes with the default model) in images.
     """
 
     @staticmethod
-    def Detect(request,
+    def DetectObjects(request,
             target,
             options=(),
             channel_credentials=None,
@@ -112,9 +111,9 @@ class DetectionService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/vision.v1.DetectionService/Detect',
-            vision_dot_v1_dot_detection__service__pb2.DetectRequest.SerializeToString,
-            vision_dot_v1_dot_detection__service__pb2.DetectResponse.FromString,
+            '/vision.v1.DetectionService/DetectObjects',
+            vision_dot_v1_dot_detection__service__pb2.DetectObjectsRequest.SerializeToString,
+            vision_dot_v1_dot_detection__service__pb2.DetectObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -126,7 +125,7 @@ class DetectionService:
             _registered_method=True)
 
     @staticmethod
-    def StreamDetect(request_iterator,
+    def StreamDetectObjects(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -139,9 +138,9 @@ class DetectionService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/vision.v1.DetectionService/StreamDetect',
-            vision_dot_v1_dot_detection__service__pb2.StreamDetectRequest.SerializeToString,
-            vision_dot_v1_dot_detection__service__pb2.StreamDetectResponse.FromString,
+            '/vision.v1.DetectionService/StreamDetectObjects',
+            vision_dot_v1_dot_detection__service__pb2.StreamDetectObjectsRequest.SerializeToString,
+            vision_dot_v1_dot_detection__service__pb2.StreamDetectObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,74 +27,71 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class DetectionServiceStub:
-    """Finds objects (80 COCO classes with the default model) in images."""
+    """Finds objects (the 80 COCO classes with the default model) in images."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DetectionServiceAsyncStub: ...
-    Detect: _grpc.UnaryUnaryMultiCallable[_detection_service_pb2.DetectRequest, _detection_service_pb2.DetectResponse]
+    DetectObjects: _grpc.UnaryUnaryMultiCallable[_detection_service_pb2.DetectObjectsRequest, _detection_service_pb2.DetectObjectsResponse]
     """Detects objects in one image. Bad input is INVALID_ARGUMENT with a
     google.rpc.BadRequest detail naming the field; an unknown model is
     NOT_FOUND; Triton unreachable is UNAVAILABLE with a RetryInfo detail.
     """
-    StreamDetect: _grpc.StreamStreamMultiCallable[_detection_service_pb2.StreamDetectRequest, _detection_service_pb2.StreamDetectResponse]
-    """Uploads images in chunks and detects objects in each. Per image the caller
-    sends a header, then the image's bytes in one or more chunks, then an end
-    marker; any number of images may follow on the same stream. Each image's
-    result comes back as soon as it is ready (not necessarily in upload
-    order), tagged with the header's request_id and carrying its own status:
-    one bad image never fails the stream. The stream's own status reports
-    only failures of the whole call (deadline, cancellation, auth).
+    StreamDetectObjects: _grpc.StreamStreamMultiCallable[_detection_service_pb2.StreamDetectObjectsRequest, _detection_service_pb2.StreamDetectObjectsResponse]
+    """Uploads images with the upload protocol (upload.proto) and detects
+    objects in each. Each image's result comes back as soon as it is ready
+    (not necessarily in upload order), tagged with its header's request_id
+    and carrying its own status: one bad image never fails the stream. The
+    stream's own status reports only failures of the whole call (deadline,
+    cancellation, auth).
     """
 
 @_typing.type_check_only
 class DetectionServiceAsyncStub(DetectionServiceStub):
-    """Finds objects (80 COCO classes with the default model) in images."""
+    """Finds objects (the 80 COCO classes with the default model) in images."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Detect: _aio.UnaryUnaryMultiCallable[_detection_service_pb2.DetectRequest, _detection_service_pb2.DetectResponse]  # type: ignore[assignment]
+    DetectObjects: _aio.UnaryUnaryMultiCallable[_detection_service_pb2.DetectObjectsRequest, _detection_service_pb2.DetectObjectsResponse]  # type: ignore[assignment]
     """Detects objects in one image. Bad input is INVALID_ARGUMENT with a
     google.rpc.BadRequest detail naming the field; an unknown model is
     NOT_FOUND; Triton unreachable is UNAVAILABLE with a RetryInfo detail.
     """
-    StreamDetect: _aio.StreamStreamMultiCallable[_detection_service_pb2.StreamDetectRequest, _detection_service_pb2.StreamDetectResponse]  # type: ignore[assignment]
-    """Uploads images in chunks and detects objects in each. Per image the caller
-    sends a header, then the image's bytes in one or more chunks, then an end
-    marker; any number of images may follow on the same stream. Each image's
-    result comes back as soon as it is ready (not necessarily in upload
-    order), tagged with the header's request_id and carrying its own status:
-    one bad image never fails the stream. The stream's own status reports
-    only failures of the whole call (deadline, cancellation, auth).
+    StreamDetectObjects: _aio.StreamStreamMultiCallable[_detection_service_pb2.StreamDetectObjectsRequest, _detection_service_pb2.StreamDetectObjectsResponse]  # type: ignore[assignment]
+    """Uploads images with the upload protocol (upload.proto) and detects
+    objects in each. Each image's result comes back as soon as it is ready
+    (not necessarily in upload order), tagged with its header's request_id
+    and carrying its own status: one bad image never fails the stream. The
+    stream's own status reports only failures of the whole call (deadline,
+    cancellation, auth).
     """
 
 class DetectionServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Finds objects (80 COCO classes with the default model) in images."""
+    """Finds objects (the 80 COCO classes with the default model) in images."""
 
     @_abc_1.abstractmethod
-    def Detect(
+    def DetectObjects(
         self,
-        request: _detection_service_pb2.DetectRequest,
+        request: _detection_service_pb2.DetectObjectsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_detection_service_pb2.DetectResponse, _abc.Awaitable[_detection_service_pb2.DetectResponse]]:
+    ) -> _typing.Union[_detection_service_pb2.DetectObjectsResponse, _abc.Awaitable[_detection_service_pb2.DetectObjectsResponse]]:
         """Detects objects in one image. Bad input is INVALID_ARGUMENT with a
         google.rpc.BadRequest detail naming the field; an unknown model is
         NOT_FOUND; Triton unreachable is UNAVAILABLE with a RetryInfo detail.
         """
 
     @_abc_1.abstractmethod
-    def StreamDetect(
+    def StreamDetectObjects(
         self,
-        request_iterator: _MaybeAsyncIterator[_detection_service_pb2.StreamDetectRequest],
+        request_iterator: _MaybeAsyncIterator[_detection_service_pb2.StreamDetectObjectsRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_detection_service_pb2.StreamDetectResponse], _abc.AsyncIterator[_detection_service_pb2.StreamDetectResponse]]:
-        """Uploads images in chunks and detects objects in each. Per image the caller
-        sends a header, then the image's bytes in one or more chunks, then an end
-        marker; any number of images may follow on the same stream. Each image's
-        result comes back as soon as it is ready (not necessarily in upload
-        order), tagged with the header's request_id and carrying its own status:
-        one bad image never fails the stream. The stream's own status reports
-        only failures of the whole call (deadline, cancellation, auth).
+    ) -> _typing.Union[_abc.Iterator[_detection_service_pb2.StreamDetectObjectsResponse], _abc.AsyncIterator[_detection_service_pb2.StreamDetectObjectsResponse]]:
+        """Uploads images with the upload protocol (upload.proto) and detects
+        objects in each. Each image's result comes back as soon as it is ready
+        (not necessarily in upload order), tagged with its header's request_id
+        and carrying its own status: one bad image never fails the stream. The
+        stream's own status reports only failures of the whole call (deadline,
+        cancellation, auth).
         """
 
 def add_DetectionServiceServicer_to_server(servicer: DetectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -89,3 +89,29 @@ class NormalizedBoundingBox(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NormalizedBoundingBox: _TypeAlias = NormalizedBoundingBox  # noqa: Y015
+
+@_typing.final
+class Point(_message.Message):
+    """A point in pixels of the original image, in the frame of BoundingBox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    x: _builtins.float
+    """Pixels from the left edge."""
+    y: _builtins.float
+    """Pixels from the top edge."""
+    def __init__(
+        self,
+        *,
+        x: _builtins.float = ...,
+        y: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Point: _TypeAlias = Point  # noqa: Y015

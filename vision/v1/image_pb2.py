@@ -22,20 +22,17 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vision/v1/image.proto\x12\tvision.v1\x1a\x1fgoogle/api/field_behavior.proto\"\x1e\n\x05Image\x12\x15\n\x07\x63ontent\x18\x01 \x01(\x0c\x42\x04\xe2\x41\x01\x02\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vision/v1/image.proto\x12\tvision.v1\"$\n\x05Image\x12\x11\n\x07\x63ontent\x18\x01 \x01(\x0cH\x00\x42\x08\n\x06source\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vision.v1.image_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGE'].fields_by_name['content']._loaded_options = None
-  _globals['_IMAGE'].fields_by_name['content']._serialized_options = b'\342A\001\002'
-  _globals['_IMAGE']._serialized_start=69
-  _globals['_IMAGE']._serialized_end=99
-  _globals['_IMAGESIZE']._serialized_start=101
-  _globals['_IMAGESIZE']._serialized_end=143
+  _globals['_IMAGE']._serialized_start=36
+  _globals['_IMAGE']._serialized_end=72
+  _globals['_IMAGESIZE']._serialized_start=74
+  _globals['_IMAGESIZE']._serialized_end=116
 # @@protoc_insertion_point(module_scope)

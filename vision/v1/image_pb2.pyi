@@ -18,28 +18,30 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Image(_message.Message):
-    """An image given by its encoded bytes, exactly as stored in a file."""
+    """An image to analyse. Exactly one source must be set."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_FIELD_NUMBER: _builtins.int
     content: _builtins.bytes
-    """The encoded image: JPEG, PNG, WebP or BMP. The format is read from the
-    bytes themselves (magic numbers), never from a name or a MIME type.
-    Limits (server defaults, configurable): at most 32 MiB and 40 megapixels.
-    Unary calls are also bound by gRPC's 4 MiB message limit; larger images
-    go through the streaming upload RPCs, which take them in chunks.
+    """The encoded image: JPEG, PNG, WebP or BMP, exactly as stored in a file.
+    The format is read from the bytes themselves (magic numbers), never
+    from a name or a MIME type. The server's size and pixel limits apply
+    (see the README); unary calls are also bound by the server's message
+    size limit, and larger images go through the streaming upload RPCs.
     """
     def __init__(
         self,
         *,
         content: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["content"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___Image: _TypeAlias = Image  # noqa: Y015
 

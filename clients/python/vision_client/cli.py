@@ -10,8 +10,8 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from clients.python.vision_client.client import StreamImage, VisionClient
-from vision.v1 import detection_service_pb2 as det_pb2
+from vision.v1 import detection_pb2
+from vision_client.client import StreamImage, VisionClient
 
 
 async def _detect(args: argparse.Namespace, images: list[StreamImage]) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     detect.add_argument("--score", type=float, help="minimum score in [0, 1]")
     detect.add_argument("--only", nargs="*", help="labels to keep, e.g. person cup")
     args = parser.parse_args(argv)
-    options = det_pb2.DetectionOptions(class_allowlist=args.only or [])
+    options = detection_pb2.DetectionOptions(class_allowlist=args.only or [])
     if args.score is not None:
         options.score_threshold = args.score
     images = [StreamImage(str(path), path.read_bytes(), options) for path in args.images]

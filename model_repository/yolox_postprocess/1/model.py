@@ -17,6 +17,7 @@ import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
 
 INPUT_SIZE = 416
+STATUS_OK = 0  # IMAGE_STATUS of an image yolox_preprocess decoded; others get no detections
 STRIDES = (8, 16, 32)
 
 FloatArray = npt.NDArray[np.float32]
@@ -126,6 +127,13 @@ def postprocess_image(
     )
 
 
+NO_DETECTIONS = Detections(
+    boxes=np.zeros((0, 4), np.float32),
+    scores=np.zeros(0, np.float32),
+    class_ids=np.zeros(0, np.int32),
+)
+
+
 def check_threshold(name: str, value: float) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -179,6 +187,7 @@ class TritonPythonModel:
         for request in requests:
             predictions = read_input(request, "PREDICTIONS")
             scales, sizes = read_input(request, "SCALE"), read_input(request, "IMAGE_SIZE")
+            statuses = read_input(request, "IMAGE_STATUS")
             score_thresholds = read_input(request, "SCORE_THRESHOLD")
             iou_thresholds = read_input(request, "IOU_THRESHOLD")
             try:
@@ -191,6 +200,8 @@ class TritonPythonModel:
                         check_threshold("SCORE_THRESHOLD", float(score_thresholds[i, 0])),
                         check_threshold("IOU_THRESHOLD", float(iou_thresholds[i, 0])),
                     )
+                    if statuses[i, 0] == STATUS_OK
+                    else NO_DETECTIONS
                     for i in range(len(predictions))
                 ]
             except ValueError as err:

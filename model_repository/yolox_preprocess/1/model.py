@@ -1,7 +1,10 @@
 """Triton Python model: decode encoded images and letterbox them for YOLOX-nano.
 
-Output per image: a 3x416x416 float32 BGR tensor (raw 0-255), the letterbox scale and the
-decoded (height, width). The numpy/OpenCV work is in module functions so tests can call it.
+Output per image: a 3x416x416 float32 BGR tensor (raw 0-255), the letterbox scale, the decoded
+(height, width) and IMAGE_STATUS, the structured per-item decode outcome every ensemble of this
+repository returns (0 decoded, 1 not decodable). An undecodable image becomes a blank canvas so
+the rest of its batch goes on; the postprocess step answers it with no detections.
+The numpy/OpenCV work is in module functions so tests can call it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import triton_python_backend_utils as pb_utils
 
 INPUT_SIZE = 416
 PAD_VALUE = 114
+STATUS_OK = 0
+STATUS_UNDECODABLE = 1
 
 
 class ImageDecodeError(ValueError):
@@ -55,46 +60,51 @@ def letterbox(
 
 def preprocess_batch(
     items: npt.NDArray[np.object_],
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int32]]:
-    """Decode and letterbox every image of one request ([n, 1] object array of bytes)."""
-    tensors, scales, sizes = [], [], []
-    for index, item in enumerate(items.reshape(-1)):
+) -> tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int32], npt.NDArray[np.int32]
+]:
+    """Decode and letterbox every image of one request ([n, 1] object array of bytes).
+
+    Returns the tensors, scales, (height, width) sizes and per-image statuses; an undecodable
+    image gets a blank canvas, scale 1, size (0, 0) and STATUS_UNDECODABLE."""
+    tensors, scales, sizes, statuses = [], [], [], []
+    for item in items.reshape(-1):
         try:
             image = decode_image(bytes(item))
-        except ImageDecodeError as err:
-            raise ImageDecodeError(
-                f"IMAGE[{index}]: {err} (expected JPEG, PNG, WebP or BMP)"
-            ) from err
+        except ImageDecodeError:
+            tensors.append(np.full((3, INPUT_SIZE, INPUT_SIZE), PAD_VALUE, dtype=np.float32))
+            scales.append([1.0])
+            sizes.append((0, 0))
+            statuses.append([STATUS_UNDECODABLE])
+            continue
         tensor, scale = letterbox(image)
         tensors.append(tensor)
         scales.append([scale])
         sizes.append(image.shape[:2])
+        statuses.append([STATUS_OK])
     return (
         np.stack(tensors),
         np.asarray(scales, dtype=np.float32),
         np.asarray(sizes, dtype=np.int32),
+        np.asarray(statuses, dtype=np.int32),
     )
 
 
 class TritonPythonModel:
-    """Decodes each request's images; an undecodable image fails only its own request."""
+    """Decodes each request's images; an undecodable image is reported in IMAGE_STATUS."""
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
             items = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-            try:
-                images, scales, sizes = preprocess_batch(items)
-            except ImageDecodeError as err:
-                error = pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
+            images, scales, sizes, statuses = preprocess_batch(items)
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
                         pb_utils.Tensor("IMAGES", images),
                         pb_utils.Tensor("SCALE", scales),
                         pb_utils.Tensor("IMAGE_SIZE", sizes),
+                        pb_utils.Tensor("IMAGE_STATUS", statuses),
                     ]
                 )
             )

@@ -1,1 +1,0 @@
-"""Client SDKs for vision-grpc, one folder per language."""

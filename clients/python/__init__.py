@@ -1,1 +1,0 @@
-"""The Python SDK and CLI (package `clients.python.vision_client`)."""

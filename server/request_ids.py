@@ -1,0 +1,45 @@
+"""Request ids: read once per call from the `x-request-id` metadata (or made up), validated,
+kept in a context variable for logs and for the call to Triton, and returned to the caller."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import uuid
+
+METADATA_KEY = "x-request-id"
+MAX_LENGTH = 128
+# Printable ASCII without spaces: safe in logs, metadata and Triton's request id alike.
+_VALID = re.compile(rf"[\x21-\x7e]{{1,{MAX_LENGTH}}}")
+
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def is_valid(request_id: str) -> bool:
+    return _VALID.fullmatch(request_id) is not None
+
+
+def new() -> str:
+    return uuid.uuid4().hex
+
+
+def current() -> str:
+    """The id of the call being served ("-" outside a call)."""
+    return _current.get()
+
+
+def bind(request_id: str) -> contextvars.Token[str]:
+    return _current.set(request_id)
+
+
+def unbind(token: contextvars.Token[str]) -> None:
+    _current.reset(token)
+
+
+class LogFilter(logging.Filter):
+    """Adds `request_id` to every log record, so formats can print it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _current.get()
+        return True

@@ -1,0 +1,129 @@
+"""The one shared `tritonclient.grpc.aio` client per process and the one generic call path every
+adapter uses: deadline, request id, cancellation, error mapping and the per-image decode status.
+It knows models and tensors, never a task's options or a request's fields.
+
+One client (one HTTP/2 channel) for every request is the point of the design: Triton's dynamic
+batcher can only batch what arrives concurrently on its queue, and a channel per request would
+also pay a TCP + HTTP/2 handshake each time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from server.domain import (
+    BackendError,
+    BackendUnavailableError,
+    DeadlineExceededError,
+    Input,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    ModelRef,
+)
+from server.triton.tensors import IMAGE_STATUS, STATUS_OK, ModelTensors
+
+log = logging.getLogger(__name__)
+
+Array = npt.NDArray[Any]
+
+
+def create_client(url: str) -> InferenceServerClient:
+    """The process's one client; call inside the running event loop (its channel binds to it)."""
+    return InferenceServerClient(url=url)
+
+
+class TritonCalls:
+    """Inference, readiness and metadata over the shared client."""
+
+    def __init__(self, client: InferenceServerClient, default_timeout_s: float) -> None:
+        self._client = client
+        self._default_timeout_s = default_timeout_s
+        self._requested: dict[tuple[str, ...], list[InferRequestedOutput]] = {}
+
+    async def infer(
+        self,
+        model: ModelRef,
+        tensors: ModelTensors,
+        inputs: Mapping[str, Array],
+        request_id: str,
+        timeout_s: float | None,
+    ) -> dict[str, Array]:
+        """Runs one request; returns its outputs by name. An image the model could not decode
+        raises IMAGE_DECODE_FAILED; Triton's failures become domain errors."""
+        infer_inputs = []
+        for spec in tensors.inputs:
+            tensor = InferInput(spec.name, list(inputs[spec.name].shape), spec.datatype)
+            tensor.set_data_from_numpy(inputs[spec.name])
+            infer_inputs.append(tensor)
+        try:
+            result = await self._client.infer(
+                model_name=model.name,
+                model_version=model.version,
+                inputs=infer_inputs,
+                outputs=self._outputs(tensors.output_names),
+                request_id=request_id,
+                client_timeout=timeout_s if timeout_s is not None else self._default_timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise _domain_error(exc, model) from exc
+        outputs = {name: result.as_numpy(name) for name in tensors.output_names}
+        status = outputs.get(IMAGE_STATUS)
+        if status is not None and (status != STATUS_OK).any():
+            raise InvalidArgumentError.one(
+                "IMAGE_DECODE_FAILED", Input.IMAGE, "", "the image data could not be decoded")
+        return outputs
+
+    def _outputs(self, names: tuple[str, ...]) -> list[InferRequestedOutput]:
+        requested = self._requested.get(names)
+        if requested is None:
+            requested = self._requested[names] = [InferRequestedOutput(n) for n in names]
+        return requested
+
+    async def server_ready(self, timeout_s: float) -> bool:
+        return await self._ask(self._client.is_server_ready(client_timeout=timeout_s))
+
+    async def model_ready(self, name: str, timeout_s: float) -> bool:
+        return await self._ask(self._client.is_model_ready(name, client_timeout=timeout_s))
+
+    async def model_metadata(self, name: str, timeout_s: float) -> dict[str, Any]:
+        metadata: dict[str, Any] = await self._client.get_model_metadata(
+            name, as_json=True, client_timeout=timeout_s)
+        return metadata
+
+    @staticmethod
+    async def _ask(probe: Any) -> bool:
+        try:
+            return bool(await probe)
+        except (InferenceServerException, OSError) as exc:
+            log.warning("triton readiness check failed: %s", exc)
+            return False
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _domain_error(exc: InferenceServerException, model: ModelRef) -> Exception:
+    status = str(exc.status() or "")
+    if status.endswith("NOT_FOUND"):
+        # The pipeline only lets through names the service is configured for, so a NOT_FOUND
+        # for a pinned version means that version; otherwise the model itself is missing.
+        return ModelNotFoundError(model, "model.version" if model.version else "model.name")
+    if status.endswith("DEADLINE_EXCEEDED"):
+        return DeadlineExceededError()
+    if status.endswith("UNAVAILABLE"):
+        return BackendUnavailableError()
+    log.error("triton call to %s failed: status=%s message=%s", model.name, status, exc.message())
+    return BackendError(f"{status}: {exc.message()}")
+
+
+def scalar(value: float | int | bool | bytes, dtype: npt.DTypeLike) -> Array:
+    """A one-image [1, 1] tensor holding value."""
+    return np.array([[value]], dtype=dtype)
