@@ -1,11 +1,12 @@
-"""Pure functions between vision.v1 messages and domain types; no I/O, no decisions."""
+"""Pure functions between the vision.v1 messages every service shares (images, models, geometry)
+and domain types; no I/O, no decisions. Each servicer module holds its own task's conversions."""
 
 from __future__ import annotations
 
 from google.rpc import code_pb2, status_pb2
 
-from server.domain import Box, DetectionResult, DetectOptionsInput, ModelRef
-from vision.v1 import detection_pb2, detection_service_pb2, geometry_pb2, image_pb2, model_pb2
+from server.domain import Box, ModelRef
+from vision.v1 import geometry_pb2, image_pb2, model_pb2
 
 OK = status_pb2.Status(code=code_pb2.OK)
 
@@ -23,34 +24,8 @@ def model_reference(model: ModelRef) -> model_pb2.ModelReference:
     return model_pb2.ModelReference(name=model.name, version=model.version)
 
 
-def detection_options(options: detection_pb2.DetectionOptions) -> DetectOptionsInput:
-    return DetectOptionsInput(
-        model=model_ref(options.model),
-        score_threshold=(options.score_threshold
-                         if options.HasField("score_threshold") else None),
-        iou_threshold=options.iou_threshold if options.HasField("iou_threshold") else None,
-        class_allowlist=tuple(options.class_allowlist),
-        max_detections=options.max_detections,
-    )
-
-
-def detect_objects_response(
-    result: DetectionResult,
-) -> detection_service_pb2.DetectObjectsResponse:
-    return detection_service_pb2.DetectObjectsResponse(
-        detections=[
-            detection_pb2.Detection(
-                label=d.label,
-                class_id=d.class_id,
-                score=d.score,
-                box=box(d.box),
-                normalized_box=normalized_box(d.box.normalized(result.width, result.height)),
-            )
-            for d in result.detections
-        ],
-        image_size=image_pb2.ImageSize(width=result.width, height=result.height),
-        model=model_reference(result.model),
-    )
+def image_size(width: int, height: int) -> image_pb2.ImageSize:
+    return image_pb2.ImageSize(width=width, height=height)
 
 
 def box(value: Box) -> geometry_pb2.BoundingBox:

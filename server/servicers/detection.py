@@ -1,4 +1,5 @@
-"""vision.v1.DetectionService: unary DetectObjects and the StreamDetectObjects upload."""
+"""vision.v1.DetectionService: unary DetectObjects and the StreamDetectObjects upload, and the
+pure conversions between its messages and the domain."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any
 import grpc
 
 from server import converters, request_ids
+from server.domain import DetectionResult, DetectOptionsInput
 from server.errors import RequestPaths, unary
 from server.pipeline.detection import DetectionPipeline
 from server.servicers.streams import UploadStream
 from server.servicers.uploads import CompletedUpload, UploadAssembler
+from vision.v1 import detection_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 
@@ -34,11 +37,11 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
     ) -> det_pb2.DetectObjectsResponse:
         result = await self._pipeline.detect(
             converters.image_content(request.image),
-            converters.detection_options(request.options),
+            detection_options(request.options),
             request_id=request_ids.current(),
             timeout_s=context.time_remaining(),
         )
-        return converters.detect_objects_response(result)
+        return detect_objects_response(result)
 
     async def StreamDetectObjects(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[det_pb2.StreamDetectObjectsRequest],
@@ -47,13 +50,13 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
         async def detect(upload: CompletedUpload) -> det_pb2.StreamDetectObjectsResponse:
             result = await self._pipeline.detect(
                 upload.content,
-                converters.detection_options(upload.header.detection),
+                detection_options(upload.header.detection),
                 request_id=upload.request_id,
                 timeout_s=context.time_remaining(),
             )
             return det_pb2.StreamDetectObjectsResponse(
                 request_id=upload.request_id, status=converters.OK,
-                result=converters.detect_objects_response(result))
+                result=detect_objects_response(result))
 
         stream = UploadStream(
             UploadAssembler(self._max_image_bytes, options_field="detection"),
@@ -65,3 +68,34 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
         )
         async for response in stream.run(request_iterator):
             yield response
+
+
+def detection_options(options: detection_pb2.DetectionOptions) -> DetectOptionsInput:
+    return DetectOptionsInput(
+        model=converters.model_ref(options.model),
+        score_threshold=(options.score_threshold
+                         if options.HasField("score_threshold") else None),
+        iou_threshold=options.iou_threshold if options.HasField("iou_threshold") else None,
+        class_allowlist=tuple(options.class_allowlist),
+        max_detections=options.max_detections,
+    )
+
+
+def detect_objects_response(
+    result: DetectionResult,
+) -> det_pb2.DetectObjectsResponse:
+    return det_pb2.DetectObjectsResponse(
+        detections=[
+            detection_pb2.Detection(
+                label=d.label,
+                class_id=d.class_id,
+                score=d.score,
+                box=converters.box(d.box),
+                normalized_box=converters.normalized_box(
+                    d.box.normalized(result.width, result.height)),
+            )
+            for d in result.detections
+        ],
+        image_size=converters.image_size(width=result.width, height=result.height),
+        model=converters.model_reference(result.model),
+    )
