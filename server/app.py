@@ -107,7 +107,7 @@ async def check_models(triton: TritonCalls, services: Sequence[Service],
             if not await triton.model_ready(model, MODEL_CHECK_TIMEOUT_S):
                 continue
             metadata = await triton.model_metadata(model, MODEL_CHECK_TIMEOUT_S)
-            problems = service.tensors.mismatches(metadata)
+            problems = service.tensors(settings).mismatches(metadata)
             if problems:
                 raise ModelContractError(
                     f"model {model!r} does not match what {service.name} sends and reads: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from google.rpc import code_pb2, status_pb2
 
-from server.domain import Box, ModelRef
+from server.domain import Box, ModelRef, Point
 from vision.v1 import geometry_pb2, image_pb2, model_pb2
 
 OK = status_pb2.Status(code=code_pb2.OK)
@@ -36,3 +36,7 @@ def box(value: Box) -> geometry_pb2.BoundingBox:
 def normalized_box(value: Box) -> geometry_pb2.NormalizedBoundingBox:
     return geometry_pb2.NormalizedBoundingBox(
         x_min=value.x_min, y_min=value.y_min, x_max=value.x_max, y_max=value.y_max)
+
+
+def point(value: Point) -> geometry_pb2.Point:
+    return geometry_pb2.Point(x=value.x, y=value.y)

@@ -89,6 +89,139 @@ class DetectionResult:
     model: ModelRef
 
 
+@dataclass(frozen=True, slots=True)
+class Classification:
+    label: str
+    class_id: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedOptionsInput:
+    """Embedding options as the caller gave them: empty or 0 means 'use the default'."""
+
+    model: ModelRef
+    max_classifications: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedOptions:
+    model: ModelRef
+    max_classifications: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """An image's L2-normalised embedding and its classes, best first."""
+
+    embedding: tuple[float, ...]
+    classifications: tuple[Classification, ...]
+    width: int
+    height: int
+    model: ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class FaceOptionsInput:
+    model: ModelRef
+    score_threshold: float | None = None
+    include_embeddings: bool = False
+    max_faces: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FaceOptions:
+    model: ModelRef
+    score_threshold: float
+    include_embeddings: bool
+    max_faces: int
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    x: float
+    y: float
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    box: Box
+    score: float
+    landmarks: tuple[Point, ...]  # right eye, left eye, nose tip, right and left mouth corner
+    embedding: tuple[float, ...] | None  # L2-normalised, when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class FacesResult:
+    faces: tuple[Face, ...]
+    width: int
+    height: int
+    model: ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class OcrOptionsInput:
+    model: ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class OcrOptions:
+    model: ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class TextLine:
+    text: str
+    confidence: float
+    polygon: tuple[Point, Point, Point, Point]  # clockwise from the text's top-left corner
+
+    @property
+    def box(self) -> Box:
+        xs = [p.x for p in self.polygon]
+        ys = [p.y for p in self.polygon]
+        return Box(min(xs), min(ys), max(xs), max(ys))
+
+
+@dataclass(frozen=True, slots=True)
+class OcrResult:
+    lines: tuple[TextLine, ...]  # reading order
+    width: int
+    height: int
+    model: ModelRef
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+
+class Task(enum.Enum):
+    DETECTION = "detection"
+    EMBEDDING = "embedding"
+    FACES = "faces"
+    OCR = "ocr"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    version: str
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A served model as Triton's repository index and model configuration describe it."""
+
+    name: str
+    task: Task
+    versions: tuple[ModelVersion, ...]  # newest first
+    output_dimension: int
+    platform: str
+
+    @property
+    def ready(self) -> bool:
+        return any(v.ready for v in self.versions)
+
+
 class Input(enum.Enum):
     """The input of a pipeline that a field path is relative to. Pipelines and adapters name
     fields relative to their own inputs; the servicer knows where each input sits in its request
@@ -148,6 +281,10 @@ class BackendUnavailableError(VisionError):
     def __init__(self, retry_after_s: float = 1.0) -> None:
         super().__init__("the inference backend is unavailable; retry later", "BACKEND_UNAVAILABLE")
         self.retry_after_s = retry_after_s
+
+
+class FailedPreconditionError(VisionError):
+    """The call cannot work with the service as configured (e.g. no text-embedding model)."""
 
 
 class DeadlineExceededError(VisionError):

@@ -26,6 +26,7 @@ from server.domain import (
     BackendError,
     BackendUnavailableError,
     DeadlineExceededError,
+    FailedPreconditionError,
     FieldViolation,
     Input,
     InvalidArgumentError,
@@ -85,6 +86,8 @@ def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
         return _status(code_pb2.NOT_FOUND, exc, resource, bad)
     if isinstance(exc, BackendUnavailableError):
         return _status(code_pb2.UNAVAILABLE, exc, _retry_info(exc.retry_after_s))
+    if isinstance(exc, FailedPreconditionError):
+        return _status(code_pb2.FAILED_PRECONDITION, exc)
     if isinstance(exc, DeadlineExceededError):
         return _status(code_pb2.DEADLINE_EXCEEDED, exc)
     if isinstance(exc, BackendError):

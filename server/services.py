@@ -12,13 +12,44 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from server.domain import Task
+from server.pipeline.analysis import AnalysisPipeline
+from server.pipeline.catalog import CatalogPipeline
 from server.pipeline.detection import DetectionConfig, DetectionPipeline
+from server.pipeline.embedding import EmbeddingConfig, EmbeddingPipeline
+from server.pipeline.faces import FacesConfig, FacesPipeline
+from server.pipeline.ocr import OcrConfig, OcrPipeline
+from server.pipeline.options import ModelChoice
+from server.servicers.analysis import AnalysisServicer
 from server.servicers.detection import DetectionServicer
-from server.settings import Settings
+from server.servicers.embedding import EmbeddingServicer
+from server.servicers.faces import FaceServicer
+from server.servicers.models import ModelServicer
+from server.servicers.ocr import OcrServicer
+from server.settings import Settings, TaskSettings
 from server.triton import detection as triton_detection
+from server.triton import embedding as triton_embedding
+from server.triton import faces as triton_faces
+from server.triton import ocr as triton_ocr
 from server.triton.calls import TritonCalls
+from server.triton.catalog import TritonCatalog
 from server.triton.tensors import ModelTensors
-from vision.v1 import detection_service_pb2, detection_service_pb2_grpc
+from vision.v1 import (
+    analysis_service_pb2,
+    analysis_service_pb2_grpc,
+    detection_service_pb2,
+    detection_service_pb2_grpc,
+    embedding_service_pb2,
+    embedding_service_pb2_grpc,
+    face_service_pb2,
+    face_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    ocr_service_pb2,
+    ocr_service_pb2_grpc,
+)
+
+CATALOG_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +66,9 @@ class Service:
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     build: Callable[[Resources], object]
     models: Callable[[Settings], list[str]]
-    tensors: ModelTensors | None  # what the adapter expects of each of `models`
+    # What the service's adapter expects of each of `models`; None for services that only
+    # reuse other services' models or none at all.
+    tensors: Callable[[Settings], ModelTensors] | None
 
     @property
     def name(self) -> str:
@@ -43,22 +76,75 @@ class Service:
         return name
 
 
-def _detection(resources: Resources) -> DetectionServicer:
+def _choice(task: TaskSettings) -> ModelChoice:
+    return ModelChoice(frozenset(task.models), task.default_model)
+
+
+def _detection_pipeline(resources: Resources) -> DetectionPipeline:
     settings = resources.settings
     task = settings.detection
-    pipeline = DetectionPipeline(
+    return DetectionPipeline(
         triton_detection.TritonDetector(resources.triton),
         DetectionConfig(
-            models=frozenset(task.models),
-            default_model=task.default_model,
+            models=_choice(task),
             default_score_threshold=task.default_score_threshold,
             default_iou_threshold=task.default_iou_threshold,
             default_max_detections=task.default_max_detections,
             limits=settings.limits.image_limits(),
         ),
     )
-    return DetectionServicer(
-        pipeline, settings.limits.max_image_bytes, settings.limits.max_stream_in_flight)
+
+
+def _embedding_pipeline(resources: Resources) -> EmbeddingPipeline:
+    settings = resources.settings
+    task = settings.embedding
+    return EmbeddingPipeline(
+        triton_embedding.TritonEmbedder(resources.triton, task.output_dimension),
+        EmbeddingConfig(models=_choice(task),
+                        default_max_classifications=task.default_max_classifications,
+                        limits=settings.limits.image_limits()),
+    )
+
+
+def _faces_pipeline(resources: Resources) -> FacesPipeline:
+    settings = resources.settings
+    task = settings.faces
+    return FacesPipeline(
+        triton_faces.TritonFaceDetector(resources.triton, task.output_dimension),
+        FacesConfig(models=_choice(task), default_score_threshold=task.default_score_threshold,
+                    default_max_faces=task.default_max_faces,
+                    limits=settings.limits.image_limits()),
+    )
+
+
+def _ocr_pipeline(resources: Resources) -> OcrPipeline:
+    settings = resources.settings
+    return OcrPipeline(triton_ocr.TritonTextReader(resources.triton),
+                       OcrConfig(models=_choice(settings.ocr),
+                                 limits=settings.limits.image_limits()))
+
+
+def _detection(resources: Resources) -> DetectionServicer:
+    limits = resources.settings.limits
+    return DetectionServicer(_detection_pipeline(resources), limits.max_image_bytes,
+                             limits.max_stream_in_flight)
+
+
+def _analysis(resources: Resources) -> AnalysisServicer:
+    limits = resources.settings.limits
+    pipeline = AnalysisPipeline(_detection_pipeline(resources), _embedding_pipeline(resources),
+                                _faces_pipeline(resources), _ocr_pipeline(resources))
+    return AnalysisServicer(pipeline, limits.max_image_bytes, limits.max_stream_in_flight)
+
+
+def _models(resources: Resources) -> ModelServicer:
+    settings = resources.settings
+    choices = {Task.DETECTION: _choice(settings.detection),
+               Task.EMBEDDING: _choice(settings.embedding),
+               Task.FACES: _choice(settings.faces), Task.OCR: _choice(settings.ocr)}
+    return ModelServicer(
+        CatalogPipeline(TritonCatalog(resources.triton, CATALOG_TIMEOUT_S), choices),
+        settings.limits.image_limits())
 
 
 SERVICES: tuple[Service, ...] = (
@@ -67,6 +153,43 @@ SERVICES: tuple[Service, ...] = (
         add_to_server=detection_service_pb2_grpc.add_DetectionServiceServicer_to_server,
         build=_detection,
         models=lambda settings: list(settings.detection.models),
-        tensors=triton_detection.TENSORS,
+        tensors=lambda settings: triton_detection.TENSORS,
+    ),
+    Service(
+        descriptor=embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"],
+        add_to_server=embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server,
+        build=lambda resources: EmbeddingServicer(_embedding_pipeline(resources)),
+        models=lambda settings: list(settings.embedding.models),
+        tensors=lambda settings: triton_embedding.tensors(settings.embedding.output_dimension),
+    ),
+    Service(
+        descriptor=face_service_pb2.DESCRIPTOR.services_by_name["FaceService"],
+        add_to_server=face_service_pb2_grpc.add_FaceServiceServicer_to_server,
+        build=lambda resources: FaceServicer(_faces_pipeline(resources)),
+        models=lambda settings: list(settings.faces.models),
+        tensors=lambda settings: triton_faces.tensors(settings.faces.output_dimension),
+    ),
+    Service(
+        descriptor=ocr_service_pb2.DESCRIPTOR.services_by_name["OcrService"],
+        add_to_server=ocr_service_pb2_grpc.add_OcrServiceServicer_to_server,
+        build=lambda resources: OcrServicer(_ocr_pipeline(resources)),
+        models=lambda settings: list(settings.ocr.models),
+        tensors=lambda settings: triton_ocr.TENSORS,
+    ),
+    Service(
+        descriptor=analysis_service_pb2.DESCRIPTOR.services_by_name["AnalysisService"],
+        add_to_server=analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server,
+        build=_analysis,
+        models=lambda settings: [settings.detection.default_model,
+                                 settings.embedding.default_model,
+                                 settings.faces.default_model, settings.ocr.default_model],
+        tensors=None,
+    ),
+    Service(
+        descriptor=model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+        add_to_server=model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+        build=_models,
+        models=lambda settings: [],
+        tensors=None,
     ),
 )

@@ -59,6 +59,25 @@ class DetectionSettings(TaskSettings):
     default_max_detections: int = Field(100, gt=0, le=1000)
 
 
+class EmbeddingSettings(TaskSettings):
+    default_model: str = Field("mobilenet_v2", description="Image embedding model by default.")
+    output_dimension: int = Field(
+        1280, gt=0, description="Embedding size of every allowed model (one vector space).")
+    default_max_classifications: int = Field(5, gt=0, le=1000)
+
+
+class FaceSettings(TaskSettings):
+    default_model: str = Field("yunet_mobilefacenet", description="Face model by default.")
+    output_dimension: int = Field(
+        128, gt=0, description="Identity embedding size of every allowed model.")
+    default_score_threshold: float = Field(0.6, ge=0, le=1)
+    default_max_faces: int = Field(100, gt=0, le=1000)
+
+
+class OcrSettings(TaskSettings):
+    default_model: str = Field("ppocr_v6", description="OCR model by default.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VISION_", env_nested_delimiter="__", cli_kebab_case=True, extra="ignore"
@@ -73,6 +92,9 @@ class Settings(BaseSettings):
     triton: TritonSettings = Field(default_factory=TritonSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    faces: FaceSettings = Field(default_factory=FaceSettings)
+    ocr: OcrSettings = Field(default_factory=OcrSettings)
 
 
 def load_settings(argv: list[str] | None = None) -> Settings:

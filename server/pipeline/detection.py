@@ -14,11 +14,9 @@ from server.domain import (
     ImageLimits,
     Input,
     InvalidArgumentError,
-    ModelNotFoundError,
-    ModelRef,
 )
 from server.images import inspect_image
-from server.pipeline.models import check_version
+from server.pipeline.options import ModelChoice, check_version, count, unit_interval
 
 MAX_ALLOWLIST = 100
 MAX_DETECTIONS = 1000
@@ -32,8 +30,7 @@ class Detector(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DetectionConfig:
-    models: frozenset[str]
-    default_model: str
+    models: ModelChoice
     default_score_threshold: float
     default_iou_threshold: float
     default_max_detections: int
@@ -49,14 +46,12 @@ class DetectionPipeline:
         """Defaults filled in and every field checked; all violations are reported at once."""
         cfg = self._config
         violations: list[FieldViolation] = []
-        score = _unit_interval(given.score_threshold, cfg.default_score_threshold,
-                               "score_threshold", violations)
-        iou = _unit_interval(given.iou_threshold, cfg.default_iou_threshold,
-                             "iou_threshold", violations)
-        if not 0 <= given.max_detections <= MAX_DETECTIONS:
-            violations.append(FieldViolation(
-                Input.OPTIONS, "max_detections",
-                f"must be in [0, {MAX_DETECTIONS}] (0 = default)"))
+        score = unit_interval(given.score_threshold, cfg.default_score_threshold,
+                              "score_threshold", violations)
+        iou = unit_interval(given.iou_threshold, cfg.default_iou_threshold,
+                            "iou_threshold", violations)
+        max_detections = count(given.max_detections, cfg.default_max_detections, MAX_DETECTIONS,
+                               "max_detections", violations)
         if len(given.class_allowlist) > MAX_ALLOWLIST:
             violations.append(FieldViolation(
                 Input.OPTIONS, "class_allowlist", f"at most {MAX_ALLOWLIST} entries"))
@@ -68,22 +63,27 @@ class DetectionPipeline:
         violations.extend(check_version(given.model))
         if violations:
             raise InvalidArgumentError("INVALID_OPTION", tuple(violations))
-        model = ModelRef(given.model.name or cfg.default_model, given.model.version)
-        if model.name not in cfg.models:
-            raise ModelNotFoundError(model, "model.name")
         return DetectOptions(
-            model=model,
+            model=cfg.models.resolve(given.model),
             score_threshold=score,
             iou_threshold=iou,
             class_allowlist=frozenset(given.class_allowlist),
-            max_detections=given.max_detections or cfg.default_max_detections,
+            max_detections=max_detections,
         )
+
+    def check_image(self, content: bytes) -> None:
+        inspect_image(content, self._config.limits)
 
     async def detect(
         self, content: bytes, given: DetectOptionsInput, request_id: str, timeout_s: float | None
     ) -> DetectionResult:
         options = self.resolve_options(given)
-        inspect_image(content, self._config.limits)
+        self.check_image(content)
+        return await self.run(content, options, request_id, timeout_s)
+
+    async def run(self, content: bytes, options: DetectOptions, request_id: str,
+                  timeout_s: float | None) -> DetectionResult:
+        """Detection of an image already checked, with options already resolved."""
         result = await self._detector.detect(content, options, request_id, timeout_s)
         return shape_result(result, options)
 
@@ -100,13 +100,3 @@ def shape_result(result: DetectionResult, options: DetectOptions) -> DetectionRe
         height=result.height,
         model=result.model,
     )
-
-
-def _unit_interval(
-    value: float | None, default: float, field: str, violations: list[FieldViolation]
-) -> float:
-    if value is None:
-        return default
-    if not 0.0 <= value <= 1.0:  # also false for NaN
-        violations.append(FieldViolation(Input.OPTIONS, field, "must be in [0, 1]"))
-    return value

@@ -98,6 +98,28 @@ class TritonCalls:
             name, as_json=True, client_timeout=timeout_s)
         return metadata
 
+    async def repository_index(self, timeout_s: float) -> list[dict[str, Any]]:
+        """Triton's repository index: one entry per model version with its state."""
+        try:
+            index = await self._client.get_model_repository_index(
+                as_json=True, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise _unavailable_or_backend(exc) from exc
+        models: list[dict[str, Any]] = index.get("models", [])
+        return models
+
+    async def model_config(self, name: str, timeout_s: float) -> dict[str, Any] | None:
+        """The model's configuration as Triton loaded it; None when Triton has none loaded."""
+        try:
+            answer = await self._client.get_model_config(
+                name, as_json=True, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            if str(exc.status() or "").endswith(("NOT_FOUND", "UNAVAILABLE")):
+                return None
+            raise _unavailable_or_backend(exc) from exc
+        config: dict[str, Any] = answer.get("config", {})
+        return config
+
     @staticmethod
     async def _ask(probe: Any) -> bool:
         try:
@@ -122,6 +144,13 @@ def _domain_error(exc: InferenceServerException, model: ModelRef) -> Exception:
         return BackendUnavailableError()
     log.error("triton call to %s failed: status=%s message=%s", model.name, status, exc.message())
     return BackendError(f"{status}: {exc.message()}")
+
+
+def _unavailable_or_backend(exc: InferenceServerException) -> Exception:
+    if str(exc.status() or "").endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+        return BackendUnavailableError()
+    log.error("triton request failed: status=%s message=%s", exc.status(), exc.message())
+    return BackendError(f"{exc.status()}: {exc.message()}")
 
 
 def scalar(value: float | int | bool | bytes, dtype: npt.DTypeLike) -> Array:

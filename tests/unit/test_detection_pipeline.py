@@ -19,10 +19,11 @@ from server.domain import (
     ModelRef,
 )
 from server.pipeline.detection import DetectionConfig, DetectionPipeline
+from server.pipeline.options import ModelChoice
 from tests.images import photo
 
 CONFIG = DetectionConfig(
-    models=frozenset({"yolox_nano"}), default_model="yolox_nano", default_score_threshold=0.25,
+    models=ModelChoice(frozenset({"yolox_nano"}), "yolox_nano"), default_score_threshold=0.25,
     default_iou_threshold=0.45, default_max_detections=100,
     limits=ImageLimits(max_bytes=32 << 20, max_pixels=40_000_000),
 )

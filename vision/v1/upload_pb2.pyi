@@ -7,6 +7,7 @@ per stream, each sent as a header, its bytes in chunks, and an end marker.
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from vision.v1 import analysis_pb2 as _analysis_pb2
 from vision.v1 import detection_pb2 as _detection_pb2
 import builtins as _builtins
 import sys
@@ -30,6 +31,7 @@ class UploadHeader(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     DETECTION_FIELD_NUMBER: _builtins.int
+    ANALYSIS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The caller's id for this image, echoed on its result. Required: 1 to 128
     printable ASCII characters, unique among the images of one stream.
@@ -43,18 +45,23 @@ class UploadHeader(_message.Message):
     def detection(self) -> _detection_pb2.DetectionOptions:
         """Options for an object detection stream."""
 
+    @_builtins.property
+    def analysis(self) -> _analysis_pb2.AnalysisOptions:
+        """Options for an analysis stream: which analyses, with their options."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
         detection: _detection_pb2.DetectionOptions | None = ...,
+        analysis: _analysis_pb2.AnalysisOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["detection", b"detection", "options", b"options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "detection", b"detection", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detection", b"detection", "options", b"options", "request_id", b"request_id", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "detection", b"detection", "options", b"options", "request_id", b"request_id", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_options: _TypeAlias = _typing.Literal["detection"]  # noqa: Y015
+    _WhichOneofReturnType_options: _TypeAlias = _typing.Literal["detection", "analysis"]  # noqa: Y015
     _WhichOneofArgType_options: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_options) -> _WhichOneofReturnType_options | None: ...
 
