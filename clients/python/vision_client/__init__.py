@@ -2,12 +2,15 @@
 
 from vision_client.client import (
     DEFAULT_CHUNK_BYTES,
+    AnalysisImage,
     StreamImage,
     VisionClient,
+    analysis_uploads,
     detection_uploads,
     upload_messages,
 )
 
 __all__ = [
-    "DEFAULT_CHUNK_BYTES", "StreamImage", "VisionClient", "detection_uploads", "upload_messages",
+    "DEFAULT_CHUNK_BYTES", "AnalysisImage", "StreamImage", "VisionClient", "analysis_uploads",
+    "detection_uploads", "upload_messages",
 ]

@@ -10,7 +10,25 @@ from typing import TypeVar
 
 import grpc
 
-from vision.v1 import detection_pb2, image_pb2, upload_pb2
+from vision.v1 import (
+    analysis_pb2,
+    analysis_service_pb2,
+    analysis_service_pb2_grpc,
+    detection_pb2,
+    embedding_pb2,
+    embedding_service_pb2,
+    embedding_service_pb2_grpc,
+    face_pb2,
+    face_service_pb2,
+    face_service_pb2_grpc,
+    image_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    ocr_pb2,
+    ocr_service_pb2,
+    ocr_service_pb2_grpc,
+    upload_pb2,
+)
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 
@@ -57,12 +75,39 @@ def detection_uploads(
     )
 
 
+@dataclass(frozen=True)
+class AnalysisImage:
+    """One image to send over an analysis stream, with the analyses to run."""
+
+    request_id: str
+    content: bytes
+    options: analysis_pb2.AnalysisOptions
+
+
+def analysis_uploads(
+    images: Iterable[AnalysisImage], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[analysis_service_pb2.StreamAnalyzeImagesRequest]:
+    """The StreamAnalyzeImages messages for images."""
+    return upload_messages(
+        analysis_service_pb2.StreamAnalyzeImagesRequest,
+        ((upload_pb2.UploadHeader(request_id=image.request_id, size_bytes=len(image.content),
+                                  analysis=image.options), image.content)
+         for image in images),
+        chunk_bytes,
+    )
+
+
 class VisionClient:
     """Use as `async with VisionClient("127.0.0.1:4603") as client:`; share one per process."""
 
     def __init__(self, target: str, timeout_s: float = 30.0) -> None:
         self._channel = grpc.aio.insecure_channel(target)
         self._detection = det_grpc.DetectionServiceStub(self._channel)
+        self._embedding = embedding_service_pb2_grpc.EmbeddingServiceStub(self._channel)
+        self._faces = face_service_pb2_grpc.FaceServiceStub(self._channel)
+        self._ocr = ocr_service_pb2_grpc.OcrServiceStub(self._channel)
+        self._analysis = analysis_service_pb2_grpc.AnalysisServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._timeout_s = timeout_s
 
     async def __aenter__(self) -> VisionClient:
@@ -95,3 +140,73 @@ class VisionClient:
             detection_uploads(images, chunk_bytes), timeout=self._timeout_s)
         async for response in call:
             yield response
+
+    async def embed(
+        self, content: bytes, options: embedding_pb2.EmbeddingOptions | None = None
+    ) -> embedding_service_pb2.EmbedImageResponse:
+        """The image's embedding and its classes, best first."""
+        request = embedding_service_pb2.EmbedImageRequest(
+            image=image_pb2.Image(content=content), options=options)
+        response: embedding_service_pb2.EmbedImageResponse = await self._embedding.EmbedImage(
+            request, timeout=self._timeout_s)
+        return response
+
+    async def detect_faces(
+        self, content: bytes, options: face_pb2.FaceOptions | None = None
+    ) -> face_service_pb2.DetectFacesResponse:
+        """The image's faces, landmarks and (with include_embeddings) identity embeddings."""
+        request = face_service_pb2.DetectFacesRequest(
+            image=image_pb2.Image(content=content), options=options)
+        response: face_service_pb2.DetectFacesResponse = await self._faces.DetectFaces(
+            request, timeout=self._timeout_s)
+        return response
+
+    async def extract_text(
+        self, content: bytes, options: ocr_pb2.OcrOptions | None = None
+    ) -> ocr_service_pb2.ExtractTextResponse:
+        """The image's text lines in reading order."""
+        request = ocr_service_pb2.ExtractTextRequest(
+            image=image_pb2.Image(content=content), options=options)
+        response: ocr_service_pb2.ExtractTextResponse = await self._ocr.ExtractText(
+            request, timeout=self._timeout_s)
+        return response
+
+    async def analyze(
+        self, content: bytes, options: analysis_pb2.AnalysisOptions
+    ) -> analysis_service_pb2.AnalyzeImageResponse:
+        """Any set of analyses of one image, each with its own status."""
+        request = analysis_service_pb2.AnalyzeImageRequest(
+            image=image_pb2.Image(content=content), options=options)
+        response: analysis_service_pb2.AnalyzeImageResponse = (
+            await self._analysis.AnalyzeImage(request, timeout=self._timeout_s))
+        return response
+
+    async def stream_analyze(
+        self, images: Iterable[AnalysisImage], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> AsyncIterator[analysis_service_pb2.StreamAnalyzeImagesResponse]:
+        """Uploads images over one stream; yields each image's analyses as they complete."""
+        call = self._analysis.StreamAnalyzeImages(
+            analysis_uploads(images, chunk_bytes), timeout=self._timeout_s)
+        async for response in call:
+            yield response
+
+    async def list_models(
+        self, task: model_service_pb2.Task.ValueType = model_service_pb2.TASK_UNSPECIFIED
+    ) -> list[model_service_pb2.Model]:
+        """Every model the server serves (all pages), optionally of one task."""
+        models: list[model_service_pb2.Model] = []
+        token = ""
+        while True:
+            page: model_service_pb2.ListModelsResponse = await self._models.ListModels(
+                model_service_pb2.ListModelsRequest(task=task, page_token=token),
+                timeout=self._timeout_s)
+            models.extend(page.models)
+            token = page.next_page_token
+            if not token:
+                return models
+
+    async def get_model(self, name: str, version: str = "") -> model_service_pb2.Model:
+        response: model_service_pb2.GetModelResponse = await self._models.GetModel(
+            model_service_pb2.GetModelRequest(name=name, version=version),
+            timeout=self._timeout_s)
+        return response.model
