@@ -285,32 +285,32 @@ class Item:
 
 def detect_all(items: list[Item]) -> None:
     """Run YuNet on every decoded image, equally sized inputs together, and set their faces."""
-    groups: dict[tuple[int, ...], list[tuple[Item, FloatArray, float]]] = defaultdict(list)
+    groups: dict[tuple[int, ...], list[tuple[Item, UInt8Image, FloatArray, float]]]
+    groups = defaultdict(list)
     for item in items:
         if item.image is not None:
             tensor, scale = detector_input(item.image)
-            groups[tensor.shape].append((item, tensor, scale))
+            groups[tensor.shape].append((item, item.image, tensor, scale))
     for shape, members in groups.items():
         for start in range(0, len(members), STEP_MAX_BATCH):
             chunk = members[start : start + STEP_MAX_BATCH]
-            raw = call_step(
-                DETECTOR, {"input": np.stack([tensor for _, tensor, _ in chunk])}, DETECTOR_OUTPUTS
-            )
-            for row, (item, _, scale) in enumerate(chunk):
-                assert item.image is not None
+            batch = np.stack([tensor for _, _, tensor, _ in chunk])
+            raw = call_step(DETECTOR, {"input": batch}, DETECTOR_OUTPUTS)
+            for row, (item, image, _, scale) in enumerate(chunk):
                 outputs = {name: raw[name][row] for name in DETECTOR_OUTPUTS}
                 item.faces = detect_faces(
-                    outputs, (shape[1], shape[2]), scale, item.image.shape[:2], item.threshold
+                    outputs, (shape[1], shape[2]), scale, image.shape[:2], item.threshold
                 )
 
 
 def embed_all(items: list[Item]) -> None:
     """Align every face of the images that asked for embeddings; embed them all together."""
-    wanted = [item for item in items if item.include_embeddings and item.image is not None]
+    wanted = [
+        (item, item.image) for item in items if item.include_embeddings and item.image is not None
+    ]
     crops = [
-        embedder_input(align_face(item.image, landmarks))
-        for item in wanted
-        if item.image is not None
+        embedder_input(align_face(image, landmarks))
+        for item, image in wanted
         for landmarks in item.faces.landmarks
     ]
     vectors = []
@@ -319,7 +319,7 @@ def embed_all(items: list[Item]) -> None:
         vectors.append(call_step(EMBEDDER, {"input": batch}, ["embeddings"])["embeddings"])
     flat = l2_normalise_rows(np.concatenate(vectors)) if vectors else np.zeros((0, EMBEDDING_DIM))
     offset = 0
-    for item in wanted:
+    for item, _ in wanted:
         k = len(item.faces.scores)
         item.embeddings = flat[offset : offset + k].astype(np.float32)
         offset += k
