@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -96,6 +97,31 @@ async def test_face_counts_and_reference_match(
         assert abs(float(got.scores[i]) - face.score) < 1e-3
         assert float(got.embeddings[i] @ face.embedding) >= 0.999
         assert float(np.linalg.norm(got.embeddings[i])) == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_small_faces_of_a_group_photo_grid_are_found_and_told_apart(
+    triton: InferenceServerClient,
+) -> None:
+    """sample5.jpg (5 people) shrunk to a third and tiled 3 x 3: 45 faces about 55 px wide,
+    more than one MobileFaceNet call of 32 holds. The 9 copies of each person (told by where
+    the face sits within its tile) embed alike, and unlike the other 4 people."""
+    image = decode("sample5.jpg")
+    tile_h, tile_w = image.shape[0] // 3, image.shape[1] // 3
+    tile = cv2.resize(image, (tile_w, tile_h), interpolation=cv2.INTER_AREA)
+    ok, grid = cv2.imencode(".png", np.vstack([np.hstack([tile] * 3)] * 3))
+    assert ok
+    got = await find_faces(triton, bytes(grid.tobytes()))
+    assert len(got.scores) == 45
+    assert float((got.boxes[:, 2] - got.boxes[:, 0]).max()) < 80
+    centres = (got.boxes[:, :2] + got.boxes[:, 2:]) / 2
+    in_tile = centres % np.array([tile_w, tile_h], dtype=np.float32)
+    first_tile = in_tile[(centres[:, 0] < tile_w) & (centres[:, 1] < tile_h)]
+    assert len(first_tile) == 5
+    person = np.argmin(((in_tile[:, None] - first_tile[None]) ** 2).sum(axis=2), axis=1)
+    assert np.bincount(person).tolist() == [9] * 5
+    cosines = got.embeddings @ got.embeddings.T
+    same = person[:, None] == person[None, :]
+    assert cosines[same].min() >= 0.85 and cosines[~same].max() <= 0.6
 
 
 async def test_landmarks_are_right_eye_left_eye_nose_right_and_left_mouth_corner(
