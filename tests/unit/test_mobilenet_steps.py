@@ -117,6 +117,18 @@ def test_resize_and_crop_of_a_small_image_enlarges_it() -> None:
     assert crop.shape == (224, 224, 3) and np.all(crop == 77)
 
 
+def test_an_extreme_strip_is_cut_to_its_middle_before_resizing() -> None:
+    strip = np.zeros((2, 3000, 3), dtype=np.uint8)
+    strip[:, 1500:] = 255
+    crop = pre.resize_and_crop(strip)
+    # The middle 32 columns are kept and enlarged 128 times (to 256 x 4096): the crop shows the
+    # dark-to-bright edge at its centre, blurred over 128 px by the bilinear enlargement.
+    assert crop.shape == (224, 224, 3)
+    row = crop[0, :, 0].astype(int)
+    assert np.all(crop[:, :48] == 0) and np.all(crop[:, -48:] == 255)
+    assert np.all(np.diff(row) >= 0) and abs(row[112] - 128) <= 4
+
+
 def test_normalise_swaps_to_rgb_and_applies_imagenet_mean_and_std() -> None:
     pixel = np.array([[[255, 0, 128]]], dtype=np.uint8)  # B, G, R
     tensor = pre.normalise(pixel)

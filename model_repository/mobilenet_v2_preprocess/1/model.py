@@ -19,6 +19,9 @@ RESIZE_SHORTER = 256
 CROP = 224
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# Beyond this aspect ratio the middle of the longer side is cut out before resizing: the 224
+# crop only ever sees the middle, and a 1 x 3000 strip would otherwise resize to 256 x 768000.
+MAX_ASPECT = 16
 STATUS_OK = 0
 STATUS_UNDECODABLE = 1
 
@@ -52,6 +55,13 @@ def resize_and_crop(
     """Shorter side to `shorter`, then the centre crop x crop (offsets rounded as torchvision's
     CenterCrop does)."""
     height, width = image.shape[:2]
+    longest = min(height, width) * MAX_ASPECT
+    if height > longest:
+        top = (height - longest) // 2
+        image, height = image[top : top + longest], longest
+    elif width > longest:
+        left = (width - longest) // 2
+        image, width = image[:, left : left + longest], longest
     new_h, new_w = resized_shape(height, width, shorter)
     # INTER_AREA averages the source pixels when shrinking, as torchvision's antialiased
     # bilinear resize does; when enlarging it would degrade towards nearest, so use bilinear.

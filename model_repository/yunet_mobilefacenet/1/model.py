@@ -355,7 +355,8 @@ class TritonPythonModel:
         try:
             detect_all(items)
             embed_all(items)
-        except StepError as err:
+        except (StepError, ValueError) as err:
+            # A failing step or outputs of an unexpected shape: a server fault, not the input's.
             error = pb_utils.TritonError(str(err))
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
 
