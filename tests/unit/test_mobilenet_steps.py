@@ -287,3 +287,79 @@ def test_intra_op_threads_comes_from_the_config_parameter() -> None:
 def test_every_network_step_runs_the_same_cpu_runner(step: str) -> None:
     runner = (MODELS / "mobilenet_v2_onnx" / "1" / "model.py").read_bytes()
     assert (MODELS / step / "1" / "model.py").read_bytes() == runner
+
+
+# --- configurations ----------------------------------------------------------------------------
+
+NETWORK_STEPS = {
+    "mobilenet_v2_onnx": "mobilenet_v2",
+    "yunet_onnx": "yunet",
+    "mobilefacenet_onnx": "mobilefacenet",
+}
+
+
+def read_config(path: Path) -> Any:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def tensors(values: Any) -> list[tuple[str, int, list[int]]]:
+    return [(value.name, value.data_type, list(value.dims)) for value in values]
+
+
+@pytest.mark.parametrize("step", sorted(NETWORK_STEPS))
+def test_gpu_and_cpu_configs_declare_the_onnx_files_tensors(step: str) -> None:
+    """The GPU config (native onnxruntime, not runnable here) and the CPU one agree, and both
+    match the ONNX file's own input and output names and shapes, batch dimension first."""
+    onnx = pytest.importorskip("onnx")
+    from tools import prepare_models
+
+    gpu = read_config(MODELS / step / "config.pbtxt")
+    cpu = read_config(MODELS / step / "configs" / "cpu.pbtxt")
+    assert (gpu.name, gpu.platform, cpu.name, cpu.backend) == (
+        step,
+        "onnxruntime_onnx",
+        step,
+        "python",
+    )
+    assert gpu.max_batch_size == cpu.max_batch_size == 32
+    assert tensors(gpu.input) == tensors(cpu.input)
+    assert tensors(gpu.output) == tensors(cpu.output)
+    source = prepare_models.default_cache() / prepare_models.MODELS[NETWORK_STEPS[step]].filename
+    if not source.is_file():
+        pytest.skip(f"{source.name} not cached")
+    graph = onnx.load(str(source)).graph
+
+    def dims(value: Any) -> list[int]:
+        # Symbolic dimensions are variable (-1) for Triton; dim 0 is the batch.
+        shape = value.type.tensor_type.shape.dim[1:]
+        return [d.dim_value if d.HasField("dim_value") else -1 for d in shape]
+
+    def compatible(onnx_dims: list[int], config_dims: list[int]) -> bool:
+        # Triton's onnxruntime backend lets a config fix a dimension the file leaves symbolic.
+        return len(onnx_dims) == len(config_dims) and all(
+            o in (-1, c) for o, c in zip(onnx_dims, config_dims, strict=True)
+        )
+
+    for values, declared in ((graph.input, gpu.input), (graph.output, gpu.output)):
+        by_name = {t.name: list(t.dims) for t in declared}
+        assert sorted(by_name) == sorted(v.name for v in values)
+        for value in values:
+            assert compatible(dims(value), by_name[value.name]), (value.name, by_name)
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v2", "yunet_mobilefacenet"])
+def test_top_level_models_carry_task_and_status_outputs(model: str) -> None:
+    config = read_config(MODELS / model / "config.pbtxt")
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert parameters == {
+        "mobilenet_v2": {"task": "embedding", "output_dimension": "1280"},
+        "yunet_mobilefacenet": {"task": "faces", "output_dimension": "128"},
+    }[model]
+    assert config.max_batch_size == 32
+    inputs = {t.name: (t.data_type, list(t.dims)) for t in config.input}
+    outputs = {t.name: (t.data_type, list(t.dims)) for t in config.output}
+    assert inputs["IMAGE"] == (13, [1])  # TYPE_STRING
+    assert outputs["IMAGE_STATUS"] == (8, [1]) and outputs["IMAGE_SIZE"] == (8, [2])  # INT32
