@@ -290,8 +290,8 @@ def test_embed_all_sends_at_most_32_faces_per_call(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(faces, "call_step", fake_step)
     image = np.zeros((300, 300, 3), dtype=np.uint8)
-    items = [faces.Item(0, image, 0.6, True, some_faces(n)) for n in (25, 15)]
-    items.append(faces.Item(1, image, 0.6, False, some_faces(4)))
+    items = [faces.Item(image, 0.6, True, some_faces(n)) for n in (25, 15)]
+    items.append(faces.Item(image, 0.6, False, some_faces(4)))
     faces.embed_all(items)
     assert calls == [32, 8]
     assert [item.embeddings.shape for item in items[:2]] == [(25, 128), (15, 128)]

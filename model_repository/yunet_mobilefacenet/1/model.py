@@ -275,7 +275,6 @@ def call_step(model_name: str, inputs: dict[str, FloatArray], outputs: list[str]
 class Item:
     """One image of one request on its way through the pipeline."""
 
-    request: int
     image: UInt8Image | None
     threshold: float
     include_embeddings: bool
@@ -347,7 +346,7 @@ class TritonPythonModel:
                 request_items.append([])
                 continue
             mine = [
-                Item(index, decode_image(bytes(data)), threshold, bool(flag))
+                Item(decode_image(bytes(data)), threshold, bool(flag))
                 for data, threshold, flag in zip(images, checked, include, strict=True)
             ]
             request_items.append(mine)
