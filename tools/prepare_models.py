@@ -65,13 +65,53 @@ def make_yolox_batch_dynamic(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model)
 
 
+YUNET_HEAD_SHAPES = ([1, -1, 1], [1, -1, 4], [1, -1, 10])
+
+
+def make_yunet_batch_dynamic(model: onnx.ModelProto) -> None:
+    """Let the batch-1 YuNet export take a batch of equally sized images.
+
+    Height and width are already dynamic; dim 0 of the input and the twelve outputs is fixed to
+    1, and the twelve head Reshapes target `[1, -1, k]` (k = 1, 4, 10): as for YOLOX, a 0 copies
+    the incoming batch dimension instead.
+    """
+    graph = model.graph
+    for value in (*graph.input, *graph.output):
+        dim0 = value.type.tensor_type.shape.dim[0]
+        dim0.ClearField("dim_value")
+        dim0.dim_param = BATCH_DIM_NAME
+    del graph.value_info[:]
+
+    initializers = {init.name: init for init in graph.initializer}
+    # Several Reshapes share one shape initializer, so count the nodes, edit each tensor once.
+    edited_nodes, edited_inits = 0, set()
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in initializers:
+            continue
+        shape_init = initializers[node.input[1]]
+        shape = numpy_helper.to_array(shape_init)
+        if shape_init.name in edited_inits:
+            edited_nodes += 1
+        elif shape.tolist() in YUNET_HEAD_SHAPES:
+            shape = shape.copy()
+            shape[0] = 0
+            shape_init.CopyFrom(numpy_helper.from_array(shape, shape_init.name))
+            edited_inits.add(shape_init.name)
+            edited_nodes += 1
+    if edited_nodes != 12:
+        raise PrepareError(
+            f"expected 12 YuNet head Reshapes targeting [1, -1, k], found {edited_nodes}"
+        )
+    onnx.checker.check_model(model)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One network file: where it comes from, what it must hash to, where it goes."""
 
     filename: str
     sha256: str
-    url: str
+    url: str | None  # None: no known upstream serves these bytes, so only the cache has them
     target: str  # relative to the model repository
     transform: Callable[[onnx.ModelProto], None] | None = None
 
@@ -87,6 +127,28 @@ MODELS: dict[str, ModelSpec] = {
         ),
         target="yolox_nano_onnx/1/model.onnx",
         transform=make_yolox_batch_dynamic,
+    ),
+    # No public address is known to serve these exact bytes (../shared/models/SOURCES.md: the
+    # MobileNetV2 file was exported from torchvision weights, the face files are copies found in
+    # public repositories), so they come from the cache folder only.
+    "mobilenet_v2": ModelSpec(
+        filename="mobilenet_v2_imagenet.onnx",
+        sha256="6ecf8b34f71e29553d1d8612dc85e1f84aac1d8573d6210a538af92b7972a1f7",
+        url=None,
+        target="mobilenet_v2_onnx/1/model.onnx",
+    ),
+    "yunet": ModelSpec(
+        filename="face_detection_yunet_2026may.onnx",
+        sha256="ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+        url=None,
+        target="yunet_onnx/1/model.onnx",
+        transform=make_yunet_batch_dynamic,
+    ),
+    "mobilefacenet": ModelSpec(
+        filename="mobilefacenet_128d.onnx",
+        sha256="0c9ad2a83969fc82155706f7020e6926b4a1a90a5476fff4a5588dfe207f64a4",
+        url=None,
+        target="mobilefacenet_onnx/1/model.onnx",
     ),
 }
 
@@ -105,6 +167,8 @@ def fetch_source(spec: ModelSpec, cache: Path) -> bytes:
     cached = cache / spec.filename
     if cached.is_file():
         data, origin = cached.read_bytes(), str(cached)
+    elif spec.url is None:
+        raise PrepareError(f"{spec.filename} is not in {cache} and has no download address")
     else:
         print(f"{spec.filename}: not in {cache}, downloading {spec.url}", file=sys.stderr)
         with urllib.request.urlopen(spec.url, timeout=60) as response:
