@@ -180,6 +180,24 @@ def test_order_clockwise_starts_at_the_top_left() -> None:
     )
 
 
+def test_detect_batches_same_size_images_within_the_pixel_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def run_step(model_name: str, batch: Any, output_name: str) -> Any:
+        calls.append(batch.shape)
+        return np.zeros((len(batch), 1, *batch.shape[2:]), np.float32)
+
+    monkeypatch.setattr(ocr, "run_step", run_step)
+    wide = ocr.prepare_image(np.zeros((200, 640, 3), np.uint8))  # detector 736 x 2368: 1.7 MP
+    square = ocr.prepare_image(np.zeros((100, 100, 3), np.uint8))  # detector 736 x 736
+    boxes = ocr.detect([wide, square, wide, wide, wide, wide])
+    # 8 MP per call: 4 of the 5 wide images, then the fifth; the square one on its own.
+    assert calls == [(4, 3, 736, 2368), (1, 3, 736, 2368), (1, 3, 736, 736)]
+    assert [b.shape for b in boxes] == [(0, 4, 2)] * 6
+
+
 # --- reading order -------------------------------------------------------------------------------
 
 
