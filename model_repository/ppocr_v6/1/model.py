@@ -1,7 +1,7 @@
 """Triton Python (BLS) model: PP-OCRv6 text reading, encoded image bytes in, text lines out.
 
-Per Triton batch: decode every image, detect text with the DB network (`ppocr_v6_det`, one call
-per input shape), cut out and rectify each line, turn upside-down lines with the direction
+Per Triton batch: decode every image, detect text with the DB network (`ppocr_v6_det`, images of
+one input size together), cut out and rectify each line, turn upside-down lines with the direction
 classifier (`ppocr_v6_cls`) and read all lines of all images with the CTC recogniser
 (`ppocr_v6_rec`). The constants and steps follow RapidOCR 3.10's defaults, so both read the same
 text; every numpy/OpenCV step is a module function that tests import without Triton.
@@ -48,13 +48,14 @@ DB_UNCLIP_RATIO, DB_MIN_SIZE = 1.6, 3
 CLS_HEIGHT, CLS_WIDTH, CLS_ROTATE_THRESHOLD = 48, 192, 0.9
 # Recogniser: height 48, width that of the widest line of the call but at least 320.
 REC_HEIGHT, REC_MIN_WIDTH = 48, 320
-# Lines go to the recogniser sorted by aspect ratio in calls of 6, as PP-OCR sends them: the
-# zero padding to a call's widest line shifts the reading of faint lines, so calls of 6 keep
-# the text the same as PP-OCR's for any image with up to 6 lines of similar width.
+# Lines go to the recogniser sorted by aspect ratio in calls of 6, as PP-OCR sends them. The
+# zero padding to a call's widest line shifts the reading of faint lines, so an image alone in
+# its Triton batch reads exactly as in PP-OCR; when images share a batch, their lines share
+# calls (fewer calls, but a faint line may read differently next to another image's lines).
 REC_BATCH = 6
 # Lines read with a lower mean character confidence are dropped.
 MIN_TEXT_CONFIDENCE = 0.5
-# Two lines are in the same row when their vertical extents overlap this much of the lower one.
+# Two lines share a row when their vertical extents overlap by this much of the shorter one.
 ROW_OVERLAP = 0.5
 
 STATUS_OK, STATUS_UNDECODABLE = 0, 1
@@ -265,7 +266,7 @@ def reading_order(boxes: FloatArray) -> list[int]:
     """Indices of [n, 4, 2] boxes in reading order: rows top to bottom, left to right in a row.
 
     A box joins the row being built when its vertical extent overlaps the row's by at least
-    ROW_OVERLAP of the lower of the two heights; rows are taken in order of their top edge.
+    ROW_OVERLAP of the shorter of the two heights; rows are taken in order of their top edge.
     """
     tops, bottoms = boxes[:, :, 1].min(axis=1), boxes[:, :, 1].max(axis=1)
     rows: list[list[int]] = []
@@ -274,8 +275,8 @@ def reading_order(boxes: FloatArray) -> list[int]:
         top, bottom = float(tops[index]), float(bottoms[index])
         if rows:
             overlap = min(bottom, row_bottom) - max(top, row_top)
-            lower = min(bottom - top, row_bottom - row_top)
-            if lower > 0 and overlap >= ROW_OVERLAP * lower:
+            shorter = min(bottom - top, row_bottom - row_top)
+            if shorter > 0 and overlap >= ROW_OVERLAP * shorter:
                 rows[-1].append(index)
                 row_top, row_bottom = min(row_top, top), max(row_bottom, bottom)
                 continue
