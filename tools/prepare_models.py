@@ -1,13 +1,15 @@
 """Fetch, verify and adapt the ONNX networks that `model_repository/` serves.
 
-Each file comes from a local cache folder or its upstream, is checked against a pinned SHA-256,
-edited where Triton needs it (a dynamic batch dimension) and written into the repository.
+Each file comes from a local cache folder or its upstream (or from an installed Python package
+that ships it), is checked against a pinned SHA-256, edited where Triton needs it (a dynamic
+batch dimension) and written into the repository.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -114,6 +116,9 @@ class ModelSpec:
     url: str | None  # None: no known upstream serves these bytes, so only the cache has them
     target: str  # relative to the model repository
     transform: Callable[[onnx.ModelProto], None] | None = None
+    # An installed package that ships the file (filename is then relative to the package
+    # folder); such files are copied from it, never from the cache or url.
+    package: str | None = None
 
 
 # Add a model here by one entry; the SHA-256 pins match ../shared/models/SHA256SUMS.
@@ -150,6 +155,29 @@ MODELS: dict[str, ModelSpec] = {
         url=None,
         target="mobilefacenet_onnx/1/model.onnx",
     ),
+    # PP-OCRv6 small (Apache-2.0), shipped inside the rapidocr==3.10.0 wheel (the dev extra);
+    # pinned to the files of that wheel.
+    "ppocr_v6_det": ModelSpec(
+        filename="models/PP-OCRv6_det_small.onnx",
+        sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+        url=None,
+        target="ppocr_v6_det/1/model.onnx",
+        package="rapidocr",
+    ),
+    "ppocr_v6_cls": ModelSpec(
+        filename="models/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+        sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+        url=None,
+        target="ppocr_v6_cls/1/model.onnx",
+        package="rapidocr",
+    ),
+    "ppocr_v6_rec": ModelSpec(
+        filename="models/PP-OCRv6_rec_small.onnx",
+        sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+        url=None,
+        target="ppocr_v6_rec/1/model.onnx",
+        package="rapidocr",
+    ),
 }
 
 
@@ -162,10 +190,24 @@ def default_cache() -> Path:
     return Path(env) if env else DEFAULT_CACHE
 
 
+def package_folder(package: str) -> Path:
+    """Where an installed package lives, found without importing (running) it."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise PrepareError(f"package {package} is not installed (it is in the dev extra)")
+    return Path(next(iter(found.submodule_search_locations)))
+
+
 def fetch_source(spec: ModelSpec, cache: Path) -> bytes:
-    """Read the pristine file from the cache, else download it; verify its SHA-256 either way."""
+    """Read the pristine file from its package, else the cache, else download it; verify its
+    SHA-256 either way."""
     cached = cache / spec.filename
-    if cached.is_file():
+    if spec.package is not None:
+        shipped = package_folder(spec.package) / spec.filename
+        if not shipped.is_file():
+            raise PrepareError(f"{shipped} is missing from the installed {spec.package}")
+        data, origin = shipped.read_bytes(), str(shipped)
+    elif cached.is_file():
         data, origin = cached.read_bytes(), str(cached)
     elif spec.url is None:
         raise PrepareError(f"{spec.filename} is not in {cache} and has no download address")

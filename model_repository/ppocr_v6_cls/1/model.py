@@ -1,0 +1,1 @@
+../../ppocr_v6_det/1/model.py

@@ -1,0 +1,73 @@
+"""Triton Python model for CPU runs of one PP-OCRv6 network step (det, cls or rec).
+
+Used only with configs/cpu.pbtxt; on GPU, Triton's onnxruntime backend loads model.onnx itself.
+The cls and rec steps link to this file: tensor names come from each step's config, and all
+requests Triton hands over (same shapes: the batcher only groups equal shapes) run as one call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+DEFAULT_INTRA_OP_THREADS = 2
+
+
+def intra_op_threads(model_config: dict[str, Any]) -> int:
+    """The `intra_op_threads` parameter of the model config, else the default."""
+    parameter = model_config.get("parameters", {}).get("intra_op_threads")
+    if parameter is None:
+        return DEFAULT_INTRA_OP_THREADS
+    return int(parameter["string_value"])
+
+
+def run_batched(
+    session: ort.InferenceSession,
+    input_name: str,
+    output_names: list[str],
+    batches: list[npt.NDArray[np.float32]],
+) -> list[list[npt.NDArray[np.float32]]]:
+    """Run several requests' inputs as one batch; per request, its slice of every output."""
+    outputs = session.run(output_names, {input_name: np.concatenate(batches)})
+    bounds = np.cumsum([len(batch) for batch in batches])[:-1]
+    per_output = [np.split(output, bounds) for output in outputs]
+    return [list(parts) for parts in zip(*per_output, strict=True)]
+
+
+class TritonPythonModel:
+    """One onnxruntime session per model instance, sized by the config's thread parameter."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        (model_input,) = config["input"]
+        self.input_name: str = model_input["name"]
+        self.output_names: list[str] = [output["name"] for output in config["output"]]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads(config)
+        # Triton already serialises calls to this instance; extra inter-op threads only contend.
+        options.inter_op_num_threads = 1
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        batches = [
+            pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            for request in requests
+        ]
+        return [
+            pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(name, output)
+                    for name, output in zip(self.output_names, outputs, strict=True)
+                ]
+            )
+            for outputs in run_batched(self.session, self.input_name, self.output_names, batches)
+        ]
