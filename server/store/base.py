@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -273,6 +273,10 @@ class VectorStore(Protocol):
         """Store the record atomically, replacing any record with its (tenant, image_id) and ALL
         of that record's sub-records. Returns once the write is durable and searchable."""
 
+    async def upsert_many(self, records: Sequence[ImageRecord]) -> None:
+        """`upsert` for a batch in one round trip (one transaction / one `_bulk`); each record is
+        replaced whole. Image ids within one batch are distinct."""
+
     async def delete(self, tenant: str, image_id: str) -> bool:
         """Remove the record and its sub-records; False when there was none."""
 
@@ -372,6 +376,21 @@ def check_record(record: ImageRecord, dims: Mapping[Space, int]) -> None:
         check_vector(face.embedding, dims[Space.FACES], f"faces[{i}].embedding")
     for i, line in enumerate(record.ocr_lines):
         check_score(line.confidence, f"ocr_lines[{i}].confidence")
+
+
+def check_batch(records: Sequence[ImageRecord], dims: Mapping[Space, int]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for i, record in enumerate(records):
+        try:
+            check_record(record, dims)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(
+                exc.reason,
+                tuple(type(v)(f"records[{i}].{v.field}", v.description) for v in exc.violations),
+            ) from None
+        if (record.tenant, record.image_id) in seen:
+            raise _bad(f"records[{i}].image_id", "appears twice in one batch")
+        seen.add((record.tenant, record.image_id))
 
 
 def check_metadata(metadata: Mapping[str, str], field_path: str) -> None:

@@ -40,6 +40,7 @@ from server.store.base import (
     TextHit,
     Vector,
     VectorHit,
+    check_batch,
     check_image_id,
     check_query,
     check_record,
@@ -159,11 +160,16 @@ class EmbeddedStore:
 
     async def upsert(self, record: ImageRecord) -> None:
         check_record(record, self.options.dims)
-        await self._call(self._writer, self._upsert_sync, record)
+        await self._call(self._writer, self._upsert_sync, (record,))
 
-    def _upsert_sync(self, record: ImageRecord) -> None:
+    async def upsert_many(self, batch: Sequence[ImageRecord]) -> None:
+        check_batch(batch, self.options.dims)
+        if batch:
+            await self._call(self._writer, self._upsert_sync, tuple(batch))
+
+    def _upsert_sync(self, batch: Sequence[ImageRecord]) -> None:
         assert self._write_conn is not None
-        self._apply(records.upsert(self._write_conn, record))
+        self._apply(records.upsert(self._write_conn, batch))
 
     async def delete(self, tenant: str, image_id: str) -> bool:
         check_tenant(tenant)

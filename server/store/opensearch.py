@@ -49,6 +49,7 @@ from server.store.base import (
     TextHit,
     Vector,
     VectorHit,
+    check_batch,
     check_image_id,
     check_query,
     check_record,
@@ -455,13 +456,23 @@ class OpenSearchStore:
 
     async def upsert(self, record: ImageRecord) -> None:
         check_record(record, self.dims)
-        await self._bulk(bulk_lines(documents(self.prefix, record)))
-        counts = {
-            IndexKind.FACES: len(record.faces),
-            IndexKind.OBJECTS: len(record.objects),
-            IndexKind.OCR: len(record.ocr_lines),
-        }
-        await self._delete_subdocs(doc_key(record.tenant, record.image_id), counts)
+        await self._write((record,))
+
+    async def upsert_many(self, batch: Sequence[ImageRecord]) -> None:
+        check_batch(batch, self.dims)
+        await self._write(batch)
+
+    async def _write(self, batch: Sequence[ImageRecord]) -> None:
+        if not batch:
+            return
+        await self._bulk(bulk_lines([doc for r in batch for doc in documents(self.prefix, r)]))
+        for record in batch:
+            counts = {
+                IndexKind.FACES: len(record.faces),
+                IndexKind.OBJECTS: len(record.objects),
+                IndexKind.OCR: len(record.ocr_lines),
+            }
+            await self._delete_subdocs(doc_key(record.tenant, record.image_id), counts)
 
     async def _delete_subdocs(self, key: str, counts: Mapping[IndexKind, int]) -> None:
         await self._request(

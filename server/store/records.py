@@ -194,76 +194,87 @@ def _find(conn: sqlite3.Connection, tenant: str, image_id: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def upsert(conn: sqlite3.Connection, record: ImageRecord) -> WriteResult:
-    """Replace the record and all its sub-records in one transaction (committed on return)."""
+def upsert(conn: sqlite3.Connection, batch: Sequence[ImageRecord]) -> WriteResult:
+    """Replace each record and all its sub-records, the batch in one transaction (committed,
+    and so durable, on return)."""
     conn.execute("BEGIN IMMEDIATE")
+    removed: list[VectorRow] = []
+    added: list[tuple[VectorRow, Vector]] = []
     try:
-        old = _find(conn, record.tenant, record.image_id)
-        removed = _delete_image(conn, old) if old is not None else ()
-        created_us = (record.created_at - _EPOCH) // _MICROSECOND
-        cursor = conn.execute(
-            "INSERT INTO images (tenant, image_id, created_us, width, height, ocr_text)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                record.tenant,
-                record.image_id,
-                created_us,
-                record.width,
-                record.height,
-                record.ocr_text,
-            ),
-        )
-        rowid = cursor.lastrowid
-        assert rowid is not None
-        conn.executemany(
-            "INSERT INTO metadata (image, key, value, num) VALUES (?, ?, ?, ?)",
-            [(rowid, k, v, metadata_number(v)) for k, v in record.metadata.items()],
-        )
-        conn.executemany(
-            "INSERT INTO labels (image, idx, name, score) VALUES (?, ?, ?, ?)",
-            [(rowid, i, label.name, label.score) for i, label in enumerate(record.labels)],
-        )
-        conn.executemany(
-            "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(rowid, i, o.label, o.score, *_box(o.box)) for i, o in enumerate(record.objects)],
-        )
-        conn.executemany(
-            "INSERT INTO faces VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(rowid, i, f.score, *_box(f.box)) for i, f in enumerate(record.faces)],
-        )
-        conn.executemany(
-            "INSERT INTO ocr_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (rowid, i, line.text, line.confidence, *_box(line.box))
-                for i, line in enumerate(record.ocr_lines)
-            ],
-        )
-        conn.execute(
-            "INSERT INTO text_index (rowid, ocr, labels, objects) VALUES (?, ?, ?, ?)",
-            (
-                rowid,
-                record.ocr_text,
-                "\n".join(label.name for label in record.labels),
-                "\n".join(o.label for o in record.objects),
-            ),
-        )
-        wanted: list[tuple[Space, int, Vector]] = []
-        if record.embedding is not None:
-            wanted.append((Space.IMAGES, -1, record.embedding))
-        wanted.extend((Space.FACES, i, f.embedding) for i, f in enumerate(record.faces))
-        added = []
-        for space, sub, vector in wanted:
-            cursor = conn.execute(
-                "INSERT INTO vectors (image, space, sub, vec) VALUES (?, ?, ?, ?)",
-                (rowid, space.value, sub, _blob(vector)),
-            )
-            assert cursor.lastrowid is not None
-            added.append((VectorRow(cursor.lastrowid, space, sub), vector))
+        for record in batch:
+            removed.extend(_replace(conn, record, added))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return WriteResult(old is not None, removed, tuple(added))
+    return WriteResult(bool(batch), tuple(removed), tuple(added))
+
+
+def _replace(
+    conn: sqlite3.Connection, record: ImageRecord, added: list[tuple[VectorRow, Vector]]
+) -> tuple[VectorRow, ...]:
+    """Delete the record's old rows (returning its old vectors) and insert it anew."""
+    old = _find(conn, record.tenant, record.image_id)
+    removed = _delete_image(conn, old) if old is not None else ()
+    created_us = (record.created_at - _EPOCH) // _MICROSECOND
+    cursor = conn.execute(
+        "INSERT INTO images (tenant, image_id, created_us, width, height, ocr_text)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            record.tenant,
+            record.image_id,
+            created_us,
+            record.width,
+            record.height,
+            record.ocr_text,
+        ),
+    )
+    rowid = cursor.lastrowid
+    assert rowid is not None
+    conn.executemany(
+        "INSERT INTO metadata (image, key, value, num) VALUES (?, ?, ?, ?)",
+        [(rowid, k, v, metadata_number(v)) for k, v in record.metadata.items()],
+    )
+    conn.executemany(
+        "INSERT INTO labels (image, idx, name, score) VALUES (?, ?, ?, ?)",
+        [(rowid, i, label.name, label.score) for i, label in enumerate(record.labels)],
+    )
+    conn.executemany(
+        "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(rowid, i, o.label, o.score, *_box(o.box)) for i, o in enumerate(record.objects)],
+    )
+    conn.executemany(
+        "INSERT INTO faces VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(rowid, i, f.score, *_box(f.box)) for i, f in enumerate(record.faces)],
+    )
+    conn.executemany(
+        "INSERT INTO ocr_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (rowid, i, line.text, line.confidence, *_box(line.box))
+            for i, line in enumerate(record.ocr_lines)
+        ],
+    )
+    conn.execute(
+        "INSERT INTO text_index (rowid, ocr, labels, objects) VALUES (?, ?, ?, ?)",
+        (
+            rowid,
+            record.ocr_text,
+            "\n".join(label.name for label in record.labels),
+            "\n".join(o.label for o in record.objects),
+        ),
+    )
+    wanted: list[tuple[Space, int, Vector]] = []
+    if record.embedding is not None:
+        wanted.append((Space.IMAGES, -1, record.embedding))
+    wanted.extend((Space.FACES, i, f.embedding) for i, f in enumerate(record.faces))
+    for space, sub, vector in wanted:
+        cursor = conn.execute(
+            "INSERT INTO vectors (image, space, sub, vec) VALUES (?, ?, ?, ?)",
+            (rowid, space.value, sub, _blob(vector)),
+        )
+        assert cursor.lastrowid is not None
+        added.append((VectorRow(cursor.lastrowid, space, sub), vector))
+    return removed
 
 
 def delete(conn: sqlite3.Connection, tenant: str, image_id: str) -> WriteResult:
