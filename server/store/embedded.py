@@ -371,12 +371,15 @@ class EmbeddedStore:
 def rank(
     query: Vector, candidates: Sequence[records.Candidate]
 ) -> list[tuple[records.Candidate, float]]:
-    """Candidates by exact cosine similarity (float64), best first; ties by image id, sub."""
+    """Candidates by exact cosine similarity, best first; ties by image id, then sub-record."""
     if not candidates:
         return []
     matrix = np.stack([c.vector for c in candidates]).astype(np.float64)
     q = query.astype(np.float64)
-    scores = np.clip((matrix @ q) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(q)), -1, 1)
+    cosine = (matrix @ q) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(q))
+    # Rounded below float32 resolution: equal vectors score exactly equal whatever the BLAS
+    # blocking, so ties fall to the image id and pages by offset stay stable.
+    scores = np.round(np.clip(cosine, -1.0, 1.0), 6)
     order = sorted(
         range(len(candidates)),
         key=lambda i: (-scores[i], candidates[i].image_id, candidates[i].sub),
