@@ -25,7 +25,8 @@ def clustered(
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     which = rng.integers(0, clusters, n)
     noise = rng.standard_normal((n, dim)) * (spread / np.sqrt(dim))
-    return (centres[which] + noise).astype(np.float32)
+    drawn: npt.NDArray[np.float32] = (centres[which] + noise).astype(np.float32)
+    return drawn
 
 
 def exact_top(
@@ -70,7 +71,8 @@ def record(
             for i, vector in enumerate(faces or [])
         ),
         ocr_lines=tuple(
-            OcrLine(line, 0.9, Box(0.0, 30.0 * i, 300.0, 30.0 * i + 25)) for i, line in enumerate(ocr)
+            OcrLine(line, 0.9, Box(0.0, 30.0 * i, 300.0, 30.0 * i + 25))
+            for i, line in enumerate(ocr)
         ),
         ocr_text="\n".join(ocr),
     )

@@ -23,6 +23,7 @@ from server.store import (
     MetadataRange,
     Space,
     StoreConfig,
+    Vector,
     VectorStore,
     open_store,
 )
@@ -54,9 +55,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await opened.close()
 
 
-def unit(rng: np.random.Generator, dim: int) -> np.ndarray:
-    v = rng.standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
+def unit(rng: np.random.Generator, dim: int) -> Vector:
+    v = rng.standard_normal(dim)
+    return (v / np.linalg.norm(v)).astype(np.float32)
 
 
 def full_record(rng: np.random.Generator, tenant: str, image_id: str, **kw: object) -> ImageRecord:
@@ -117,9 +118,9 @@ async def test_reupsert_replaces_every_sub_record(store: VectorStore) -> None:
         float(np.dot(first.faces[0].embedding, second.faces[0].embedding)), abs=1e-3
     )
     assert await store.search_text("acme", "frisbee", k=10) == ()
-    assert await store.knn(
-        "acme", Space.IMAGES, second.embedding, 5, Filters(labels=frozenset({"dog"}))  # type: ignore[arg-type]
-    ) == ()
+    assert second.embedding is not None
+    old_label = Filters(labels=frozenset({"dog"}))
+    assert await store.knn("acme", Space.IMAGES, second.embedding, 5, old_label) == ()
     assert len(await store.search_text("acme", "welcome", k=10)) == 1
 
 
@@ -160,10 +161,11 @@ async def test_tenants_never_see_each_other(store: VectorStore) -> None:
 
 async def test_knn_order_is_exact_cosine_order(store: VectorStore) -> None:
     rng = np.random.default_rng(5)
-    vectors = clustered(rng, 300, IMAGE_DIM, clusters=10)
+    drawn = clustered(rng, 305, IMAGE_DIM, clusters=10)
+    vectors, queries = drawn[:300], drawn[300:]
     ids = [f"img-{i:03d}" for i in range(300)]
     await store.upsert_many([record("acme", i, v) for i, v in zip(ids, vectors, strict=True)])
-    for query in clustered(rng, 5, IMAGE_DIM, clusters=10):
+    for query in queries:
         hits = await store.knn("acme", Space.IMAGES, query, k=10)
         assert [h.image_id for h in hits] == exact_top(vectors, ids, query, 10)
         expected = [
@@ -196,9 +198,17 @@ async def test_filters_labels_metadata_ranges_and_indexes(store: VectorStore) ->
         ("d", ("bird",), {"camera": "z9", "year": "n/a", "city": "Athens"}),
     ]
     await store.upsert_many(
-        [record("acme", i, query + 0.01 * unit(rng, IMAGE_DIM), labels=labels, metadata=meta,
-                ocr=(f"label {i}",))  # fmt: skip
-         for i, labels, meta in rows]
+        [
+            record(
+                "acme",
+                i,
+                (query + 0.01 * unit(rng, IMAGE_DIM)).astype(np.float32),
+                labels=labels,
+                metadata=meta,
+                ocr=(f"label {i}",),
+            )  # fmt: skip
+            for i, labels, meta in rows
+        ]
     )
 
     async def ids(filters: Filters) -> list[str]:
