@@ -101,6 +101,8 @@ class EmbeddedStore:
         self._lock_fd: int | None = None
         self._closed = False
         self.caches: dict[Space, HnswCache] = {}
+        self._counts: dict[tuple[str, Space], int] = {}
+        self._counts_lock = threading.Lock()
 
     @classmethod
     async def open(
@@ -126,6 +128,7 @@ class EmbeddedStore:
         conn = records.connect(self.path / "store.sqlite3")
         self._write_conn = conn
         records.create_schema(conn)
+        self._counts = records.vector_counts(conn)
         for space in Space:
             cache = HnswCache(
                 self.path / f"hnsw-{space.value}.usearch",
@@ -185,6 +188,12 @@ class EmbeddedStore:
     def _apply(self, result: records.WriteResult) -> None:
         """Mirror a committed write into the HNSW caches (runs on the writer thread)."""
         assert self._write_conn is not None
+        with self._counts_lock:
+            for row in result.removed:
+                self._counts[(row.tenant, row.space)] -= 1
+            for row, _ in result.added:
+                key = (row.tenant, row.space)
+                self._counts[key] = self._counts.get(key, 0) + 1
         for space, cache in self.caches.items():
             removed = [row.id for row in result.removed if row.space is space]
             added = [(row.id, vector) for row, vector in result.added if row.space is space]
@@ -271,14 +280,24 @@ class EmbeddedStore:
         need: int,
         filters: Filters,
     ) -> list[records.Candidate]:
-        """Vectors to rank exactly: all matching ones when few match, else HNSW's best."""
+        """Vectors to rank exactly: all matching ones when few can match, else HNSW's best.
+
+        Few can match when the tenant has few vectors in the space (counted in memory) or one
+        filter condition selects few images (counted in SQLite up to the threshold); the exact
+        query then starts from those rows. Otherwise HNSW is over-fetched and re-checked.
+        """
         threshold = max(self.options.exact_threshold, need)
-        if records.count_matching(conn, tenant, space, filters, threshold + 1) <= threshold:
+        with self._counts_lock:
+            tenant_vectors = self._counts.get((tenant, space), 0)
+        if tenant_vectors <= threshold:
             return records.matching_vectors(conn, tenant, space, filters)
+        for condition in records.conditions(filters):
+            if records.condition_size(conn, condition, threshold + 1) <= threshold:
+                return records.matching_vectors(conn, tenant, space, filters, drive=condition)
         cache = self.caches[space]
         size = cache.size
-        # More than `threshold` of `size` vectors match, so on average one candidate in
-        # size/threshold does: ask for a few times `need` and widen until enough match.
+        # Each condition alone selects more than `threshold` rows; their intersection may still
+        # be small, so start with a few times `need` and widen until enough candidates match.
         fetch = min(size, max(4 * need, 64))
         while True:
             keys = cache.search(query, fetch)

@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     sub INTEGER NOT NULL,
     vec BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image);
+CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image, space);
 CREATE INDEX IF NOT EXISTS vectors_space ON vectors (space, id);
 CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING fts5 (
     ocr, labels, objects, tokenize = 'unicode61 remove_diacritics 2'
@@ -119,11 +119,12 @@ _COUNT_SQL = {
 
 @dataclass(frozen=True, slots=True)
 class VectorRow:
-    """A vector as the HNSW cache sees it: key, space and which sub-record it belongs to."""
+    """A vector as the HNSW cache and the per-tenant counts see it."""
 
     id: int
     space: Space
     sub: int
+    tenant: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,9 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 10000")
+    # Vector BLOBs are read straight from the OS page cache (shared by every connection)
+    # instead of being copied into each connection's own page cache.
+    conn.execute("PRAGMA mmap_size = 1073741824")
     return conn
 
 
@@ -175,9 +179,9 @@ def _vector(blob: bytes) -> Vector:
     return array
 
 
-def _delete_image(conn: sqlite3.Connection, image_rowid: int) -> tuple[VectorRow, ...]:
+def _delete_image(conn: sqlite3.Connection, image_rowid: int, tenant: str) -> tuple[VectorRow, ...]:
     removed = tuple(
-        VectorRow(row[0], Space(row[1]), row[2])
+        VectorRow(row[0], Space(row[1]), row[2], tenant)
         for row in conn.execute(
             "SELECT id, space, sub FROM vectors WHERE image = ?", (image_rowid,)
         )
@@ -215,7 +219,7 @@ def _replace(
 ) -> tuple[VectorRow, ...]:
     """Delete the record's old rows (returning its old vectors) and insert it anew."""
     old = _find(conn, record.tenant, record.image_id)
-    removed = _delete_image(conn, old) if old is not None else ()
+    removed = _delete_image(conn, old, record.tenant) if old is not None else ()
     created_us = (record.created_at - _EPOCH) // _MICROSECOND
     cursor = conn.execute(
         "INSERT INTO images (tenant, image_id, created_us, width, height, ocr_text)"
@@ -273,7 +277,7 @@ def _replace(
             (rowid, space.value, sub, _blob(vector)),
         )
         assert cursor.lastrowid is not None
-        added.append((VectorRow(cursor.lastrowid, space, sub), vector))
+        added.append((VectorRow(cursor.lastrowid, space, sub, record.tenant), vector))
     return removed
 
 
@@ -281,7 +285,7 @@ def delete(conn: sqlite3.Connection, tenant: str, image_id: str) -> WriteResult:
     conn.execute("BEGIN IMMEDIATE")
     try:
         old = _find(conn, tenant, image_id)
-        removed = _delete_image(conn, old) if old is not None else ()
+        removed = _delete_image(conn, old, tenant) if old is not None else ()
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -376,49 +380,68 @@ def _load(
     )
 
 
-def filter_sql(tenant: str, filters: Filters, alias: str = "i") -> tuple[str, list[object]]:
-    """A WHERE condition over `images AS alias` for the tenant and the filters, with its params.
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One filter condition as the images it selects: `SELECT image FROM ...` and its params."""
 
-    Each condition is an `IN (subquery)` on an indexed column, so SQLite can drive the query
-    from the most selective one instead of testing every image of the tenant.
+    images_sql: str
+    params: tuple[object, ...]
+
+    def exists(self, alias: str) -> str:
+        """The condition tested for one image row (a primary-key probe per image)."""
+        table, _, rest = self.images_sql.removeprefix("SELECT image FROM ").partition(" WHERE ")
+        return f"EXISTS (SELECT 1 FROM {table} WHERE image = {alias}.id AND {rest})"
+
+
+def conditions(filters: Filters) -> list[Condition]:
+    found: list[Condition] = []
+    if filters.labels:
+        names = sorted(filters.labels)
+        found.append(
+            Condition(
+                f"SELECT image FROM labels WHERE name IN ({', '.join('?' * len(names))})",
+                tuple(names),
+            )  # fmt: skip
+        )
+    for key, value in sorted(filters.metadata.items()):
+        found.append(Condition("SELECT image FROM metadata WHERE key = ? AND value = ?",
+                               (key, value)))  # fmt: skip
+    for bound in filters.ranges:
+        column = "num" if bound.numeric else "value"
+        parts = ["key = ?"]
+        params: list[object] = [bound.key]
+        if bound.gte is not None:
+            parts.append(f"{column} >= ?")
+            params.append(bound.gte)
+        if bound.lte is not None:
+            parts.append(f"{column} <= ?")
+            params.append(bound.lte)
+        if bound.numeric:
+            parts.append("num IS NOT NULL")
+        found.append(Condition(f"SELECT image FROM metadata WHERE {' AND '.join(parts)}",
+                               tuple(params)))  # fmt: skip
+    return found
+
+
+def filter_sql(
+    tenant: str, filters: Filters, alias: str = "i", skip: Condition | None = None
+) -> tuple[str, list[object]]:
+    """A WHERE condition over `images AS alias` for the tenant and the filters, with params;
+    each filter condition is a primary-key probe, so whatever drives the query stays in charge.
     """
     clauses = [f"{alias}.tenant = ?"]
     params: list[object] = [tenant]
-    if filters.labels:
-        marks = ", ".join("?" * len(filters.labels))
-        clauses.append(f"{alias}.id IN (SELECT image FROM labels WHERE name IN ({marks}))")
-        params.extend(sorted(filters.labels))
-    for key, value in sorted(filters.metadata.items()):
-        clauses.append(f"{alias}.id IN (SELECT image FROM metadata WHERE key = ? AND value = ?)")
-        params.extend((key, value))
-    for bound in filters.ranges:
-        column = "num" if bound.numeric else "value"
-        conditions = ["key = ?"]
-        params_here: list[object] = [bound.key]
-        if bound.gte is not None:
-            conditions.append(f"{column} >= ?")
-            params_here.append(bound.gte)
-        if bound.lte is not None:
-            conditions.append(f"{column} <= ?")
-            params_here.append(bound.lte)
-        if bound.numeric:
-            conditions.append("num IS NOT NULL")
-        clauses.append(
-            f"{alias}.id IN (SELECT image FROM metadata WHERE {' AND '.join(conditions)})"
-        )
-        params.extend(params_here)
+    for condition in conditions(filters):
+        if condition is not skip:
+            clauses.append(condition.exists(alias))
+            params.extend(condition.params)
     return " AND ".join(clauses), params
 
 
-def count_matching(
-    conn: sqlite3.Connection, tenant: str, space: Space, filters: Filters, limit: int
-) -> int:
-    """How many vectors of the space match, counting no further than `limit`."""
-    where, params = filter_sql(tenant, filters)
+def condition_size(conn: sqlite3.Connection, condition: Condition, limit: int) -> int:
+    """How many rows (all tenants) the condition selects, counting no further than `limit`."""
     row = conn.execute(
-        f"SELECT COUNT(*) FROM (SELECT 1 FROM vectors v JOIN images i ON i.id = v.image"
-        f" WHERE v.space = ? AND {where} LIMIT ?)",
-        [space.value, *params, limit],
+        f"SELECT COUNT(*) FROM ({condition.images_sql} LIMIT ?)", [*condition.params, limit]
     ).fetchone()
     return int(row[0])
 
@@ -429,23 +452,50 @@ def matching_vectors(
     space: Space,
     filters: Filters,
     among: Sequence[int] | None = None,
+    drive: Condition | None = None,
 ) -> list[Candidate]:
-    """The vectors of the space that match (restricted to the ids `among` when given)."""
-    where, params = filter_sql(tenant, filters)
-    sql = (
-        "SELECT v.id, i.image_id, v.sub, v.vec FROM vectors v JOIN images i ON i.id = v.image"
-        f" WHERE v.space = ? AND {where}"
-    )
-    args: list[object] = [space.value, *params]
+    """The vectors of the space that match: among the ids `among` when given, else reached
+    from the images `drive` selects when given (a selective condition), else from the tenant's
+    images. CROSS JOIN fixes that order: SQLite keeps the tables in the order written."""
+    columns = "SELECT v.id, i.image_id, v.sub, v.vec"
     if among is not None:
         if not among:
             return []
-        sql += f" AND v.id IN ({', '.join('?' * len(among))})"
-        args.extend(among)
+        where, params = filter_sql(tenant, filters)
+        sql = (
+            f"{columns} FROM vectors v CROSS JOIN images i ON i.id = v.image"
+            f" WHERE v.id IN ({', '.join('?' * len(among))}) AND v.space = ? AND {where}"
+        )
+        args: list[object] = [*among, space.value, *params]
+    elif drive is not None:
+        where, params = filter_sql(tenant, filters, skip=drive)
+        sql = (
+            f"{columns} FROM (SELECT DISTINCT image FROM ({drive.images_sql})) d"
+            " CROSS JOIN images i ON i.id = d.image"
+            " CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
+            f" WHERE {where}"
+        )
+        args = [*drive.params, space.value, *params]
+    else:
+        where, params = filter_sql(tenant, filters)
+        sql = (
+            f"{columns} FROM images i CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
+            f" WHERE {where}"
+        )
+        args = [space.value, *params]
     return [
         Candidate(vector_id, image_id, sub, _vector(blob))
         for vector_id, image_id, sub, blob in conn.execute(sql, args)
     ]
+
+
+def vector_counts(conn: sqlite3.Connection) -> dict[tuple[str, Space], int]:
+    """Vectors per (tenant, space), read once at open; the writer keeps them current."""
+    rows = conn.execute(
+        "SELECT i.tenant, v.space, COUNT(*) FROM vectors v JOIN images i ON i.id = v.image"
+        " GROUP BY i.tenant, v.space"
+    )
+    return {(tenant, Space(space)): int(n) for tenant, space, n in rows}
 
 
 def face_boxes(conn: sqlite3.Connection, vector_ids: Iterable[int]) -> dict[int, Box]:

@@ -42,6 +42,9 @@ def ten_thousand() -> tuple[np.ndarray, list[str], np.ndarray]:
     return drawn[:10_000], [f"img-{i:05d}" for i in range(10_000)], drawn[10_000:]
 
 
+FIRST_EVENS = (0, 2, 4, 6, 8)
+
+
 def rare(i: int) -> bool:
     return i % 100 == 37  # 1 % of the records
 
@@ -53,8 +56,11 @@ def common(i: int) -> bool:
 async def fill(store: EmbeddedStore, vectors: np.ndarray, ids: list[str]) -> None:
     batch: list[ImageRecord] = []
     for i, (image_id, vector) in enumerate(zip(ids, vectors, strict=True)):
-        labels = ("rare",) if rare(i) else ()
-        meta = {"group": "common" if common(i) else "other", "n": str(i)}
+        labels: tuple[str, ...] = ("rare",) if rare(i) else ()
+        # "odd" and half=0 each select half the records, together only the first five evens.
+        if i % 2 or i in FIRST_EVENS:
+            labels += ("odd",)
+        meta = {"group": "common" if common(i) else "other", "n": str(i), "half": str(i % 2)}
         batch.append(record("acme", image_id, vector, labels=labels, metadata=meta))
         if len(batch) == 1000:
             await store.upsert_many(batch)
@@ -93,6 +99,14 @@ async def test_selective_and_broad_filters_both_return_k_matching_hits(
             assert all(common(ids.index(h.image_id)) for h in broad)
             exact = exact_top(vectors[common_rows], [ids[i] for i in common_rows], query, 10)
             overlap += len({h.image_id for h in broad} & set(exact))
+            # Two broad conditions with a 5-record intersection: HNSW comes up short, the exact
+            # fallback finds all five (fewer than k exist).
+            narrow = Filters(labels=frozenset({"odd"}), metadata={"half": "0"})
+            few = await store.knn("acme", Space.IMAGES, query, 10, narrow)
+            evens = list(FIRST_EVENS)
+            assert [h.image_id for h in few] == exact_top(
+                vectors[evens], [ids[i] for i in evens], query, 10
+            )
         assert overlap / (10 * len(queries)) >= 0.9  # recall@10 of the approximate path
     finally:
         await store.close()
