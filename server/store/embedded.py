@@ -205,7 +205,10 @@ class EmbeddedStore:
                 _log.exception("hnsw %s update failed; rebuilding it from SQLite", space)
                 cache.open(self._write_conn)
             if cache.changes_since_save >= self.options.save_every:
-                cache.save(records.space_version(self._write_conn, space))
+                try:
+                    cache.save(records.space_version(self._write_conn, space))
+                except OSError:  # the write itself is durable; the next open catches up
+                    _log.exception("saving the hnsw %s cache failed", space)
 
     # Reads ------------------------------------------------------------------------------------
 

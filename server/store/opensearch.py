@@ -280,6 +280,13 @@ def stale_subdocs_query(key: str, counts: Mapping[IndexKind, int]) -> Json:
     }
 
 
+def either(queries: Sequence[Json]) -> Json:
+    """One delete_by_query body matching what any of the bodies matches."""
+    if len(queries) == 1:
+        return queries[0]
+    return {"query": {"bool": {"should": [q["query"] for q in queries], "minimum_should_match": 1}}}
+
+
 def filter_clauses(tenant: str, filters: Filters) -> list[Json]:
     """The tenant plus every filter as `bool.filter` clauses (no scoring, cacheable)."""
     clauses: list[Json] = [{"term": {"tenant": tenant}}]
@@ -350,6 +357,8 @@ def text_body(query_terms: Sequence[str], fields: Sequence[str], k: int, filters
         },
         "sort": [{"_score": {"order": "desc"}}, {"image_id": {"order": "asc"}}],
         "track_scores": True,
+        # The record (for which lines and labels matched) without the image's vector.
+        "_source": {"excludes": ["embedding"]},
     }
 
 
@@ -466,19 +475,24 @@ class OpenSearchStore:
         if not batch:
             return
         await self._bulk(bulk_lines([doc for r in batch for doc in documents(self.prefix, r)]))
-        for record in batch:
-            counts = {
-                IndexKind.FACES: len(record.faces),
-                IndexKind.OBJECTS: len(record.objects),
-                IndexKind.OCR: len(record.ocr_lines),
-            }
-            await self._delete_subdocs(doc_key(record.tenant, record.image_id), counts)
+        stale = [
+            stale_subdocs_query(
+                doc_key(record.tenant, record.image_id),
+                {
+                    IndexKind.FACES: len(record.faces),
+                    IndexKind.OBJECTS: len(record.objects),
+                    IndexKind.OCR: len(record.ocr_lines),
+                },
+            )
+            for record in batch
+        ]
+        await self._delete_subdocs(either(stale))
 
-    async def _delete_subdocs(self, key: str, counts: Mapping[IndexKind, int]) -> None:
+    async def _delete_subdocs(self, body: Json) -> None:
         await self._request(
             self._client.delete_by_query,
             index=",".join(alias(self.prefix, kind) for kind in _SUB_KINDS),
-            body=stale_subdocs_query(key, counts),
+            body=body,
             params={"refresh": "true", "conflicts": "proceed"},
         )
 
@@ -497,7 +511,7 @@ class OpenSearchStore:
             existed = True
         except NotFoundError:
             existed = False
-        await self._delete_subdocs(doc_key(tenant, image_id), {})
+        await self._delete_subdocs(stale_subdocs_query(doc_key(tenant, image_id), {}))
         return existed
 
     async def get(self, tenant: str, image_id: str) -> ImageRecord | None:

@@ -333,6 +333,7 @@ async def test_text_search_is_bm25_over_the_chosen_fields_and_reports_matches() 
         }
     }  # fmt: skip
     assert search.body["sort"] == [{"_score": {"order": "desc"}}, {"image_id": {"order": "asc"}}]
+    assert search.body["_source"] == {"excludes": ["embedding"]}
     assert [(m.kind, m.index) for m in result[0].matches] == [
         (MatchKind.OCR_LINE, 0),
         (MatchKind.LABEL, 0),
@@ -356,4 +357,26 @@ async def test_get_and_delete_of_a_missing_record() -> None:
     assert cleanup.path == "/vg-faces,vg-objects,vg-ocr/_delete_by_query"
     assert cleanup.body["query"]["bool"]["should"][0]["bool"]["filter"][1] == {
         "range": {"position": {"gte": 0}}
+    }
+
+
+async def test_a_batch_is_one_bulk_and_one_delete_by_query() -> None:
+    cluster = FakeCluster(existing_aliases)
+    store = await connected(cluster)
+    await store.upsert_many([record("acme", "a", None, ocr=("x",)), record("acme", "b", None)])
+    await store.close()
+    bulk, stale = cluster.calls[4:]
+    assert [line["index"]["_id"] for line in bulk.body[::2]] == [
+        doc_key("acme", "a"),
+        f"{doc_key('acme', 'a')}-l0",
+        doc_key("acme", "b"),
+    ]
+    per_record = stale.body["query"]["bool"]["should"]
+    assert stale.body["query"]["bool"]["minimum_should_match"] == 1
+    assert [q["bool"]["filter"] for q in per_record] == [
+        [{"term": {"image_key": doc_key("acme", "a")}}],
+        [{"term": {"image_key": doc_key("acme", "b")}}],
+    ]
+    assert per_record[0]["bool"]["should"][2]["bool"]["filter"][1] == {
+        "range": {"position": {"gte": 1}}
     }
