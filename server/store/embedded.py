@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -299,9 +300,13 @@ class EmbeddedStore:
                 return records.matching_vectors(conn, tenant, space, filters, drive=condition)
         cache = self.caches[space]
         size = cache.size
-        # Each condition alone selects more than `threshold` rows; their intersection may still
-        # be small, so start with a few times `need` and widen until enough candidates match.
-        fetch = min(size, max(4 * need, 64))
+        # One candidate in size/tenant_vectors is the tenant's: ask for four times the share
+        # that holds `need` of them. The filter conditions each select more than `threshold`
+        # rows, but together may select few: widen until enough candidates match.
+        fetch = max(64, math.ceil(4 * need * size / tenant_vectors))
+        if fetch > self.options.max_fetch:
+            return records.matching_vectors(conn, tenant, space, filters)
+        fetch = min(size, fetch)
         while True:
             keys = cache.search(query, fetch)
             found = records.matching_vectors(conn, tenant, space, filters, keys.tolist())

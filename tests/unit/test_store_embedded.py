@@ -287,3 +287,26 @@ async def test_concurrent_readers_see_whole_records_while_a_writer_replaces_them
         assert await store.count("acme", IndexKind.FACES) == len(shared[-1].faces)
     finally:
         await store.close()
+
+
+async def test_a_small_tenant_in_a_big_graph_gets_its_exact_neighbours(tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    drawn = clustered(rng, 2_165, DIMS[Space.IMAGES], clusters=10)
+    big, small, queries = drawn[:2_000], drawn[2_000:2_160], drawn[2_160:]
+    small_ids = [f"s-{i:03d}" for i in range(160)]
+    # Both tenants are past the exact threshold, so the graph is searched: for "small" (7 % of
+    # the graph) with widening over-fetch at max_fetch 4096, straight to exact at 400.
+    for max_fetch in (4_096, 400):
+        store = await EmbeddedStore.open(
+            tmp_path / str(max_fetch), small_options(exact_threshold=50, max_fetch=max_fetch)
+        )
+        try:
+            await store.upsert_many([record("big", f"b-{i}", v) for i, v in enumerate(big)])
+            await store.upsert_many(
+                [record("small", i, v) for i, v in zip(small_ids, small, strict=True)]
+            )
+            for query in queries:
+                hits = await store.knn("small", Space.IMAGES, query, 10)
+                assert [h.image_id for h in hits] == exact_top(small, small_ids, query, 10)
+        finally:
+            await store.close()
