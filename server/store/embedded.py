@@ -256,7 +256,7 @@ class EmbeddedStore:
         conn.execute("BEGIN")
         try:
             candidates = self._candidates(conn, tenant, space, query, need, filters)
-            ranked = rank(query, candidates)[offset:need]
+            ranked = rank(query, candidates, need)[offset:]
             boxes = (
                 records.face_boxes(conn, (c.vector_id for c, _ in ranked))
                 if space is Space.FACES
@@ -396,19 +396,31 @@ class EmbeddedStore:
 
 
 def rank(
-    query: Vector, candidates: Sequence[records.Candidate]
+    query: Vector, candidates: Sequence[records.Candidate], need: int
 ) -> list[tuple[records.Candidate, float]]:
-    """Candidates by exact cosine similarity, best first; ties by image id, then sub-record."""
+    """The best `need` candidates by exact cosine similarity, best first; ties by image id,
+    then sub-record.
+
+    A float32 pass over every candidate keeps the best `need` plus a margin, and everything
+    tied with the last of those (so ties still fall to the id); only those are scored in
+    float64, rounded below float32 resolution so that equal vectors score exactly equal
+    whatever the BLAS blocking, and sorted.
+    """
     if not candidates:
         return []
-    matrix = np.stack([c.vector for c in candidates]).astype(np.float64)
+    matrix = np.stack([c.vector for c in candidates])
+    approx = (matrix @ query) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(query))
+    keep = np.arange(len(candidates))
+    shortlist = need + max(need, 32)
+    if len(candidates) > shortlist:
+        floor = np.partition(approx, len(approx) - shortlist)[len(approx) - shortlist]
+        keep = np.flatnonzero(approx >= floor - 1e-4)
+    kept = matrix[keep].astype(np.float64)
     q = query.astype(np.float64)
-    cosine = (matrix @ q) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(q))
-    # Rounded below float32 resolution: equal vectors score exactly equal whatever the BLAS
-    # blocking, so ties fall to the image id and pages by offset stay stable.
-    scores = np.round(np.clip(cosine, -1.0, 1.0), 6)
+    cosine = (kept @ q) / (np.linalg.norm(kept, axis=1) * np.linalg.norm(q))
+    scores: list[float] = np.round(np.clip(cosine, -1.0, 1.0), 6).tolist()
+    picked = [candidates[i] for i in keep.tolist()]
     order = sorted(
-        range(len(candidates)),
-        key=lambda i: (-scores[i], candidates[i].image_id, candidates[i].sub),
+        range(len(picked)), key=lambda j: (-scores[j], picked[j].image_id, picked[j].sub)
     )
-    return [(candidates[i], float(scores[i])) for i in order]
+    return [(picked[j], scores[j]) for j in order[:need]]

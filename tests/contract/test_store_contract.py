@@ -271,21 +271,22 @@ async def test_text_search_ranks_by_bm25_and_says_what_matched(store: VectorStor
 async def test_pages_by_offset_are_stable_with_ties(store: VectorStore) -> None:
     rng = np.random.default_rng(8)
     same = unit(rng, IMAGE_DIM)
-    # Equal vectors and equal texts: every score ties, so order is by image id alone.
-    ids = [f"img-{i:02d}" for i in rng.permutation(23)]
+    # Equal vectors and equal texts: every score ties, so order is by image id alone (and more
+    # records tie than a page's shortlist holds).
+    ids = [f"img-{i:02d}" for i in rng.permutation(60)]
     await store.upsert_many([record("acme", i, same, ocr=("same words here",)) for i in ids])
-    everything = [h.image_id for h in await store.knn("acme", Space.IMAGES, same, k=23)]
+    everything = [h.image_id for h in await store.knn("acme", Space.IMAGES, same, k=60)]
     assert everything == sorted(ids)
     pages = [
         h.image_id
-        for offset in range(0, 23, 5)
-        for h in await store.knn("acme", Space.IMAGES, same, k=5, offset=offset)
+        for offset in range(0, 60, 7)
+        for h in await store.knn("acme", Space.IMAGES, same, k=7, offset=offset)
     ]
     assert pages == everything
     text_pages = [
         h.image_id
-        for offset in range(0, 23, 5)
-        for h in await store.search_text("acme", "words", k=5, offset=offset)
+        for offset in range(0, 60, 7)
+        for h in await store.search_text("acme", "words", k=7, offset=offset)
     ]
     assert text_pages == sorted(ids)
 
