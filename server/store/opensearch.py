@@ -68,8 +68,8 @@ BULK_ATTEMPTS = 4
 # Bulk items rejected with these statuses are retried (queue full, node busy or restarting).
 _RETRYABLE = frozenset({429, 502, 503, 504})
 
-# The sub-document kinds, their id suffix and the field holding their position in the record.
-_SUB_KINDS = {IndexKind.FACES: "f", IndexKind.OBJECTS: "o", IndexKind.OCR: "l"}
+# The kinds stored as one document per sub-record, and the field holding its position.
+_SUB_KINDS = (IndexKind.FACES, IndexKind.OBJECTS, IndexKind.OCR)
 _POSITION = "position"
 
 _TEXT_FIELDS = {
@@ -460,6 +460,7 @@ class OpenSearchStore:
             pending = retry
             if not pending:
                 return
+            _log.warning("bulk: %d items rejected as busy; retrying", len(pending) // 2)
             await asyncio.sleep(0.1 * 2**attempt)
         raise StoreUnavailableError(f"bulk: {len(pending) // 2} items still rejected")
 
