@@ -163,11 +163,12 @@ async def test_every_acknowledged_upsert_survives_kill_9(tmp_path: Path) -> None
         await writer.wait()
     assert writer.returncode == -signal.SIGKILL
 
-    # The child saved its image cache at 25 and 50 vectors: 10 or more rows newer than it.
-    # Queries go through the graph (exact threshold 5) to show it was caught up.
+    # The child saved its image cache every 25 vectors, so rows newer than it almost always
+    # exist (unless the kill fell right after a save). Queries go through the graph (exact
+    # threshold 5) to show that the cache read from disk now holds every stored vector.
     store = await EmbeddedStore.open(tmp_path, small_options(exact_threshold=5))
     try:
-        assert store.caches[Space.IMAGES].opened_as == "caught_up"
+        assert store.caches[Space.IMAGES].opened_as in ("caught_up", "loaded")
         for i in acknowledged:
             assert await store.get("acme", f"img-{i}") == durable_record(i)
         # Whatever else made it in (written before the kill landed) is whole, never partial.
