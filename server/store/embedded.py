@@ -283,7 +283,7 @@ class EmbeddedStore:
         query: Vector,
         need: int,
         filters: Filters,
-    ) -> list[records.Candidate]:
+    ) -> records.Candidates:
         """Vectors to rank exactly: all matching ones when few can match, else HNSW's best.
 
         Few can match when the tenant has few vectors in the space (counted in memory) or one
@@ -396,7 +396,7 @@ class EmbeddedStore:
 
 
 def rank(
-    query: Vector, candidates: Sequence[records.Candidate], need: int
+    query: Vector, candidates: records.Candidates, need: int
 ) -> list[tuple[records.Candidate, float]]:
     """The best `need` candidates by exact cosine similarity, best first; ties by image id,
     then sub-record.
@@ -406,20 +406,20 @@ def rank(
     float64, rounded below float32 resolution so that equal vectors score exactly equal
     whatever the BLAS blocking, and sorted.
     """
-    if not candidates:
+    if not len(candidates):
         return []
-    matrix = np.stack([c.vector for c in candidates])
-    approx = (matrix @ query) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(query))
+    matrix = candidates.matrix
     keep = np.arange(len(candidates))
     shortlist = need + max(need, 32)
     if len(candidates) > shortlist:
+        approx = (matrix @ query) / np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
         floor = np.partition(approx, len(approx) - shortlist)[len(approx) - shortlist]
-        keep = np.flatnonzero(approx >= floor - 1e-4)
+        keep = np.flatnonzero(approx >= floor - 1e-4 * float(np.linalg.norm(query)))
     kept = matrix[keep].astype(np.float64)
     q = query.astype(np.float64)
     cosine = (kept @ q) / (np.linalg.norm(kept, axis=1) * np.linalg.norm(q))
     scores: list[float] = np.round(np.clip(cosine, -1.0, 1.0), 6).tolist()
-    picked = [candidates[i] for i in keep.tolist()]
+    picked = [candidates.rows[i] for i in keep.tolist()]
     order = sorted(
         range(len(picked)), key=lambda j: (-scores[j], picked[j].image_id, picked[j].sub)
     )
