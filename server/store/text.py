@@ -21,7 +21,8 @@ def terms(text: str) -> tuple[str, ...]:
     """Distinct folded terms of `text`, in order of first appearance."""
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return tuple(dict.fromkeys(m.group(0).casefold() for m in _TERM.finditer(stripped)))
+    # lower(), not casefold(): FTS5 folds case one character at a time ("ß" stays "ß").
+    return tuple(dict.fromkeys(m.group(0).lower() for m in _TERM.finditer(stripped)))
 
 
 def matches(
