@@ -27,9 +27,9 @@ filters in SQLite, and the survivors re-scored exactly; an over-fetch that comes
 back to the exact answer. Either way k hits come back whenever k matching vectors exist.
 
 This store as built, measured by `python -m bench.store` (bench/report/store.json; 100k clustered
-vectors, k=10, 2 cores shared with other work): 1280-d unfiltered p50 2.2 ms at recall@10 0.998,
-50 % filter 2.0 ms / 0.998, 1 % filter (exact path, 1 000 rows) 13 ms / 1.0; 128-d 1.7 ms,
-1.8 ms, 8.6 ms at recall 1.0, 0.999, 1.0; batched inserts 1 240/s (1280-d), 4 750/s (128-d).
+vectors, k=10, 2 cores shared with other work): 1280-d unfiltered p50 2.5 ms at recall@10 0.998,
+50 % filter 2.6 ms / 0.998, 1 % filter (exact path, 1 000 rows) 12 ms / 1.0; 128-d 1.3 ms,
+1.4 ms, 7.6 ms at recall 1.0, 0.999, 1.0; batched inserts 1 240/s (1280-d), 3 600/s (128-d).
 """
 
 from __future__ import annotations

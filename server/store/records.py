@@ -167,6 +167,8 @@ def connect(path: Path) -> sqlite3.Connection:
     # as well as kill -9 (NORMAL would only survive the latter).
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # After a checkpoint the WAL is cut back to this size instead of keeping its peak size.
+    conn.execute("PRAGMA journal_size_limit = 67108864")
     conn.execute("PRAGMA busy_timeout = 10000")
     # Vector BLOBs are read straight from the OS page cache (shared by every connection)
     # instead of being copied into each connection's own page cache.
