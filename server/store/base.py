@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from server.domain import Box, InvalidArgumentError, VisionError
+from server.domain import Box, FieldViolation, Input, InvalidArgumentError, VisionError
 
 Vector = npt.NDArray[np.float32]
 
@@ -329,7 +329,10 @@ def metadata_number(value: str) -> float | None:
 
 
 def _bad(field_path: str, description: str) -> InvalidArgumentError:
-    return InvalidArgumentError.one("INVALID_STORE_ARGUMENT", field_path, description)
+    """Paths are relative to the store call's arguments; the pipeline checks what a caller sends
+    before it reaches the store, so these name programming errors more than bad requests."""
+    return InvalidArgumentError.one("INVALID_STORE_ARGUMENT", Input.REQUEST, field_path,
+                                    description)
 
 
 def check_tenant(tenant: str) -> None:
@@ -387,7 +390,8 @@ def check_batch(records: Sequence[ImageRecord], dims: Mapping[Space, int]) -> No
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(
                 exc.reason,
-                tuple(type(v)(f"records[{i}].{v.field}", v.description) for v in exc.violations),
+                tuple(FieldViolation(v.input, f"records[{i}].{v.path}", v.description)
+                      for v in exc.violations),
             ) from None
         if (record.tenant, record.image_id) in seen:
             raise _bad(f"records[{i}].image_id", "appears twice in one batch")

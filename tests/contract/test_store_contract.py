@@ -295,17 +295,17 @@ async def test_bad_arguments_are_rejected_with_the_field(store: VectorStore) -> 
     rng = np.random.default_rng(9)
     with pytest.raises(InvalidArgumentError) as err:
         await store.upsert(record("acme", "x", unit(rng, 64)))
-    assert err.value.violations[0].field == "embedding"
+    assert err.value.violations[0].path == "embedding"
     with pytest.raises(InvalidArgumentError) as err:
         await store.upsert(record("acme", "x" * 257, None))
-    assert err.value.violations[0].field == "image_id"
+    assert err.value.violations[0].path == "image_id"
     with pytest.raises(InvalidArgumentError) as err:
         await store.knn("acme", Space.IMAGES, np.zeros(IMAGE_DIM, np.float32), 5)
-    assert err.value.violations[0].field == "vector"
+    assert err.value.violations[0].path == "vector"
     with pytest.raises(InvalidArgumentError) as err:
         await store.knn("acme", Space.IMAGES, unit(rng, IMAGE_DIM), 0)
-    assert err.value.violations[0].field == "k"
+    assert err.value.violations[0].path == "k"
     bad_range = Filters(ranges=(MetadataRange("year", gte=1, lte="9"),))
     with pytest.raises(InvalidArgumentError) as err:
         await store.search_text("acme", "x", 5, bad_range)
-    assert err.value.violations[0].field == "filters.ranges[0]"
+    assert err.value.violations[0].path == "filters.ranges[0]"
