@@ -169,12 +169,13 @@ async def test_a_failing_analysis_keeps_its_own_status(client: VisionClient) -> 
 
 
 @pytest.mark.parametrize(("content", "options", "code", "why", "fields"), [
-    (b"", analysis_pb2.AnalysisOptions(objects={}), grpc.StatusCode.INVALID_ARGUMENT,
+    (b"", analysis_pb2.AnalysisOptions(objects=detection_pb2.DetectionOptions()), grpc.StatusCode.INVALID_ARGUMENT,
      "EMPTY_IMAGE", ["image.content"]),
     (photo("chelsea.png"), analysis_pb2.AnalysisOptions(), grpc.StatusCode.INVALID_ARGUMENT,
      "INVALID_OPTION", ["options"]),
-    (photo("chelsea.png"), analysis_pb2.AnalysisOptions(faces={"score_threshold": 2.0},
-                                                        embedding={"max_classifications": -1}),
+    (photo("chelsea.png"), analysis_pb2.AnalysisOptions(
+        faces=face_pb2.FaceOptions(score_threshold=2.0),
+        embedding=embedding_pb2.EmbeddingOptions(max_classifications=-1)),
      grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OPTION",
      ["options.embedding.max_classifications", "options.faces.score_threshold"]),
     (CORRUPT, ALL, grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_DECODE_FAILED", ["image.content"]),
