@@ -169,8 +169,8 @@ async def test_a_failing_analysis_keeps_its_own_status(client: VisionClient) -> 
 
 
 @pytest.mark.parametrize(("content", "options", "code", "why", "fields"), [
-    (b"", analysis_pb2.AnalysisOptions(objects=detection_pb2.DetectionOptions()), grpc.StatusCode.INVALID_ARGUMENT,
-     "EMPTY_IMAGE", ["image.content"]),
+    (b"", analysis_pb2.AnalysisOptions(objects=detection_pb2.DetectionOptions()),
+     grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_IMAGE", ["image.content"]),
     (photo("chelsea.png"), analysis_pb2.AnalysisOptions(), grpc.StatusCode.INVALID_ARGUMENT,
      "INVALID_OPTION", ["options"]),
     (photo("chelsea.png"), analysis_pb2.AnalysisOptions(
