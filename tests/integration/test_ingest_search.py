@@ -138,8 +138,10 @@ async def test_get_delete_and_reingest_replace_everything(indexed: grpc.aio.Chan
     cats = ids(await search(indexed, text="cat", page_size=50))
     assert "sample1.jpg" in cats
     await ingest.DeleteImage(ing_pb2.DeleteImageRequest(id="sample1.jpg"))
-    for query in ({"text": "cat"}, {"image": image_pb2.Image(content=photo("chelsea.png"))}):
-        assert "sample1.jpg" not in ids(await search(indexed, page_size=50, **query))
+    by_text = await search(indexed, text="cat", page_size=50)
+    by_image = await search(indexed, image=image_pb2.Image(content=photo("chelsea.png")),
+                            page_size=50)
+    assert "sample1.jpg" not in ids(by_text) + ids(by_image)
     for call in (ingest.GetImage(ing_pb2.GetImageRequest(id="sample1.jpg")),
                  ingest.DeleteImage(ing_pb2.DeleteImageRequest(id="sample1.jpg"))):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -176,7 +178,7 @@ async def test_bad_ingest_and_search_requests(indexed: grpc.aio.Channel) -> None
             why, fields)
     with pytest.raises(grpc.aio.AioRpcError):
         await ingest.GetImage(ing_pb2.GetImageRequest(id="corrupt"))  # nothing partial
-    searches = [
+    searches: list[tuple[dict[str, object], list[str]]] = [
         ({"vector": search_pb2.VectorQuery(values=[1.0] * 10, index=search_pb2.INDEX_IMAGES)},
          ["vector.values"]),
         ({"vector": search_pb2.VectorQuery(values=[1.0] * 128)}, ["vector.index"]),
