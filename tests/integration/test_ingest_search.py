@@ -23,7 +23,7 @@ from vision.v1 import ingest_service_pb2 as ing_pb2
 from vision.v1 import ingest_service_pb2_grpc as ing_grpc
 from vision.v1 import search_service_pb2 as search_pb2
 from vision.v1 import search_service_pb2_grpc as search_grpc
-from vision_client import upload_messages
+from vision_client import IngestImage, VisionClient, upload_messages
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -34,12 +34,10 @@ async def indexed(triton_url: str) -> AsyncIterator[grpc.aio.Channel]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     ingest = ing_grpc.IngestServiceStub(channel)
     streamed, unary = PHOTOS[::2], PHOTOS[1::2]
-    messages = upload_messages(ing_pb2.StreamIngestImagesRequest, (
-        (upload_pb2.UploadHeader(request_id=name, size_bytes=len(photo(name)),
-                                 ingest=ingest_pb2.IngestOptions(
-                                     id=name, metadata={"n": str(i), "kind": "photo"})),
-         photo(name)) for i, name in enumerate(PHOTOS) if name in streamed))
-    results = [r async for r in ingest.StreamIngestImages(messages, timeout=300)]
+    async with VisionClient(f"127.0.0.1:{running.port}", timeout_s=300) as client:
+        results = [r async for r in client.stream_ingest(
+            IngestImage(name, photo(name), {"n": str(PHOTOS.index(name)), "kind": "photo"})
+            for name in streamed)]
     assert sorted(r.request_id for r in results) == sorted(streamed)
     assert all(r.status.code == 0 for r in results), [r.status for r in results]
     await asyncio.gather(*(ingest.IngestImage(ing_pb2.IngestImageRequest(
