@@ -285,8 +285,10 @@ def test_intra_op_threads_comes_from_the_config_parameter() -> None:
 
 @pytest.mark.parametrize("step", ["yunet_onnx", "mobilefacenet_onnx"])
 def test_every_network_step_runs_the_same_cpu_runner(step: str) -> None:
-    runner = (MODELS / "mobilenet_v2_onnx" / "1" / "model.py").read_bytes()
-    assert (MODELS / step / "1" / "model.py").read_bytes() == runner
+    # One file, linked from each step (git keeps the link), never a copy that can drift.
+    linked = MODELS / step / "1" / "model.py"
+    assert linked.is_symlink()
+    assert linked.resolve() == (MODELS / "mobilenet_v2_onnx" / "1" / "model.py").resolve()
 
 
 # --- configurations ----------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Triton Python model for CPU runs: the step's 1/model.onnx through onnxruntime.
 
 Used only with configs/cpu.pbtxt; on GPU, Triton's onnxruntime backend loads model.onnx itself.
-The same file serves every single-input network step (mobilenet_v2_onnx, yunet_onnx,
-mobilefacenet_onnx): tensor names come from the model config. Requests whose inputs share a
-shape run as one onnxruntime call (YuNet takes any image size, so one batch may hold several
+The same file serves every single-input network step (mobilenet_v2_onnx, and yunet_onnx and
+mobilefacenet_onnx, whose 1/model.py links here): tensor names come from the model config.
+Requests whose inputs share a shape run as one onnxruntime call (YuNet takes any image size, so one batch may hold several
 shapes), then the outputs are split back per request.
 """
 
