@@ -313,11 +313,16 @@ async def _windowed(
     slots = asyncio.Semaphore(concurrency)
 
     async def send() -> None:
-        for image in images:
-            await slots.acquire()
-            for message in messages(image):
-                await call.write(message)
-        await call.done_writing()
+        try:
+            for image in images:
+                await slots.acquire()
+                for message in messages(image):
+                    await call.write(message)
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # A write fails once the call has ended (e.g. with a local INTERNAL); the call's own
+            # status, which the reader raises, is what says whether to reconnect.
+            return
 
     sender = asyncio.create_task(send())
     try:
