@@ -14,6 +14,8 @@ from server.app import create_server
 from server.settings import Settings, TritonSettings
 from tests.images import photo
 from tests.integration.conftest import free_port
+from vision.v1 import detection_pb2, model_pb2
+from vision.v1 import detection_service_pb2 as det_pb2
 from vision_client import (
     InvalidArgumentError,
     NotFoundError,
@@ -21,7 +23,6 @@ from vision_client import (
     SyncVisionClient,
     VisionClient,
 )
-from vision.v1 import detection_pb2, model_pb2
 
 EXPECTED = {"astronaut.png": "person", "chelsea.png": "cat", "coffee.png": "cup",
             "motorcycle_left.png": "motorcycle"}
@@ -33,8 +34,8 @@ def images(count: int) -> list[StreamImage]:
             for i in range(count)]
 
 
-def top_label(response: object) -> str:
-    return str(response.result.detections[0].label)  # type: ignore[attr-defined]
+def top_label(response: det_pb2.StreamDetectObjectsResponse) -> str:
+    return response.result.detections[0].label
 
 
 async def test_hundred_images_sixteen_in_flight(client: VisionClient) -> None:
@@ -91,10 +92,7 @@ async def test_blocking_client(target: str) -> None:
         with SyncVisionClient(target) as blocking:
             one = blocking.detect(photo("chelsea.png"))
             many = blocking.detect_many(images(3))
-        return [top_label_of(one), *sorted(r.request_id for r in many)]
-
-    def top_label_of(response: object) -> str:
-        return str(response.detections[0].label)  # type: ignore[attr-defined]
+        return [one.detections[0].label, *sorted(r.request_id for r in many)]
 
     # In a thread: the blocking client runs its own loop, and the server needs this one.
     assert await asyncio.to_thread(run) == [
