@@ -207,13 +207,14 @@ class VisionClient:
         sends again only the images that have no result yet. An image's own failed status is
         its result (not retried)."""
         async for response in self._resumable(
-                images, concurrency, lambda: self._detection.StreamDetectObjects(
-                    timeout=self._stream_timeout_s, metadata=self._metadata),
+                images, concurrency, lambda requests: self._detection.StreamDetectObjects(
+                    requests, timeout=self._stream_timeout_s, metadata=self._metadata),
                 lambda image: detection_uploads([image], chunk_bytes)):
             yield response
 
     async def _resumable(
-        self, images: Iterable[StreamImage], concurrency: int, open_call: Callable[[], Any],
+        self, images: Iterable[StreamImage], concurrency: int,
+        open_call: Callable[[AsyncIterator[Any]], Any],
         messages: Callable[[StreamImage], Iterable[Any]],
     ) -> AsyncIterator[Any]:
         """Any upload stream, windowed and resumed (see detect_many)."""
@@ -225,7 +226,7 @@ class VisionClient:
         attempt = 1
         while pending:
             try:
-                async for response in _windowed(open_call(), list(pending.values()),
+                async for response in _windowed(open_call, list(pending.values()),
                                                 concurrency, messages):
                     # An id already answered (or unknown) is dropped: never a duplicate.
                     if pending.pop(response.request_id, None) is not None:
@@ -235,7 +236,7 @@ class VisionClient:
                     raise StreamIncompleteError(f"no result for {len(pending)} images")
             except grpc.aio.AioRpcError as err:
                 error = vision_error(err)
-                delay = self._retry.delay_s(error, attempt, self._rng)
+                delay = self._retry.delay_s(error, attempt, self._rng, streaming=True)
                 if delay is None:
                     raise error from None
                 await asyncio.sleep(delay)
@@ -305,34 +306,25 @@ class VisionClient:
 
 
 async def _windowed(
-    call: Any, images: list[StreamImage], concurrency: int,
+    open_call: Callable[[AsyncIterator[Any]], Any], images: list[StreamImage], concurrency: int,
     messages: Callable[[StreamImage], Iterable[Any]],
 ) -> AsyncIterator[Any]:
-    """Runs one stream call: a writer sends an image only while fewer than `concurrency` await
-    their result; the results are yielded as they are read."""
+    """Runs one stream call, sending an image only while fewer than `concurrency` await their
+    result, and yields the results as they are read. The requests go in as an iterator, not by
+    `call.write`: a write into a broken connection fails locally with INTERNAL, which would hide
+    the call's real status (UNAVAILABLE) that decides whether to reconnect."""
     slots = asyncio.Semaphore(concurrency)
 
-    async def send() -> None:
-        try:
-            for image in images:
-                await slots.acquire()
-                for message in messages(image):
-                    await call.write(message)
-            await call.done_writing()
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            # A write fails once the call has ended (e.g. with a local INTERNAL); the call's own
-            # status, which the reader raises, is what says whether to reconnect.
-            return
+    async def requests() -> AsyncIterator[Any]:
+        for image in images:
+            await slots.acquire()
+            for message in messages(image):
+                yield message
 
-    sender = asyncio.create_task(send())
+    call = open_call(requests())
     try:
-        while (response := await call.read()) is not grpc.aio.EOF:
+        async for response in call:
             slots.release()
             yield response
-        await sender
     finally:
-        if not sender.done():
-            sender.cancel()
-            call.cancel()
-        # The writer fails too when the call breaks; the reader's error is the one to report.
-        await asyncio.gather(sender, return_exceptions=True)
+        call.cancel()

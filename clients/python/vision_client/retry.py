@@ -23,11 +23,15 @@ class RetryPolicy:
     max_backoff_s: float = 10.0
     multiplier: float = 2.0
 
-    def delay_s(self, error: VisionError, attempt: int, rng: random.Random) -> float | None:
+    def delay_s(self, error: VisionError, attempt: int, rng: random.Random,
+                *, streaming: bool = False) -> float | None:
         """Seconds to wait before attempt `attempt + 1`, or None when not to retry. A message
         over gRPC's size limit is RESOURCE_EXHAUSTED without RetryInfo: sending it again cannot
-        help, so only a RESOURCE_EXHAUSTED that carries RetryInfo is retried."""
-        if attempt >= self.max_attempts or error.code() not in RETRYABLE:
+        help, so only a RESOURCE_EXHAUSTED that carries RetryInfo is retried. `streaming`: the
+        caller resends only what has no result, so a stream lost while writing is retried too."""
+        if attempt >= self.max_attempts:
+            return None
+        if not (error.code() in RETRYABLE or (streaming and lost_while_writing(error))):
             return None
         if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_delay_s is None:
             return None
@@ -39,3 +43,11 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def lost_while_writing(error: grpc.aio.AioRpcError) -> bool:
+    """grpc-python ends a call whose message could not be sent (the connection went away under
+    a streaming write) with a local INTERNAL status instead of UNAVAILABLE; it names the failed
+    send operation in the debug string, and no server status or trailer came with it."""
+    return (error.code() == grpc.StatusCode.INTERNAL and not error.trailing_metadata()
+            and "SendMessageOperation" in (error.debug_error_string() or ""))
