@@ -80,7 +80,9 @@ async def test_grpcurl_health_and_detect(target: str) -> None:
         answer = json.loads(await grpcurl("-d", json.dumps({"service": service}), target,
                                           "grpc.health.v1.Health/Check"))
         assert answer == {"status": "SERVING"}
-    body = json.dumps({"image": {"content": base64.b64encode(photo("chelsea.png")).decode()}})
+    # as the README sends it: snake_case option names, bytes in base64
+    body = json.dumps({"image": {"content": base64.b64encode(photo("chelsea.png")).decode()},
+                       "options": {"score_threshold": 0.3}})
     answer = json.loads(await grpcurl("-d", "@", target, "vision.v1.DetectionService/DetectObjects",
                                       stdin=body.encode()))
     assert answer["detections"][0]["label"] == "cat"
