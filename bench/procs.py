@@ -78,14 +78,15 @@ def launch_triton(log_path: Path, repository: Path = MODEL_REPOSITORY,
 class ServerProcess:
     """`python -m server` in a process (and session) of its own, stopped by its pid."""
 
-    def __init__(self, triton_url: str, log_path: Path) -> None:
+    def __init__(self, triton_url: str, log_path: Path, extra: list[str] | None = None) -> None:
         self.port = free_port()
         self.address = f"{HOST}:{self.port}"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "server", "--host", HOST, "--port", str(self.port),
-                 "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5"],
+                 "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5",
+                 *(extra or [])],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         self.log_path = log_path

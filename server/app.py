@@ -18,6 +18,7 @@ from server.interceptors.request_id import RequestIdInterceptor
 from server.reflection import enable_reflection
 from server.services import SERVICES, Resources, Service
 from server.settings import Settings
+from server.store import Space, StoreConfig, open_store
 from server.triton.calls import TritonCalls, create_client
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ async def _start(settings: Settings, services: Sequence[Service],
     triton = TritonCalls(create_client(settings.triton.url), settings.triton.timeout_s)
     stack.push_async_callback(triton.close)
     await check_models(triton, services, settings)
-    resources = Resources(settings=settings, triton=triton)
+    store = await open_store(store_config(settings))
+    stack.push_async_callback(store.close)
+    resources = Resources(settings=settings, triton=triton, store=store)
 
     in_flight = InFlight()
     server = grpc.aio.server(interceptors=[in_flight, RequestIdInterceptor()])
@@ -89,6 +92,15 @@ async def _start(settings: Settings, services: Sequence[Service],
     log.info("vision-grpc listening on %s:%d (triton %s)", settings.host, port,
              settings.triton.url)
     return RunningServer(server, port, watcher, health_servicer, in_flight, stack)
+
+
+def store_config(settings: Settings) -> StoreConfig:
+    store = settings.store
+    return StoreConfig(
+        backend=store.backend, path=store.path, url=store.url, index_prefix=store.index_prefix,
+        username=store.username, password=store.password,
+        dims={Space.IMAGES: settings.embedding.output_dimension,
+              Space.FACES: settings.faces.output_dimension})
 
 
 async def check_models(triton: TritonCalls, services: Sequence[Service],

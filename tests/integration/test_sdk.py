@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from server.app import create_server
-from server.settings import Settings, TritonSettings
+from server.settings import Settings
 from tests.images import photo
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, settings_for
 from vision.v1 import detection_pb2, model_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision_client import (
@@ -50,9 +50,11 @@ async def test_hundred_images_sixteen_in_flight(client: VisionClient) -> None:
 
 async def test_server_restart_mid_stream_is_survived(triton_url: str) -> None:
     port = free_port()
-    settings = Settings(port=port, triton=TritonSettings(url=triton_url,
-                                                         health_poll_interval_s=0.5))
-    running = await create_server(settings)
+
+    def settings() -> Settings:
+        return settings_for(triton_url).model_copy(update={"port": port})
+
+    running = await create_server(settings())
     received: list[str] = []
     received_before_restart = 0
     try:
@@ -66,7 +68,7 @@ async def test_server_restart_mid_stream_is_survived(triton_url: str) -> None:
                     # new server on the same port and sends only what has no result yet.
                     await running.stop(grace_s=0)
                     received_before_restart = len(received)
-                    running = await create_server(settings)
+                    running = await create_server(settings())
     finally:
         await running.stop(grace_s=1.0)
     assert received_before_restart == 10

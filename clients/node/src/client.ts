@@ -26,8 +26,10 @@ import {
 } from "./gen/vision/v1/detection_service_pb.js";
 import { EmbeddingService } from "./gen/vision/v1/embedding_service_pb.js";
 import { FaceService } from "./gen/vision/v1/face_service_pb.js";
+import { IngestService } from "./gen/vision/v1/ingest_service_pb.js";
 import { ModelService } from "./gen/vision/v1/model_service_pb.js";
 import { OcrService } from "./gen/vision/v1/ocr_service_pb.js";
+import { SearchService } from "./gen/vision/v1/search_service_pb.js";
 
 /** 1 MiB chunks: well under the server's 4 MiB message limit (framing included). */
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
@@ -59,7 +61,8 @@ export function createVisionClients(options: VisionClientOptions) {
     faces: createClient(FaceService, transport),
     ocr: createClient(OcrService, transport),
     models: createClient(ModelService, transport),
-    // The lead's IngestService and SearchService join here once their protos land.
+    ingest: createClient(IngestService, transport),
+    search: createClient(SearchService, transport),
   };
 }
 

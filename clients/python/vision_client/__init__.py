@@ -6,11 +6,13 @@ from vision_client.client import (
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
     AnalysisImage,
+    IngestImage,
     StreamImage,
     StreamIncompleteError,
     VisionClient,
     analysis_uploads,
     detection_uploads,
+    ingest_uploads,
     upload_messages,
 )
 from vision_client.errors import (
@@ -31,9 +33,10 @@ from vision_client.sync import SyncVisionClient
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES", "DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT_S", "NO_RETRY",
-    "AnalysisImage", "DeadlineExceededError", "FieldViolation", "InvalidArgumentError",
-    "NotFoundError", "ResourceExhaustedError", "RetryPolicy", "StatusDetails", "StreamImage",
-    "StreamIncompleteError", "SyncVisionClient", "UnauthenticatedError", "UnavailableError",
-    "VisionClient", "VisionError", "analysis_uploads", "describe_status", "detection_uploads",
+    "AnalysisImage", "DeadlineExceededError", "FieldViolation", "IngestImage",
+    "InvalidArgumentError", "NotFoundError", "ResourceExhaustedError", "RetryPolicy",
+    "StatusDetails", "StreamImage", "StreamIncompleteError", "SyncVisionClient",
+    "UnauthenticatedError", "UnavailableError", "VisionClient", "VisionError",
+    "analysis_uploads", "describe_status", "detection_uploads", "ingest_uploads",
     "upload_messages", "vision_error",
 ]

@@ -12,13 +12,15 @@ import type { AnalysisOptions } from "./analysis_pb.js";
 import { file_vision_v1_analysis } from "./analysis_pb.js";
 import type { DetectionOptions } from "./detection_pb.js";
 import { file_vision_v1_detection } from "./detection_pb.js";
+import type { IngestOptions } from "./ingest_pb.js";
+import { file_vision_v1_ingest } from "./ingest_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file vision/v1/upload.proto.
  */
 export const file_vision_v1_upload: GenFile = /*@__PURE__*/
-  fileDesc("ChZ2aXNpb24vdjEvdXBsb2FkLnByb3RvEgl2aXNpb24udjEirwEKDFVwbG9hZEhlYWRlchIYCgpyZXF1ZXN0X2lkGAEgASgJQgTiQQECEhgKCnNpemVfYnl0ZXMYAiABKANCBOJBAQISMAoJZGV0ZWN0aW9uGAogASgLMhsudmlzaW9uLnYxLkRldGVjdGlvbk9wdGlvbnNIABIuCghhbmFseXNpcxgLIAEoCzIaLnZpc2lvbi52MS5BbmFseXNpc09wdGlvbnNIAEIJCgdvcHRpb25zIhoKCkltYWdlQ2h1bmsSDAoEZGF0YRgBIAEoDCILCglVcGxvYWRFbmRiBnByb3RvMw", [file_google_api_field_behavior, file_vision_v1_analysis, file_vision_v1_detection]);
+  fileDesc("ChZ2aXNpb24vdjEvdXBsb2FkLnByb3RvEgl2aXNpb24udjEi2wEKDFVwbG9hZEhlYWRlchIYCgpyZXF1ZXN0X2lkGAEgASgJQgTiQQECEhgKCnNpemVfYnl0ZXMYAiABKANCBOJBAQISMAoJZGV0ZWN0aW9uGAogASgLMhsudmlzaW9uLnYxLkRldGVjdGlvbk9wdGlvbnNIABIuCghhbmFseXNpcxgLIAEoCzIaLnZpc2lvbi52MS5BbmFseXNpc09wdGlvbnNIABIqCgZpbmdlc3QYDCABKAsyGC52aXNpb24udjEuSW5nZXN0T3B0aW9uc0gAQgkKB29wdGlvbnMiGgoKSW1hZ2VDaHVuaxIMCgRkYXRhGAEgASgMIgsKCVVwbG9hZEVuZGIGcHJvdG8z", [file_google_api_field_behavior, file_vision_v1_analysis, file_vision_v1_detection, file_vision_v1_ingest]);
 
 /**
  * Opens one image on an upload stream. Sending a header while another image
@@ -67,6 +69,14 @@ export type UploadHeader = Message<"vision.v1.UploadHeader"> & {
      */
     value: AnalysisOptions;
     case: "analysis";
+  } | {
+    /**
+     * The id and metadata of an image on an ingest stream.
+     *
+     * @generated from field: vision.v1.IngestOptions ingest = 12;
+     */
+    value: IngestOptions;
+    case: "ingest";
   } | { case: undefined; value?: undefined };
 };
 
