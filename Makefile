@@ -35,17 +35,22 @@ lint:
 typecheck:
 	.venv/bin/mypy
 
-# Regenerates vision/ from protos/ (commit the result).
+# Regenerates vision/, clients/node/src/gen and api/vision.binpb from protos/ (commit the result).
 proto:
 	scripts/gen-protos
+	scripts/gen-stubs
 
 # buf lint + format, breaking changes against the last released contract (releases/CURRENT,
-# shown to catch a deliberate break), and stale generated code.
+# shown to catch a deliberate break), stale generated code (Python, TypeScript, the descriptor
+# set), the TypeScript client type-checked, and Go/Java stubs compiled where their toolchains are.
 proto-check:
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 	scripts/check-buf-breaking
 	scripts/gen-protos --check
+	scripts/gen-stubs --check
+	clients/node/node_modules/.bin/tsc -p clients/node --noEmit
+	scripts/check-stubs
 
 # Records the contract as released: `make api-release VERSION=0.3.0` (see CHANGELOG.md).
 api-release:

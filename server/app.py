@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from server.health import TritonHealthWatcher
 from server.interceptors.inflight import InFlight
 from server.interceptors.request_id import RequestIdInterceptor
+from server.reflection import enable_reflection
 from server.services import SERVICES, Resources, Service
 from server.settings import Settings
 from server.store import Space, StoreConfig, open_store
@@ -78,8 +78,7 @@ async def _start(settings: Settings, services: Sequence[Service],
         service.add_to_server(service.build(resources), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*(s.name for s in services), HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    enable_reflection((*(s.name for s in services), HEALTH_SERVICE), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from server.app import create_server
 from server.settings import TritonSettings
@@ -45,12 +46,43 @@ async def test_grpcurl_lists_services_by_reflection(target: str) -> None:
             in described)
 
 
+async def test_reflection_answers_under_v1_and_v1alpha(target: str) -> None:
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async with grpc.aio.insecure_channel(target) as channel:
+        for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+            call = channel.stream_stream(
+                f"/{package}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+            responses = [r async for r in call(iter([request]))]
+            names = {s.name for s in responses[0].list_services_response.service}
+            assert {"vision.v1.DetectionService", "grpc.reflection.v1.ServerReflection",
+                    "grpc.reflection.v1alpha.ServerReflection"} <= names, package
+
+
+async def test_grpcurl_shows_decoded_error_details(target: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        GRPCURL, "-plaintext", "-format-error", "-d", '{"image": {"content": ""}}', target,
+        "vision.v1.DetectionService/DetectObjects", stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode != 0
+    error = json.loads(err)
+    assert error["code"] == 3
+    kinds = {detail["@type"]: detail for detail in error["details"]}
+    assert kinds["type.googleapis.com/google.rpc.ErrorInfo"]["reason"] == "EMPTY_IMAGE"
+    assert kinds["type.googleapis.com/google.rpc.BadRequest"]["field_violations"][0][
+        "field"] == "image.content"
+
+
 async def test_grpcurl_health_and_detect(target: str) -> None:
     for service in ("", "vision.v1.DetectionService"):
         answer = json.loads(await grpcurl("-d", json.dumps({"service": service}), target,
                                           "grpc.health.v1.Health/Check"))
         assert answer == {"status": "SERVING"}
-    body = json.dumps({"image": {"content": base64.b64encode(photo("chelsea.png")).decode()}})
+    # as the README sends it: snake_case option names, bytes in base64
+    body = json.dumps({"image": {"content": base64.b64encode(photo("chelsea.png")).decode()},
+                       "options": {"score_threshold": 0.3}})
     answer = json.loads(await grpcurl("-d", "@", target, "vision.v1.DetectionService/DetectObjects",
                                       stdin=body.encode()))
     assert answer["detections"][0]["label"] == "cat"

@@ -1,7 +1,12 @@
 """`vision-client`: call a vision-grpc server from the shell. One subcommand per RPC family:
-detect, embed, faces, ocr, models. Output is a readable table by default and one JSON object per
-image (or model) with `--json`. Exit status: 0 when every image succeeded, 1 when any failed,
-2 for usage errors."""
+detect, embed, faces, ocr, models (`vision-client <command> --help`). Images are files or folders
+(their .jpg/.jpeg/.png/.webp/.bmp files); several are processed at once (`--concurrency`), with a
+progress bar (rate, ETA) on stderr when it is a terminal. Output is a readable table by default
+and one JSON object per image (or model) per line with `--json`.
+
+Exit status: 0 every image succeeded; 1 some image failed (each failure is reported);
+2 usage error; 3 the call itself failed (server unreachable, deadline, authentication), after
+retries; 130 interrupted."""
 
 from __future__ import annotations
 
@@ -18,63 +23,99 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from vision.v1 import detection_pb2, face_pb2, model_service_pb2
-from vision_client.client import StreamImage, VisionClient
+from vision_client.client import DEFAULT_CONCURRENCY, StreamImage, VisionClient
+from vision_client.errors import vision_error
+from vision_client.progress import Progress
 
 TASKS = {"detection": model_service_pb2.TASK_DETECTION,
          "embedding": model_service_pb2.TASK_EMBEDDING,
          "faces": model_service_pb2.TASK_FACES, "ocr": model_service_pb2.TASK_OCR}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE, EXIT_CALL_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _print(args: argparse.Namespace, name: str, message: Message,
-           table: Callable[[Any], list[str]]) -> None:
+def image_paths(given: Sequence[Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files, sorted."""
+    paths: list[Path] = []
+    for path in given:
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(path)
+    return paths
+
+
+def _show(args: argparse.Namespace, progress: Progress, name: str, message: Message,
+          table: Callable[[Any], list[str]]) -> None:
     if args.json:
-        print(json.dumps({"image": name, **json_format.MessageToDict(message)}))
+        progress.line(json.dumps({"image": name, **json_format.MessageToDict(message)}))
         return
-    print(name)
-    for line in table(message):
-        print(f"  {line}")
+    progress.line("\n".join([name, *(f"  {line}" for line in table(message))]))
+
+
+def _failed(args: argparse.Namespace, progress: Progress, name: str, message: str) -> None:
+    if args.json:
+        progress.line(json.dumps({"image": name, "error": message}))
+    else:
+        progress.line(f"{name}\n  failed: {message}", to=sys.stderr)
 
 
 def _box(box: Any) -> str:
     return f"({box.x_min:.0f}, {box.y_min:.0f}, {box.x_max:.0f}, {box.y_max:.0f})"
 
 
-async def _detect(args: argparse.Namespace, client: VisionClient) -> int:
+async def _detect(args: argparse.Namespace, client: VisionClient, paths: list[Path]) -> int:
     options = detection_pb2.DetectionOptions(class_allowlist=args.only or [])
     if args.score is not None:
         options.score_threshold = args.score
-    images = [StreamImage(str(path), path.read_bytes(), options) for path in args.images]
+    contents = await asyncio.to_thread(lambda: [path.read_bytes() for path in paths])
+    images = [StreamImage(str(path), content, options)
+              for path, content in zip(paths, contents, strict=True)]
+    progress = Progress(len(images), sys.stderr, sys.stdout)
+    progress.start()
     failures = 0
-    async for response in client.stream_detect(images):
+    async for response in client.detect_many(images, concurrency=args.concurrency):
+        progress.done += 1
         if response.status.code != 0:
             failures += 1
-            _failed(args, response.request_id, response.status.message)
+            _failed(args, progress, response.request_id, response.status.message)
             continue
-        _print(args, response.request_id, response.result, lambda r: [
+        _show(args, progress, response.request_id, response.result, lambda r: [
             f"{d.label:<16} {d.score:.3f}  {_box(d.box)}" for d in r.detections])
-    return 1 if failures else 0
+    progress.finish()
+    return EXIT_IMAGE_FAILED if failures else EXIT_OK
 
 
-async def _per_image(args: argparse.Namespace,
+async def _per_image(args: argparse.Namespace, paths: list[Path],
                      call: Callable[[bytes], Awaitable[Message]],
                      table: Callable[[Any], list[str]]) -> int:
+    """Unary calls, `--concurrency` at a time; results printed as they complete."""
+    progress = Progress(len(paths), sys.stderr, sys.stdout)
+    progress.start()
+    slots = asyncio.Semaphore(args.concurrency)
+
+    async def one(path: Path) -> tuple[Path, Message | grpc.aio.AioRpcError]:
+        async with slots:
+            try:
+                return path, await call(await asyncio.to_thread(path.read_bytes))
+            except grpc.aio.AioRpcError as err:
+                if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                    return path, err
+                raise
+
     failures = 0
-    for path in args.images:
-        try:
-            response = await call(path.read_bytes())
-        except grpc.aio.AioRpcError as err:
+    for finished in asyncio.as_completed([one(path) for path in paths]):
+        path, outcome = await finished
+        progress.done += 1
+        if isinstance(outcome, grpc.aio.AioRpcError):
             failures += 1
-            _failed(args, str(path), f"{err.code().name}: {err.details()}")
+            _failed(args, progress, str(path), f"{outcome.code().name}: {outcome.details()}")
             continue
-        _print(args, str(path), response, table)
-    return 1 if failures else 0
-
-
-def _failed(args: argparse.Namespace, name: str, message: str) -> None:
-    if args.json:
-        print(json.dumps({"image": name, "error": message}))
-    else:
-        print(f"{name}\n  failed: {message}", file=sys.stderr)
+        _show(args, progress, str(path), outcome, table)
+    progress.finish()
+    return EXIT_IMAGE_FAILED if failures else EXIT_OK
 
 
 async def _models(args: argparse.Namespace, client: VisionClient) -> int:
@@ -90,53 +131,97 @@ async def _models(args: argparse.Namespace, client: VisionClient) -> int:
         default = " default" if model.default_for_task else ""
         print(f"{model.name:<24} {task:<10} v{versions:<12} "
               f"{'ready' if model.ready else 'NOT READY'}{default}")
-    return 0
+    return EXIT_OK
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with VisionClient(args.target, timeout_s=args.timeout) as client:
+    root_certificates = args.ca_cert.read_bytes() if args.ca_cert else None
+    async with VisionClient(args.target, timeout_s=args.timeout, api_key=args.api_key,
+                            tls=args.tls, root_certificates=root_certificates) as client:
+        if args.command == "models":
+            return await _models(args, client)
+        paths = image_paths(args.images)
         if args.command == "detect":
-            return await _detect(args, client)
+            return await _detect(args, client, paths)
         if args.command == "embed":
-            return await _per_image(args, client.embed, lambda r: [
+            return await _per_image(args, paths, client.embed, lambda r: [
                 f"{len(r.embedding.values)}-d embedding ({r.model.name})",
                 *(f"{c.label:<24} {c.score:.3f}" for c in r.classifications)])
         if args.command == "faces":
             options = face_pb2.FaceOptions(include_embeddings=args.embeddings)
             return await _per_image(
-                args, lambda content: client.detect_faces(content, options), lambda r: [
+                args, paths, lambda content: client.detect_faces(content, options), lambda r: [
                     f"face {f.score:.3f}  {_box(f.box)}" for f in r.faces] or ["no faces"])
-        if args.command == "ocr":
-            return await _per_image(args, client.extract_text, lambda r: [
-                f"{line.confidence:.2f}  {line.text}" for line in r.lines] or ["no text"])
-        return await _models(args, client)
+        return await _per_image(args, paths, client.extract_text, lambda r: [
+            f"{line.confidence:.2f}  {line.text}" for line in r.lines] or ["no text"])
+
+
+def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options accepted before and after the command; after it, only when given, so that a
+    subcommand's default never overwrites `vision-client --json detect ...`."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+    parser.add_argument("--target", default=default("127.0.0.1:4603"), help="server host:port")
+    parser.add_argument("--timeout", type=float, default=default(60.0),
+                        help="deadline per unary call, retries included, seconds")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="one JSON object per line")
+    parser.add_argument("--api-key", default=default(None),
+                        help="sent as `authorization: Bearer <key>`")
+    parser.add_argument("--tls", action="store_true", default=default(False),
+                        help="TLS with the system's roots")
+    parser.add_argument("--ca-cert", type=Path, default=default(None),
+                        help="TLS with this PEM root certificate")
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="vision-client", description=__doc__)
-    root.add_argument("--target", default="127.0.0.1:4603", help="server host:port")
-    root.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
-    root.add_argument("--json", action="store_true", help="one JSON object per line")
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, suppress=True)
+    images = argparse.ArgumentParser(add_help=False, parents=[common])
+    images.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    images.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help=f"images in flight at once (default {DEFAULT_CONCURRENCY})")
+    formatter = argparse.RawDescriptionHelpFormatter
+    root = argparse.ArgumentParser(prog="vision-client", description=__doc__,
+                                   formatter_class=formatter)
+    _common_options(root, suppress=False)
     sub = root.add_subparsers(dest="command", required=True)
-    detect = sub.add_parser("detect", help="detect objects (streams images of any size)")
-    detect.add_argument("images", nargs="+", type=Path)
+    detect = sub.add_parser(
+        "detect", parents=[images], formatter_class=formatter,
+        help="detect objects (one resumable stream, images of any size)",
+        description="Detect objects over one upload stream; a broken connection is resumed, "
+                    "re-sending only the images without a result.")
     detect.add_argument("--score", type=float, help="minimum score in [0, 1]")
     detect.add_argument("--only", nargs="*", help="labels to keep, e.g. person cup")
-    embed = sub.add_parser("embed", help="image embedding and ImageNet classes")
-    embed.add_argument("images", nargs="+", type=Path)
-    faces = sub.add_parser("faces", help="faces, landmarks and identity embeddings")
-    faces.add_argument("images", nargs="+", type=Path)
+    sub.add_parser("embed", parents=[images], help="image embedding and ImageNet classes",
+                   description="Embed images (unary calls, each ≤ 4 MiB).")
+    faces = sub.add_parser("faces", parents=[images],
+                           help="faces, landmarks and identity embeddings",
+                           description="Detect faces (unary calls, each ≤ 4 MiB).")
     faces.add_argument("--embeddings", action="store_true", help="include identity embeddings")
-    ocr = sub.add_parser("ocr", help="text lines in reading order")
-    ocr.add_argument("images", nargs="+", type=Path)
-    models = sub.add_parser("models", help="the models the server serves")
+    sub.add_parser("ocr", parents=[images], help="text lines in reading order",
+                   description="Read text (unary calls, each ≤ 4 MiB).")
+    models = sub.add_parser("models", parents=[common], help="the models the server serves",
+                            description="List the models the server serves.")
     models.add_argument("--task", choices=sorted(TASKS), help="only models of this task")
+    # IngestService and SearchService commands ("index", "search") are added here.
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    raise SystemExit(asyncio.run(_run(args)))
+    if getattr(args, "concurrency", 1) < 1:
+        parser().error("--concurrency must be at least 1")
+    try:
+        code = asyncio.run(_run(args))
+    except grpc.aio.AioRpcError as err:
+        error = vision_error(err)
+        reason = f" ({error.reason})" if error.reason else ""
+        print(f"vision-client: {error.code().name}{reason}: {error.details()}", file=sys.stderr)
+        code = EXIT_CALL_FAILED
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""An asyncio client for vision-grpc: one channel reused for every call, unary detection, and the
-chunked upload stream (upload.proto) for many or large images."""
+"""An asyncio client for vision-grpc: one channel reused for every call (TLS and an API key
+optional), default deadlines, retries with backoff (retry.py), typed errors (errors.py), unary
+calls, and the chunked upload stream (upload.proto) for many or large images, resumable across
+reconnects (`detect_many`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -36,11 +40,19 @@ from vision.v1 import (
 )
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
+from vision_client.errors import vision_error
+from vision_client.retry import RetryPolicy
 
 # 1 MiB chunks: well under gRPC's 4 MiB message limit, few enough messages for large images.
 DEFAULT_CHUNK_BYTES = 1 << 20
 
+# Unary calls: long enough for a cold model on a CPU machine, short enough to notice a hang.
+DEFAULT_TIMEOUT_S = 30.0
+# Images in flight on one stream: enough to fill Triton's batches, few enough to bound memory.
+DEFAULT_CONCURRENCY = 16
+
 Message = TypeVar("Message")
+Response = TypeVar("Response")
 
 
 @dataclass(frozen=True)
@@ -126,11 +138,30 @@ def ingest_uploads(
     )
 
 
-class VisionClient:
-    """Use as `async with VisionClient("127.0.0.1:4603") as client:`; share one per process."""
+class StreamIncompleteError(RuntimeError):
+    """A stream ended normally without a result for some images (a server fault)."""
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+
+class VisionClient:
+    """Use as `async with VisionClient("127.0.0.1:4603") as client:`; share one per process.
+
+    `timeout_s` is the deadline of a unary call, retries included; `stream_timeout_s` that of
+    one stream (None: no deadline). TLS when `tls` or `root_certificates` (PEM) is given;
+    `api_key` travels as `authorization: Bearer <key>` on every call."""
+
+    def __init__(
+        self, target: str, timeout_s: float = DEFAULT_TIMEOUT_S, *,
+        stream_timeout_s: float | None = None, retry: RetryPolicy | None = None,
+        api_key: str | None = None, tls: bool = False, root_certificates: bytes | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if tls or root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.aio.secure_channel(target, credentials, channel_options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, channel_options)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ())
         self._detection = det_grpc.DetectionServiceStub(self._channel)
         self._embedding = embedding_service_pb2_grpc.EmbeddingServiceStub(self._channel)
         self._faces = face_service_pb2_grpc.FaceServiceStub(self._channel)
@@ -140,6 +171,9 @@ class VisionClient:
         self._ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
         self._search = search_service_pb2_grpc.SearchServiceStub(self._channel)
         self._timeout_s = timeout_s
+        self._stream_timeout_s = stream_timeout_s
+        self._retry = retry or RetryPolicy()
+        self._rng = random.Random()
 
     async def __aenter__(self) -> VisionClient:
         return self
@@ -153,24 +187,90 @@ class VisionClient:
     async def close(self) -> None:
         await self._channel.close()
 
+    async def _unary(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
+        """One unary call under one deadline, retried per the policy; failures as VisionError.
+        A failed attempt returned nothing, so a retry cannot duplicate a result."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        attempt = 1
+        while True:
+            try:
+                return await method(request, timeout=max(deadline - loop.time(), 0.001),
+                                    metadata=self._metadata)
+            except grpc.aio.AioRpcError as err:
+                error = vision_error(err)
+                delay = self._retry.delay_s(error, attempt, self._rng)
+                if delay is None or loop.time() + delay >= deadline:
+                    raise error from None
+            await asyncio.sleep(delay)
+            attempt += 1
+
     async def detect(
         self, content: bytes, options: detection_pb2.DetectionOptions | None = None
     ) -> det_pb2.DetectObjectsResponse:
-        """Detects objects in one image (up to gRPC's 4 MiB message limit; else stream it)."""
-        request = det_pb2.DetectObjectsRequest(
-            image=image_pb2.Image(content=content), options=options)
-        response: det_pb2.DetectObjectsResponse = await self._detection.DetectObjects(
-            request, timeout=self._timeout_s)
-        return response
+        """Detects objects in one image (up to 4 194 294 bytes, the 4 MiB message limit less
+        framing; stream larger ones)."""
+        return await self._unary(self._detection.DetectObjects, det_pb2.DetectObjectsRequest(
+            image=image_pb2.Image(content=content), options=options))
 
     async def stream_detect(
         self, images: Iterable[StreamImage], chunk_bytes: int = DEFAULT_CHUNK_BYTES
     ) -> AsyncIterator[det_pb2.StreamDetectObjectsResponse]:
-        """Uploads images over one stream; yields each result as it arrives (any order)."""
+        """Uploads images over one stream; yields each result as it arrives (any order). No
+        retries and no flow control: see `detect_many` for both."""
         call = self._detection.StreamDetectObjects(
-            detection_uploads(images, chunk_bytes), timeout=self._timeout_s)
-        async for response in call:
+            detection_uploads(images, chunk_bytes), timeout=self._stream_timeout_s,
+            metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as err:
+            raise vision_error(err) from None
+
+    async def detect_many(
+        self, images: Iterable[StreamImage], concurrency: int = DEFAULT_CONCURRENCY,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> AsyncIterator[det_pb2.StreamDetectObjectsResponse]:
+        """Detects objects in any number of images over one stream with at most `concurrency`
+        images awaiting their result; yields each image's result once, as it arrives. When the
+        stream breaks (UNAVAILABLE: a restart, a lost connection) it reconnects with backoff and
+        sends again only the images that have no result yet. An image's own failed status is
+        its result (not retried)."""
+        async for response in self._resumable(
+                images, concurrency, lambda requests: self._detection.StreamDetectObjects(
+                    requests, timeout=self._stream_timeout_s, metadata=self._metadata),
+                lambda image: detection_uploads([image], chunk_bytes)):
             yield response
+
+    async def _resumable(
+        self, images: Iterable[StreamImage], concurrency: int,
+        open_call: Callable[[AsyncIterator[Any]], Any],
+        messages: Callable[[StreamImage], Iterable[Any]],
+    ) -> AsyncIterator[Any]:
+        """Any upload stream, windowed and resumed (see detect_many)."""
+        pending: dict[str, StreamImage] = {}
+        for image in images:
+            if image.request_id in pending:
+                raise ValueError(f"request_id {image.request_id!r} is used twice")
+            pending[image.request_id] = image
+        attempt = 1
+        while pending:
+            try:
+                async for response in _windowed(open_call, list(pending.values()),
+                                                concurrency, messages):
+                    # An id already answered (or unknown) is dropped: never a duplicate.
+                    if pending.pop(response.request_id, None) is not None:
+                        attempt = 1
+                        yield response
+                if pending:
+                    raise StreamIncompleteError(f"no result for {len(pending)} images")
+            except grpc.aio.AioRpcError as err:
+                error = vision_error(err)
+                delay = self._retry.delay_s(error, attempt, self._rng, streaming=True)
+                if delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
+                attempt += 1
 
     async def embed(
         self, content: bytes, options: embedding_pb2.EmbeddingOptions | None = None
@@ -178,29 +278,21 @@ class VisionClient:
         """The image's embedding and its classes, best first."""
         request = embedding_service_pb2.EmbedImageRequest(
             image=image_pb2.Image(content=content), options=options)
-        response: embedding_service_pb2.EmbedImageResponse = await self._embedding.EmbedImage(
-            request, timeout=self._timeout_s)
-        return response
+        return await self._unary(self._embedding.EmbedImage, request)
 
     async def detect_faces(
         self, content: bytes, options: face_pb2.FaceOptions | None = None
     ) -> face_service_pb2.DetectFacesResponse:
         """The image's faces, landmarks and (with include_embeddings) identity embeddings."""
-        request = face_service_pb2.DetectFacesRequest(
-            image=image_pb2.Image(content=content), options=options)
-        response: face_service_pb2.DetectFacesResponse = await self._faces.DetectFaces(
-            request, timeout=self._timeout_s)
-        return response
+        return await self._unary(self._faces.DetectFaces, face_service_pb2.DetectFacesRequest(
+            image=image_pb2.Image(content=content), options=options))
 
     async def extract_text(
         self, content: bytes, options: ocr_pb2.OcrOptions | None = None
     ) -> ocr_service_pb2.ExtractTextResponse:
         """The image's text lines in reading order."""
-        request = ocr_service_pb2.ExtractTextRequest(
-            image=image_pb2.Image(content=content), options=options)
-        response: ocr_service_pb2.ExtractTextResponse = await self._ocr.ExtractText(
-            request, timeout=self._timeout_s)
-        return response
+        return await self._unary(self._ocr.ExtractText, ocr_service_pb2.ExtractTextRequest(
+            image=image_pb2.Image(content=content), options=options))
 
     async def analyze(
         self, content: bytes, options: analysis_pb2.AnalysisOptions
@@ -208,18 +300,20 @@ class VisionClient:
         """Any set of analyses of one image, each with its own status."""
         request = analysis_service_pb2.AnalyzeImageRequest(
             image=image_pb2.Image(content=content), options=options)
-        response: analysis_service_pb2.AnalyzeImageResponse = (
-            await self._analysis.AnalyzeImage(request, timeout=self._timeout_s))
-        return response
+        return await self._unary(self._analysis.AnalyzeImage, request)
 
     async def stream_analyze(
         self, images: Iterable[AnalysisImage], chunk_bytes: int = DEFAULT_CHUNK_BYTES
     ) -> AsyncIterator[analysis_service_pb2.StreamAnalyzeImagesResponse]:
         """Uploads images over one stream; yields each image's analyses as they complete."""
         call = self._analysis.StreamAnalyzeImages(
-            analysis_uploads(images, chunk_bytes), timeout=self._timeout_s)
-        async for response in call:
-            yield response
+            analysis_uploads(images, chunk_bytes), timeout=self._stream_timeout_s,
+            metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as err:
+            raise vision_error(err) from None
 
     async def list_models(
         self, task: model_service_pb2.Task.ValueType = model_service_pb2.TASK_UNSPECIFIED
@@ -228,29 +322,27 @@ class VisionClient:
         models: list[model_service_pb2.Model] = []
         token = ""
         while True:
-            page: model_service_pb2.ListModelsResponse = await self._models.ListModels(
-                model_service_pb2.ListModelsRequest(task=task, page_token=token),
-                timeout=self._timeout_s)
+            page = await self._unary(self._models.ListModels, model_service_pb2.ListModelsRequest(
+                task=task, page_token=token))
             models.extend(page.models)
             token = page.next_page_token
             if not token:
                 return models
 
     async def get_model(self, name: str, version: str = "") -> model_service_pb2.Model:
-        response: model_service_pb2.GetModelResponse = await self._models.GetModel(
-            model_service_pb2.GetModelRequest(name=name, version=version),
-            timeout=self._timeout_s)
+        response = await self._unary(self._models.GetModel, model_service_pb2.GetModelRequest(
+            name=name, version=version))
         return response.model
 
     async def ingest(self, image_id: str, content: bytes,
                      metadata: dict[str, str] | None = None) -> ingest_pb2.IndexedImage:
         """Indexes one image under image_id (replacing what that id had); returns what was
         stored."""
-        response: ingest_service_pb2.IngestImageResponse = await self._ingest.IngestImage(
-            ingest_service_pb2.IngestImageRequest(
-                options=ingest_pb2.IngestOptions(id=image_id, metadata=metadata or {}),
-                image=image_pb2.Image(content=content)),
-            timeout=self._timeout_s)
+        # Retrying is safe: an id's second ingest replaces its first.
+        request = ingest_service_pb2.IngestImageRequest(
+            options=ingest_pb2.IngestOptions(id=image_id, metadata=metadata or {}),
+            image=image_pb2.Image(content=content))
+        response = await self._unary(self._ingest.IngestImage, request)
         return response.image
 
     async def stream_ingest(
@@ -258,22 +350,48 @@ class VisionClient:
     ) -> AsyncIterator[ingest_service_pb2.StreamIngestImagesResponse]:
         """Indexes images over one stream; yields each image's outcome as it is stored."""
         call = self._ingest.StreamIngestImages(
-            ingest_uploads(images, chunk_bytes), timeout=self._timeout_s)
-        async for response in call:
-            yield response
+            ingest_uploads(images, chunk_bytes), timeout=self._stream_timeout_s,
+            metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as err:
+            raise vision_error(err) from None
 
     async def get_image(self, image_id: str) -> ingest_pb2.IndexedImage:
-        response: ingest_service_pb2.GetImageResponse = await self._ingest.GetImage(
-            ingest_service_pb2.GetImageRequest(id=image_id), timeout=self._timeout_s)
+        response = await self._unary(self._ingest.GetImage,
+                                     ingest_service_pb2.GetImageRequest(id=image_id))
         return response.image
 
     async def delete_image(self, image_id: str) -> None:
-        await self._ingest.DeleteImage(ingest_service_pb2.DeleteImageRequest(id=image_id),
-                                       timeout=self._timeout_s)
+        await self._unary(self._ingest.DeleteImage,
+                          ingest_service_pb2.DeleteImageRequest(id=image_id))
 
     async def search(self, request: search_service_pb2.SearchRequest
                      ) -> search_service_pb2.SearchResponse:
         """One page of hits; build the request with text=, image=, face_image= or vector=."""
-        response: search_service_pb2.SearchResponse = await self._search.Search(
-            request, timeout=self._timeout_s)
-        return response
+        return await self._unary(self._search.Search, request)
+
+async def _windowed(
+    open_call: Callable[[AsyncIterator[Any]], Any], images: list[StreamImage], concurrency: int,
+    messages: Callable[[StreamImage], Iterable[Any]],
+) -> AsyncIterator[Any]:
+    """Runs one stream call, sending an image only while fewer than `concurrency` await their
+    result, and yields the results as they are read. The requests go in as an iterator, not by
+    `call.write`: a write into a broken connection fails locally with INTERNAL, which would hide
+    the call's real status (UNAVAILABLE) that decides whether to reconnect."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def requests() -> AsyncIterator[Any]:
+        for image in images:
+            await slots.acquire()
+            for message in messages(image):
+                yield message
+
+    call = open_call(requests())
+    try:
+        async for response in call:
+            slots.release()
+            yield response
+    finally:
+        call.cancel()

@@ -1,0 +1,51 @@
+/**
+ * Exercises the client against a running server and prints what came back as JSON, for
+ * tests/integration/test_node_client.py: `node dist/check.js <host:port> <images folder>`.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+import {
+  createVisionClients, detect, statusOfError, describeStatus, streamDetect,
+  type StatusDetails,
+} from "./client.js";
+import { create } from "@bufbuild/protobuf";
+import { StatusSchema } from "./gen/google/rpc/status_pb.js";
+
+const [target, images] = process.argv.slice(2);
+if (!target || !images) {
+  console.error("usage: node dist/check.js <host:port> <images folder>");
+  process.exit(2);
+}
+const clients = createVisionClients({ baseUrl: `http://${target}` });
+const photo = (name: string) => new Uint8Array(readFileSync(join(images, name)));
+
+const astronaut = await detect(clients.detection, photo("astronaut.png"), { scoreThreshold: 0.3 });
+
+const corrupt = photo("coffee.png");
+corrupt.fill(0, 5000, 200_000); // zeroed image data: the header is fine, decoding is not
+const streamed: Record<string, { labels: string[]; status: StatusDetails }> = {};
+for await (const item of streamDetect(clients.detection, [
+  { requestId: "astronaut", content: photo("astronaut.png") },
+  { requestId: "corrupt", content: corrupt },
+  { requestId: "chelsea", content: photo("chelsea.png") },
+], 256 << 10)) {
+  streamed[item.requestId] = {
+    labels: item.result?.detections.map((d) => d.label) ?? [],
+    status: describeStatus(item.status ?? create(StatusSchema)),
+  };
+}
+
+let empty: StatusDetails | undefined;
+try {
+  await detect(clients.detection, new Uint8Array());
+} catch (error) {
+  empty = statusOfError(error);
+}
+
+console.log(JSON.stringify({
+  detect: astronaut.detections.map((d) => ({ label: d.label, score: d.score })),
+  imageSize: { width: astronaut.imageSize?.width, height: astronaut.imageSize?.height },
+  stream: streamed,
+  empty,
+}));

@@ -1,0 +1,115 @@
+"""The `vision-client` CLI as a user runs it, against the real server: a folder of 50 photos
+through a pseudo-terminal shows the progress bar (count, rate, ETA) and its table; `--json`
+piped gives one parseable object per image and no bar; exit codes for failed images and an
+unreachable server."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import pty
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from tests.images import PHOTOS, photo
+from tests.integration.conftest import ROOT, free_port
+
+PHOTO_LABELS = {"astronaut.png": "person", "chelsea.png": "cat", "coffee.png": "cup",
+                "motorcycle_left.png": "motorcycle"}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "clients" / "python"),
+                                                    str(ROOT)])}
+
+
+def folder_of_photos(tmp_path: Path, count: int) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = sorted(PHOTO_LABELS)
+    for i in range(count):
+        name = names[i % len(names)]
+        shutil.copy(PHOTOS / name, folder / f"{i:02d}-{name}")
+    return folder
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vision_client.cli", *args]
+
+
+def _read_until_closed(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError as err:  # EIO: the child closed the terminal
+            if err.errno == errno.EIO:
+                break
+            raise
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def run_in_terminal(*args: str) -> tuple[int, str]:
+    """Runs the CLI with stdout and stderr on a pseudo-terminal; its exit code and screen."""
+    main, terminal = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        *cli(*args), stdin=terminal, stdout=terminal, stderr=terminal, env=ENV)
+    os.close(terminal)
+    try:
+        # Read in a thread: the server under test runs on this event loop.
+        screen = await asyncio.wait_for(asyncio.to_thread(_read_until_closed, main), 300)
+    finally:
+        os.close(main)
+    return await process.wait(), screen.decode()
+
+
+async def run_piped(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *cli(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=ENV)
+    out, err = await asyncio.wait_for(process.communicate(), 300)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_fifty_photos_show_a_progress_bar(target: str, tmp_path: Path) -> None:
+    folder = folder_of_photos(tmp_path, 50)
+    code, screen = await run_in_terminal("detect", str(folder), "--target", target,
+                                         "--concurrency", "8")
+    assert code == 0, screen
+    bars = re.findall(r"\[([#.]{28})\] (\d+)/50 (\d+\.\d) img/s ETA (\S+)", screen)
+    done = [int(count) for _, count, _, _ in bars]
+    assert done[0] == 0 and done[-1] == 50
+    assert done == sorted(done) and len(set(done)) == 51  # redrawn once per image
+    assert bars[-1][0] == "#" * 28 and bars[-1][3] == "0:00"
+    assert float(bars[-1][2]) > 0
+    assert screen.count(str(folder)) == 50  # every image's table row
+
+
+async def test_json_output_parses_and_has_no_bar(target: str, tmp_path: Path) -> None:
+    folder = folder_of_photos(tmp_path, 12)
+    code, out, err = await run_piped("--json", "detect", str(folder), "--target", target)
+    assert code == 0, err
+    assert err == ""  # not a terminal: no progress bar
+    results = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["image"] for r in results) == sorted(str(p) for p in folder.iterdir())
+    for result in results:
+        label = PHOTO_LABELS[Path(result["image"]).name[3:]]
+        assert result["detections"][0]["label"] == label
+
+
+async def test_exit_codes(target: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(photo("chelsea.png")[:100])
+    code, out, _ = await run_piped("--json", "ocr", str(broken), "--target", target)
+    assert code == 1
+    assert json.loads(out)["error"].startswith("INVALID_ARGUMENT")
+    code, _, err = await run_piped("models", "--target", f"127.0.0.1:{free_port()}",
+                                   "--timeout", "2")
+    assert code == 3
+    assert err.startswith("vision-client: UNAVAILABLE")
+    code, _, _ = await run_piped("detect", "x", "--concurrency", "0")
+    assert code == 2
