@@ -113,3 +113,23 @@ async def test_exit_codes(target: str, tmp_path: Path) -> None:
     assert err.startswith("vision-client: UNAVAILABLE")
     code, _, _ = await run_piped("detect", "x", "--concurrency", "0")
     assert code == 2
+
+
+async def test_index_a_folder_then_search_it(target: str, tmp_path: Path) -> None:
+    folder = tmp_path / "album"
+    folder.mkdir()
+    for name in ("chelsea.png", "synthetic_text.png", "obama.jpg", "obama2.jpg"):
+        shutil.copy(PHOTOS / name, folder / f"cli-{name}")
+    code, screen = await run_in_terminal("index", str(folder), "--target", target,
+                                         "--metadata", "album=cli")
+    assert code == 0, screen
+    assert re.search(r"\] 4/4 ", screen), screen
+    code, out, err = await run_piped("--json", "search", "--text", "Invoice", "--target", target,
+                                     "--where", "album=cli")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["id"] == "cli-synthetic_text.png"
+    code, out, err = await run_piped("search", "--face", str(PHOTOS / "obama3.jpg"),
+                                     "--where", "album=cli", "--limit", "2", "--target", target)
+    assert code == 0, err
+    assert sorted(line.split()[1] for line in out.splitlines()) == [
+        "cli-obama.jpg", "cli-obama2.jpg"]

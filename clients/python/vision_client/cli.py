@@ -1,8 +1,8 @@
 """`vision-client`: call a vision-grpc server from the shell. One subcommand per RPC family:
-detect, embed, faces, ocr, models (`vision-client <command> --help`). Images are files or folders
-(their .jpg/.jpeg/.png/.webp/.bmp files); several are processed at once (`--concurrency`), with a
-progress bar (rate, ETA) on stderr when it is a terminal. Output is a readable table by default
-and one JSON object per image (or model) per line with `--json`.
+detect, embed, faces, ocr, models, index, search (`vision-client <command> --help`). Images
+are files or folders (their .jpg/.jpeg/.png/.webp/.bmp files); several are processed at once
+(`--concurrency`), with a progress bar (rate, ETA) on stderr when it is a terminal. Output is a
+readable table by default and one JSON object per image (or model) per line with `--json`.
 
 Exit status: 0 every image succeeded; 1 some image failed (each failure is reported);
 2 usage error; 3 the call itself failed (server unreachable, deadline, authentication), after
@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from vision.v1 import detection_pb2, face_pb2, model_service_pb2
-from vision_client.client import DEFAULT_CONCURRENCY, StreamImage, VisionClient
+from vision.v1 import detection_pb2, face_pb2, image_pb2, model_service_pb2, search_service_pb2
+from vision_client.client import DEFAULT_CONCURRENCY, IngestImage, StreamImage, VisionClient
 from vision_client.errors import vision_error
 from vision_client.progress import Progress
 
@@ -134,13 +134,81 @@ async def _models(args: argparse.Namespace, client: VisionClient) -> int:
     return EXIT_OK
 
 
+def _pairs(given: Sequence[str] | None, flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in given or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"vision-client: {flag} takes KEY=VALUE, not {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+async def _index(args: argparse.Namespace, client: VisionClient, paths: list[Path]) -> int:
+    """Every image over one ingest stream, id = its file name (or path relative to --root)."""
+    metadata = _pairs(args.metadata, "--metadata")
+    progress = Progress(len(paths), sys.stderr, sys.stdout)
+    progress.start()
+
+    def images() -> Iterator[IngestImage]:  # read lazily: a folder never sits in memory whole
+        for path in paths:
+            image_id = str(path.relative_to(args.root)) if args.root else path.name
+            yield IngestImage(image_id, path.read_bytes(), {**metadata, "path": str(path)})
+
+    failures = 0
+    async for response in client.stream_ingest(images()):
+        progress.done += 1
+        if response.status.code != 0:
+            failures += 1
+            _failed(args, progress, response.request_id, response.status.message)
+            continue
+        _show(args, progress, response.request_id, response.image, lambda r: [
+            f"{len(r.objects)} objects, {len(r.faces)} faces, {len(r.text_lines)} text lines; "
+            f"labels: {', '.join(label.label for label in r.labels[:4])}"])
+    progress.finish()
+    return EXIT_IMAGE_FAILED if failures else EXIT_OK
+
+
+async def _search(args: argparse.Namespace, client: VisionClient) -> int:
+    request = search_service_pb2.SearchRequest(
+        filters=search_service_pb2.SearchFilters(
+            labels=args.label or [], metadata=_pairs(args.where, "--where")),
+        page_size=min(args.limit, 100))
+    if args.text is not None:
+        request.text = args.text
+    elif args.image is not None:
+        request.image.CopyFrom(image_pb2.Image(content=args.image.read_bytes()))
+    else:
+        request.face_image.CopyFrom(image_pb2.Image(content=args.face.read_bytes()))
+    shown = 0
+    while shown < args.limit:
+        page = await client.search(request)
+        for hit in page.hits[: args.limit - shown]:
+            shown += 1
+            if args.json:
+                print(json.dumps(json_format.MessageToDict(hit)))
+                continue
+            indexes = "+".join(search_service_pb2.Index.Name(i).removeprefix("INDEX_").lower()
+                               for i in hit.indexes)
+            matched = next((m.text for m in hit.matches if m.text), "")
+            print(f"{hit.score:8.4f}  {hit.id:<32} {indexes:<18} {matched}")
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    return EXIT_OK
+
+
 async def _run(args: argparse.Namespace) -> int:
     root_certificates = args.ca_cert.read_bytes() if args.ca_cert else None
     async with VisionClient(args.target, timeout_s=args.timeout, api_key=args.api_key,
                             tls=args.tls, root_certificates=root_certificates) as client:
         if args.command == "models":
             return await _models(args, client)
+        if args.command == "search":
+            return await _search(args, client)
         paths = image_paths(args.images)
+        if args.command == "index":
+            return await _index(args, client, paths)
         if args.command == "detect":
             return await _detect(args, client, paths)
         if args.command == "embed":
@@ -204,7 +272,25 @@ def parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", parents=[common], help="the models the server serves",
                             description="List the models the server serves.")
     models.add_argument("--task", choices=sorted(TASKS), help="only models of this task")
-    # IngestService and SearchService commands ("index", "search") are added here.
+    index = sub.add_parser(
+        "index", parents=[images], help="index images for search (one ingest stream)",
+        description="Analyse and store images (objects, embedding, faces, text) so that "
+                    "`search` finds them; an id indexed again is replaced.")
+    index.add_argument("--root", type=Path,
+                       help="ids are paths relative to this folder (default: file names)")
+    index.add_argument("--metadata", nargs="*", metavar="KEY=VALUE",
+                       help="metadata stored with every image")
+    search = sub.add_parser("search", parents=[common], help="find indexed images",
+                            description="Find indexed images by words, a similar photo or a "
+                                        "face; best first.")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="words: labels and text in the images")
+    query.add_argument("--image", type=Path, help="a photo: similar images")
+    query.add_argument("--face", type=Path, help="a photo of a person: the same person")
+    search.add_argument("--label", nargs="*", help="only images with any of these labels")
+    search.add_argument("--where", nargs="*", metavar="KEY=VALUE",
+                        help="only images whose metadata has these values")
+    search.add_argument("--limit", type=int, default=10, help="most hits shown (default 10)")
     return root
 
 

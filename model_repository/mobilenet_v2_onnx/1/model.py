@@ -3,8 +3,8 @@
 Used only with configs/cpu.pbtxt; on GPU, Triton's onnxruntime backend loads model.onnx itself.
 The same file serves every single-input network step (mobilenet_v2_onnx, and yunet_onnx and
 mobilefacenet_onnx, whose 1/model.py links here): tensor names come from the model config.
-Requests whose inputs share a shape run as one onnxruntime call (YuNet takes any image size, so one batch may hold several
-shapes), then the outputs are split back per request.
+Requests whose inputs share a shape run as one onnxruntime call (YuNet takes any image size,
+so one batch may hold several shapes), then the outputs are split back per request.
 """
 
 from __future__ import annotations
