@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from server.health import TritonHealthWatcher
 from server.interceptors.inflight import InFlight
 from server.interceptors.request_id import RequestIdInterceptor
+from server.operations import Operations, add_port, start_operations
 from server.services import SERVICES, Resources, Service
 from server.settings import Settings
 from server.triton.calls import TritonCalls, create_client
@@ -40,6 +41,11 @@ class RunningServer:
     health_servicer: health.aio.HealthServicer
     in_flight: InFlight
     _resources: contextlib.AsyncExitStack
+    operations: Operations | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        return self.operations.metrics_port if self.operations is not None else 0
 
     async def stop(self, grace_s: float | None) -> None:
         """Graceful: health says NOT_SERVING, new calls are refused, in-flight ones get grace_s
@@ -66,20 +72,20 @@ async def _start(settings: Settings, services: Sequence[Service],
                  stack: contextlib.AsyncExitStack) -> RunningServer:
     triton = TritonCalls(create_client(settings.triton.url), settings.triton.timeout_s)
     stack.push_async_callback(triton.close)
+    operations = await start_operations(settings, triton, stack)
     await check_models(triton, services, settings)
     resources = Resources(settings=settings, triton=triton)
 
     in_flight = InFlight()
-    server = grpc.aio.server(interceptors=[in_flight, RequestIdInterceptor()])
+    server = grpc.aio.server(
+        interceptors=[in_flight, RequestIdInterceptor(), *operations.interceptors])
     for service in services:
         service.add_to_server(service.build(resources), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*(s.name for s in services), HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise OSError(f"cannot bind {settings.host}:{settings.port}")
+    port = add_port(server, settings)
 
     watcher = TritonHealthWatcher(
         triton, health_servicer, {s.name: s.models(settings) for s in services},
@@ -87,9 +93,10 @@ async def _start(settings: Settings, services: Sequence[Service],
     await server.start()
     watch_task = asyncio.create_task(watcher.run())
     stack.push_async_callback(_cancel, watch_task)
-    log.info("vision-grpc listening on %s:%d (triton %s)", settings.host, port,
+    log.info("vision-grpc listening on %s:%d%s (metrics :%d, triton %s)", settings.host, port,
+             " with TLS" if settings.tls.cert_file else "", operations.metrics_port,
              settings.triton.url)
-    return RunningServer(server, port, watcher, health_servicer, in_flight, stack)
+    return RunningServer(server, port, watcher, health_servicer, in_flight, stack, operations)
 
 
 async def check_models(triton: TritonCalls, services: Sequence[Service],
