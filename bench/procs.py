@@ -85,7 +85,8 @@ class ServerProcess:
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "server", "--host", HOST, "--port", str(self.port),
-                 "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5"],
+                 "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5",
+                 "--metrics-port", "0"],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         self.log_path = log_path

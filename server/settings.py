@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    CliImplicitFlag,
+    CliSettingsSource,
+    SettingsConfigDict,
+)
 
 from server.domain import ImageLimits
 
@@ -125,7 +130,7 @@ class Settings(BaseSettings):
     metrics_host: str | None = Field(None, description="Address of /metrics; default: host.")
     triton_stats_interval_s: float = Field(
         5.0, gt=0, description="How often Triton's per-model statistics are read, seconds.")
-    allow_insecure_public: bool = Field(
+    allow_insecure_public: CliImplicitFlag[bool] = Field(
         False, description="Allow a non-loopback host with neither API keys nor TLS.")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)

@@ -51,6 +51,6 @@ def check_exposure(settings: Settings) -> None:
     if not settings.allow_insecure_public:
         raise InsecureExposureError(
             f"refusing to serve {settings.host} without API keys or TLS; configure "
-            "auth.key_file and/or tls.cert_file, or pass --allow-insecure-public true")
+            "auth.key_file and/or tls.cert_file, or pass --allow-insecure-public")
     log.warning("serving %s with neither API keys nor TLS (--allow-insecure-public)",
                 settings.host)
