@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.access_log import ACCESS_LOGGER, FIELDS_ATTR
 from server.app import RunningServer, create_server
+from server.auth import hash_key
 from server.settings import AuthSettings, Settings, TlsSettings, TritonSettings
 from server.tls import InsecureExposureError
 from tests.images import photo
@@ -122,7 +123,7 @@ async def test_key_file_edited_while_serving(keyed: KeyedServer) -> None:
     assert keys is not None
     generation = keys.generation
     new_key = api_keys.add(keyed.key_file, "initech", frozenset({MODELS}))
-    revoked = api_keys.revoke(keyed.key_file, api_keys.hash_key(keyed.models_key)[:16])
+    revoked = api_keys.revoke(keyed.key_file, hash_key(keyed.models_key)[:16])
     assert revoked == 1
     # Both edits land within one poll or two; the bound is 2 s for the new key.
     await asyncio.wait_for(keys.wait_for_generation(generation + 1), 2.0)
