@@ -142,7 +142,7 @@ async def test_metrics_match_the_calls(observed: tuple[RunningServer, str]) -> N
         assert delta("vision_triton_compute_infer_seconds_total", **labels) > 0
 
 
-async def test_every_call_logs_its_request_id(stub: det_grpc.DetectionServiceStub,
+async def test_every_call_logs_its_request_id(stub: det_grpc.DetectionServiceAsyncStub,
                                               caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
     given = ["caller-id-1", "caller-id-2"]
