@@ -40,7 +40,9 @@ def write_atomically(path: Path, text: str) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
+        # A new file is the owner's alone; an existing one keeps its mode (a container's user
+        # may have been given read access).
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o600)
         parse_key_file(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
