@@ -19,6 +19,8 @@ from server.interceptors.request_id import RequestIdInterceptor
 from server.operations import Operations, add_port, start_operations
 from server.services import SERVICES, Resources, Service
 from server.settings import Settings
+from server.store import Space, StoreConfig, open_store
+from server.store.timed import TimedStore
 from server.triton.calls import TritonCalls, create_client
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,9 @@ async def _start(settings: Settings, services: Sequence[Service],
     stack.push_async_callback(triton.close)
     operations = await start_operations(settings, triton, stack)
     await check_models(triton, services, settings)
-    resources = Resources(settings=settings, triton=triton)
+    store = TimedStore(await open_store(store_config(settings)))
+    stack.push_async_callback(store.close)
+    resources = Resources(settings=settings, triton=triton, store=store)
 
     in_flight = InFlight()
     server = grpc.aio.server(
@@ -97,6 +101,15 @@ async def _start(settings: Settings, services: Sequence[Service],
              " with TLS" if settings.tls.cert_file else "", operations.metrics_port,
              settings.triton.url)
     return RunningServer(server, port, watcher, health_servicer, in_flight, stack, operations)
+
+
+def store_config(settings: Settings) -> StoreConfig:
+    store = settings.store
+    return StoreConfig(
+        backend=store.backend, path=store.path, url=store.url, index_prefix=store.index_prefix,
+        username=store.username, password=store.password,
+        dims={Space.IMAGES: settings.embedding.output_dimension,
+              Space.FACES: settings.faces.output_dimension})
 
 
 async def check_models(triton: TritonCalls, services: Sequence[Service],

@@ -283,6 +283,34 @@ class BackendUnavailableError(VisionError):
         self.retry_after_s = retry_after_s
 
 
+class NotFoundError(VisionError):
+    """A resource the caller named does not exist (for this caller); `path` is relative to the
+    request."""
+
+    def __init__(self, resource_type: str, name: str, path: str) -> None:
+        super().__init__(f"{resource_type} {_clipped(name)!r} was not found", "NOT_FOUND")
+        self.resource_type = resource_type
+        self.name = name
+        self.path = path
+
+
+class StoreError(VisionError):
+    """The store failed in a way the caller cannot fix; `detail` goes to the log only."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("the vector store failed", "STORE_ERROR")
+        self.detail = detail
+
+
+class StoreUnavailableError(VisionError):
+    """The store cannot be reached now; the caller may retry."""
+
+    def __init__(self, detail: str, retry_after_s: float = 1.0) -> None:
+        super().__init__("the vector store is unavailable; retry later", "STORE_UNAVAILABLE")
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
 class FailedPreconditionError(VisionError):
     """The call cannot work with the service as configured (e.g. no text-embedding model)."""
 

@@ -31,6 +31,9 @@ from server.domain import (
     Input,
     InvalidArgumentError,
     ModelNotFoundError,
+    NotFoundError,
+    StoreError,
+    StoreUnavailableError,
     VisionError,
 )
 
@@ -84,6 +87,20 @@ def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
             details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)
         ])
         return _status(code_pb2.NOT_FOUND, exc, resource, bad)
+    if isinstance(exc, NotFoundError):
+        field = paths.path(FieldViolation(Input.REQUEST, exc.path, exc.message))
+        resource = details_pb2.ResourceInfo(
+            resource_type=exc.resource_type, resource_name=_clip(exc.name),
+            description=exc.message)
+        bad = details_pb2.BadRequest(field_violations=[
+            details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)])
+        return _status(code_pb2.NOT_FOUND, exc, resource, bad)
+    if isinstance(exc, StoreUnavailableError):
+        log.warning("store unavailable: %s", exc.detail)
+        return _status(code_pb2.UNAVAILABLE, exc, _retry_info(exc.retry_after_s))
+    if isinstance(exc, StoreError):
+        log.error("store error: %s", exc.detail)
+        return _status(code_pb2.INTERNAL, exc)
     if isinstance(exc, BackendUnavailableError):
         return _status(code_pb2.UNAVAILABLE, exc, _retry_info(exc.retry_after_s))
     if isinstance(exc, FailedPreconditionError):
@@ -126,13 +143,14 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def unary(
-    paths: RequestPaths,
+    paths: RequestPaths | Callable[[Any], RequestPaths],
 ) -> Callable[
     [Callable[[Servicer, Request, Context], Awaitable[Response]]],
     Callable[[Servicer, Request, Context], Awaitable[Response]],
 ]:
     """Decorates a unary RPC method: whatever it raises ends the call with the status from the
-    table above, its field paths placed by `paths`."""
+    table above, its field paths placed by `paths` (or by `paths(request)` when where an input
+    sits depends on the request, as with a oneof)."""
 
     def decorate(
         method: Callable[[Servicer, Request, Context], Awaitable[Response]],
@@ -144,7 +162,8 @@ def unary(
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 (every error becomes a status)
-                await context.abort_with_status(rpc_status.to_status(to_status(exc, paths)))
+                placed = paths if isinstance(paths, RequestPaths) else paths(request)
+                await context.abort_with_status(rpc_status.to_status(to_status(exc, placed)))
                 raise  # unreachable: abort_with_status raises
 
         return handled

@@ -18,15 +18,20 @@ from server.pipeline.catalog import CatalogPipeline
 from server.pipeline.detection import DetectionConfig, DetectionPipeline
 from server.pipeline.embedding import EmbeddingConfig, EmbeddingPipeline
 from server.pipeline.faces import FacesConfig, FacesPipeline
+from server.pipeline.ingest import IngestPipeline
 from server.pipeline.ocr import OcrConfig, OcrPipeline
 from server.pipeline.options import ModelChoice
+from server.pipeline.search import SearchPipeline
 from server.servicers.analysis import AnalysisServicer
 from server.servicers.detection import DetectionServicer
 from server.servicers.embedding import EmbeddingServicer
 from server.servicers.faces import FaceServicer
+from server.servicers.ingest import IngestServicer
 from server.servicers.models import ModelServicer
 from server.servicers.ocr import OcrServicer
+from server.servicers.search import SearchServicer
 from server.settings import Settings, TaskSettings
+from server.store import Space, VectorStore
 from server.triton import detection as triton_detection
 from server.triton import embedding as triton_embedding
 from server.triton import faces as triton_faces
@@ -43,10 +48,14 @@ from vision.v1 import (
     embedding_service_pb2_grpc,
     face_service_pb2,
     face_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     ocr_service_pb2,
     ocr_service_pb2_grpc,
+    search_service_pb2,
+    search_service_pb2_grpc,
 )
 
 CATALOG_TIMEOUT_S = 5.0
@@ -58,6 +67,7 @@ class Resources:
 
     settings: Settings
     triton: TritonCalls
+    store: VectorStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +140,34 @@ def _detection(resources: Resources) -> DetectionServicer:
                              limits.max_stream_in_flight)
 
 
+def _analysis_pipeline(resources: Resources) -> AnalysisPipeline:
+    return AnalysisPipeline(_detection_pipeline(resources), _embedding_pipeline(resources),
+                            _faces_pipeline(resources), _ocr_pipeline(resources))
+
+
 def _analysis(resources: Resources) -> AnalysisServicer:
     limits = resources.settings.limits
-    pipeline = AnalysisPipeline(_detection_pipeline(resources), _embedding_pipeline(resources),
-                                _faces_pipeline(resources), _ocr_pipeline(resources))
-    return AnalysisServicer(pipeline, limits.max_image_bytes, limits.max_stream_in_flight)
+    return AnalysisServicer(_analysis_pipeline(resources), limits.max_image_bytes,
+                            limits.max_stream_in_flight)
+
+
+def _ingest(resources: Resources) -> IngestServicer:
+    limits = resources.settings.limits
+    return IngestServicer(IngestPipeline(_analysis_pipeline(resources), resources.store),
+                          limits.max_image_bytes, limits.max_stream_in_flight)
+
+
+def _search(resources: Resources) -> SearchServicer:
+    settings = resources.settings
+    dims = {Space.IMAGES: settings.embedding.output_dimension,
+            Space.FACES: settings.faces.output_dimension}
+    return SearchServicer(SearchPipeline(_embedding_pipeline(resources),
+                                         _faces_pipeline(resources), resources.store, dims))
+
+
+def _every_default_model(settings: Settings) -> list[str]:
+    return [settings.detection.default_model, settings.embedding.default_model,
+            settings.faces.default_model, settings.ocr.default_model]
 
 
 def _models(resources: Resources) -> ModelServicer:
@@ -180,9 +213,22 @@ SERVICES: tuple[Service, ...] = (
         descriptor=analysis_service_pb2.DESCRIPTOR.services_by_name["AnalysisService"],
         add_to_server=analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server,
         build=_analysis,
-        models=lambda settings: [settings.detection.default_model,
-                                 settings.embedding.default_model,
-                                 settings.faces.default_model, settings.ocr.default_model],
+        models=_every_default_model,
+        tensors=None,
+    ),
+    Service(
+        descriptor=ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"],
+        add_to_server=ingest_service_pb2_grpc.add_IngestServiceServicer_to_server,
+        build=_ingest,
+        models=_every_default_model,
+        tensors=None,
+    ),
+    Service(
+        descriptor=search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
+        add_to_server=search_service_pb2_grpc.add_SearchServiceServicer_to_server,
+        build=_search,
+        models=lambda settings: [settings.embedding.default_model,
+                                 settings.faces.default_model],
         tensors=None,
     ),
     Service(

@@ -112,6 +112,19 @@ class TlsSettings(BaseModel):
         return self
 
 
+class StoreSettings(BaseModel):
+    """Where ingested images are stored (server/store). The embedded store is one directory
+    owned by one server process; several processes share an OpenSearch cluster instead."""
+
+    backend: Literal["embedded", "opensearch"] = Field(
+        "embedded", description="embedded (a directory, no server) or opensearch.")
+    path: str = Field("var/store", description="The embedded store's directory.")
+    url: str = Field("http://127.0.0.1:4607", description="OpenSearch's URL.")
+    index_prefix: str = Field("vision", description="Prefix of the OpenSearch index aliases.")
+    username: str | None = Field(None, description="OpenSearch basic-auth user, if any.")
+    password: str | None = Field(None, description="OpenSearch basic-auth password, if any.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VISION_", env_nested_delimiter="__", cli_kebab_case=True, extra="ignore"
@@ -140,6 +153,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     faces: FaceSettings = Field(default_factory=FaceSettings)
     ocr: OcrSettings = Field(default_factory=OcrSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
 
 def load_settings(argv: list[str] | None = None) -> Settings:

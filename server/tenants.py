@@ -1,6 +1,5 @@
-"""The tenant of the call being served: bound by the auth interceptor from the caller's API key
-(or DEFAULT_TENANT when the server runs without keys), read by whatever scopes data to a tenant
-(ingest, search, the store) through `current_tenant()`."""
+"""The tenant a call acts for: everything it ingests or searches is scoped to it. Bound once per
+call by authentication; calls on a server without API keys act for the default tenant."""
 
 from __future__ import annotations
 
@@ -11,8 +10,7 @@ DEFAULT_TENANT = "default"
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default=DEFAULT_TENANT)
 
 
-def current_tenant() -> str:
-    """The tenant of the call being served; DEFAULT_TENANT outside a call or with auth off."""
+def current() -> str:
     return _current.get()
 
 

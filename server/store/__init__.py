@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from server.domain import StoreError, StoreUnavailableError
 from server.store.base import (
     DEFAULT_FACE_DIM,
     DEFAULT_IMAGE_DIM,
@@ -53,8 +54,6 @@ from server.store.base import (
     ObjectRecord,
     OcrLine,
     Space,
-    StoreError,
-    StoreUnavailableError,
     TextHit,
     TextMatch,
     Vector,

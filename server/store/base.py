@@ -19,7 +19,12 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from server.domain import Box, FieldViolation, Input, InvalidArgumentError, VisionError
+from server.domain import (
+    Box,
+    FieldViolation,
+    Input,
+    InvalidArgumentError,
+)
 
 Vector = npt.NDArray[np.float32]
 
@@ -244,23 +249,6 @@ class TextHit:
     image_id: str
     score: float
     matches: tuple[TextMatch, ...]
-
-
-class StoreError(VisionError):
-    """The store failed in a way the caller cannot fix; `detail` goes to the log only."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("the vector store failed", "STORE_ERROR")
-        self.detail = detail
-
-
-class StoreUnavailableError(VisionError):
-    """The store cannot be reached now; the caller may retry."""
-
-    def __init__(self, detail: str, retry_after_s: float = 1.0) -> None:
-        super().__init__("the vector store is unavailable; retry later", "STORE_UNAVAILABLE")
-        self.detail = detail
-        self.retry_after_s = retry_after_s
 
 
 class VectorStore(Protocol):

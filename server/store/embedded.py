@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from server.domain import StoreError, StoreUnavailableError
 from server.store import records, text
 from server.store.base import (
     DEFAULT_FACE_DIM,
@@ -36,8 +37,6 @@ from server.store.base import (
     IndexKind,
     MatchKind,
     Space,
-    StoreError,
-    StoreUnavailableError,
     TextHit,
     Vector,
     VectorHit,

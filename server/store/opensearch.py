@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from server.domain import Box
+from server.domain import Box, StoreError, StoreUnavailableError
 from server.store import text
 from server.store.base import (
     NO_FILTERS,
@@ -44,8 +44,6 @@ from server.store.base import (
     ObjectRecord,
     OcrLine,
     Space,
-    StoreError,
-    StoreUnavailableError,
     TextHit,
     Vector,
     VectorHit,

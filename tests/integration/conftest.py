@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from server.app import RunningServer, create_server
-from server.settings import Settings, TritonSettings
+from server.settings import Settings, StoreSettings, TritonSettings
 from tools.local_triton import start_triton
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 from vision_client import VisionClient
@@ -48,7 +49,11 @@ def triton_url() -> Iterator[str]:
 
 
 def settings_for(triton_url: str) -> Settings:
-    return Settings(port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5))
+    """A server's settings for tests: port 0 and an embedded store of its own (a store directory
+    has one owner)."""
+    store = tempfile.mkdtemp(prefix="store-", dir=ROOT / "var")
+    return Settings(port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5),
+                    store=StoreSettings(path=store))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

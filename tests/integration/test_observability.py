@@ -20,12 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.access_log import ACCESS_LOGGER, FIELDS_ATTR, JsonFormatter
 from server.app import RunningServer, create_server
 from server.interceptors.metrics import TIMING_KEY
-from server.settings import AuthSettings, Settings, TritonSettings
+from server.settings import AuthSettings
 from tests.images import photo
+from tests.integration.conftest import settings_for
 from tools import api_keys
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
-from vision.v1 import image_pb2
+from vision.v1 import image_pb2, ingest_pb2
+from vision.v1 import ingest_service_pb2 as ing_pb2
+from vision.v1 import ingest_service_pb2_grpc as ing_grpc
+from vision.v1 import search_service_pb2 as search_pb2
+from vision.v1 import search_service_pb2_grpc as search_grpc
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 DETECTION = "vision.v1.DetectionService"
@@ -35,10 +40,9 @@ STEPS = ("yolox_preprocess", "yolox_nano_onnx", "yolox_postprocess")
 @pytest_asyncio.fixture(loop_scope="session")
 async def observed(triton_url: str, tmp_path: Path) -> AsyncIterator[tuple[RunningServer, str]]:
     key_file = tmp_path / "keys.toml"
-    key = api_keys.add(key_file, "acme", frozenset({DETECTION}))
-    running = await create_server(Settings(
-        port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5),
-        auth=AuthSettings(key_file=key_file), triton_stats_interval_s=3600))
+    key = api_keys.add(key_file, "acme", frozenset({"*"}))
+    running = await create_server(settings_for(triton_url).model_copy(update={
+        "auth": AuthSettings(key_file=key_file), "triton_stats_interval_s": 3600}))
     await running.health_watcher.checked.wait()
     yield running, key
     await running.stop(grace_s=1.0)
@@ -140,6 +144,20 @@ async def test_metrics_match_the_calls(observed: tuple[RunningServer, str]) -> N
         assert sum(executed.values()) == delta("vision_triton_executions_total", **labels)
         assert delta("vision_triton_queue_seconds_total", **labels) > 0
         assert delta("vision_triton_compute_infer_seconds_total", **labels) > 0
+
+    # The store's operations, after the figures above (ingest runs every model).
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        await ing_grpc.IngestServiceStub(channel).IngestImage(ing_pb2.IngestImageRequest(
+            options=ingest_pb2.IngestOptions(id="cat"),
+            image=image_pb2.Image(content=photo("chelsea.png"))), metadata=auth, timeout=300)
+        found = await search_grpc.SearchServiceStub(channel).Search(
+            search_pb2.SearchRequest(text="cat"), metadata=auth, timeout=60)
+        assert [hit.id for hit in found.hits] == ["cat"]
+    stored = await scrape(port)
+    assert (value(stored, "vision_store_duration_seconds_count", operation="upsert")
+            - value(after, "vision_store_duration_seconds_count", operation="upsert")) == 1
+    assert (value(stored, "vision_store_duration_seconds_count", operation="search_text")
+            > value(after, "vision_store_duration_seconds_count", operation="search_text"))
 
 
 async def test_every_call_logs_its_request_id(stub: det_grpc.DetectionServiceAsyncStub,

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import create_server
-from server.settings import Settings, TritonSettings
+from server.settings import TritonSettings
 from tests.images import photo
 from tests.integration.conftest import free_port, settings_for
 from tests.integration.status_details import reason, status_of
@@ -57,8 +57,9 @@ async def test_grpcurl_health_and_detect(target: str) -> None:
 
 
 async def test_triton_unreachable_means_not_serving_and_unavailable() -> None:
-    settings = Settings(port=0, triton=TritonSettings(url=f"127.0.0.1:{free_port()}",
-                                                      health_poll_interval_s=0.2, timeout_s=2))
+    settings = settings_for(f"127.0.0.1:{free_port()}")
+    settings.triton = TritonSettings(url=settings.triton.url, health_poll_interval_s=0.2,
+                                     timeout_s=2)
     running = await create_server(settings)
     try:
         await running.health_watcher.checked.wait()

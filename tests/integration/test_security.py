@@ -24,19 +24,29 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.access_log import ACCESS_LOGGER, FIELDS_ATTR
 from server.app import RunningServer, create_server
 from server.auth import hash_key
-from server.settings import AuthSettings, Settings, TlsSettings, TritonSettings
+from server.settings import AuthSettings, Settings, TlsSettings
 from server.tls import InsecureExposureError
 from tests.images import photo
+from tests.integration.conftest import settings_for
 from tests.integration.status_details import reason, status_of
 from tools import api_keys
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
-from vision.v1 import image_pb2
+from vision.v1 import image_pb2, ingest_pb2
+from vision.v1 import ingest_service_pb2 as ing_pb2
+from vision.v1 import ingest_service_pb2_grpc as ing_grpc
 from vision.v1 import model_service_pb2 as model_pb2
 from vision.v1 import model_service_pb2_grpc as model_grpc
+from vision.v1 import search_service_pb2 as search_pb2
+from vision.v1 import search_service_pb2_grpc as search_grpc
 
 DETECTION = "vision.v1.DetectionService"
 MODELS = "vision.v1.ModelService"
+
+
+def with_settings(triton_url: str, **changes: object) -> Settings:
+    """The test settings (a store directory of its own) with `changes`."""
+    return settings_for(triton_url).model_copy(update=changes)
 
 
 @dataclass
@@ -45,6 +55,7 @@ class KeyedServer:
     key_file: Path
     full_key: str  # tenant "acme", every service
     models_key: str  # tenant "globex", ModelService only
+    other_key: str  # tenant "initech", every service
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -52,11 +63,12 @@ async def keyed(triton_url: str, tmp_path: Path) -> AsyncIterator[KeyedServer]:
     key_file = tmp_path / "api-keys.toml"
     full_key = api_keys.add(key_file, "acme", frozenset({"*"}))
     models_key = api_keys.add(key_file, "globex", frozenset({MODELS}))
-    running = await create_server(Settings(
-        port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5),
+    other_key = api_keys.add(key_file, "initech", frozenset({"*"}))
+    running = await create_server(with_settings(
+        triton_url,
         auth=AuthSettings(key_file=key_file, reload_interval_s=0.2, open_reflection=False)))
     await running.health_watcher.checked.wait()
-    yield KeyedServer(running, key_file, full_key, models_key)
+    yield KeyedServer(running, key_file, full_key, models_key, other_key)
     await running.stop(grace_s=1.0)
 
 
@@ -144,9 +156,8 @@ async def test_key_file_edited_while_serving(keyed: KeyedServer) -> None:
 async def test_closed_health_needs_a_key(triton_url: str, tmp_path: Path) -> None:
     key_file = tmp_path / "keys.json"
     key = api_keys.add(key_file, "acme", frozenset({"grpc.health.v1.Health"}))
-    running = await create_server(Settings(
-        port=0, triton=TritonSettings(url=triton_url),
-        auth=AuthSettings(key_file=key_file, open_health=False)))
+    running = await create_server(with_settings(
+        triton_url, auth=AuthSettings(key_file=key_file, open_health=False)))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -160,8 +171,42 @@ async def test_closed_health_needs_a_key(triton_url: str, tmp_path: Path) -> Non
 
 async def test_public_bind_without_auth_or_tls_needs_the_flag(triton_url: str) -> None:
     with pytest.raises(InsecureExposureError):
-        await create_server(Settings(host="0.0.0.0", port=0,
-                                     triton=TritonSettings(url=triton_url)))
+        await create_server(with_settings(triton_url, host="0.0.0.0"))
+
+
+async def test_a_tenant_sees_only_its_own_records(keyed: KeyedServer) -> None:
+    acme = (("x-api-key", keyed.full_key),)
+    initech = (("x-api-key", keyed.other_key),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{keyed.running.port}") as channel:
+        ingest = ing_grpc.IngestServiceStub(channel)
+        search = search_grpc.SearchServiceStub(channel)
+        await ingest.IngestImage(ing_pb2.IngestImageRequest(
+            options=ingest_pb2.IngestOptions(id="cat-1"),
+            image=image_pb2.Image(content=photo("chelsea.png"))), metadata=acme, timeout=300)
+
+        own = await search.Search(search_pb2.SearchRequest(text="cat"), metadata=acme,
+                                  timeout=60)
+        assert [hit.id for hit in own.hits] == ["cat-1"]
+        got = await ingest.GetImage(ing_pb2.GetImageRequest(id="cat-1"), metadata=acme,
+                                    timeout=60)
+        assert got.image.id == "cat-1"
+
+        by_text = await search.Search(search_pb2.SearchRequest(text="cat"), metadata=initech,
+                                      timeout=60)
+        by_image = await search.Search(search_pb2.SearchRequest(
+            image=image_pb2.Image(content=photo("chelsea.png"))), metadata=initech, timeout=60)
+        assert list(by_text.hits) == [] and list(by_image.hits) == []
+        for call in (ingest.GetImage(ing_pb2.GetImageRequest(id="cat-1"), metadata=initech,
+                                     timeout=60),
+                     ingest.DeleteImage(ing_pb2.DeleteImageRequest(id="cat-1"),
+                                        metadata=initech, timeout=60)):
+            refused = await _refused(call)
+            assert refused.code() == grpc.StatusCode.NOT_FOUND
+
+        # The other tenant's delete changed nothing.
+        still = await search.Search(search_pb2.SearchRequest(text="cat"), metadata=acme,
+                                    timeout=60)
+        assert [hit.id for hit in still.hits] == ["cat-1"]
 
 
 # --- TLS ---------------------------------------------------------------------------------------
@@ -236,9 +281,8 @@ async def test_tls_and_mtls(triton_url: str, tmp_path: Path) -> None:
     pki = make_pki()
     serving = health_pb2.HealthCheckResponse.SERVING
     for mutual in (False, True):
-        running = await create_server(Settings(
-            port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5),
-            tls=_tls_settings(pki, tmp_path, mutual)))
+        running = await create_server(with_settings(
+            triton_url, tls=_tls_settings(pki, tmp_path, mutual)))
         target = f"127.0.0.1:{running.port}"
         try:
             await running.health_watcher.checked.wait()

@@ -150,7 +150,13 @@ async def test_concurrent_requests_are_batched_in_the_steps(triton_url: str) -> 
     image = photo("synthetic_text.png")
     before = {step: await counts(triton_url, step) for step in (MODEL, "ppocr_v6_det")}
     readings = await asyncio.gather(*(read_images(triton_url, image) for _ in range(8)))
-    after = {step: await counts(triton_url, step) for step in (MODEL, "ppocr_v6_det")}
+    # A step's statistics may be updated just after its response left: read once counted.
+    async with asyncio.timeout(30):
+        while True:
+            after = {step: await counts(triton_url, step) for step in (MODEL, "ppocr_v6_det")}
+            if all(after[step][0] - before[step][0] >= 8 for step in after):
+                break
+            await asyncio.sleep(0.05)
     expected = [line.text for line in reference_ocr.read_photo("synthetic_text.png")]
     assert all(reading.texts == expected for (reading,) in readings)
     for step in (MODEL, "ppocr_v6_det"):

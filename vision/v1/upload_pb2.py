@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from vision.v1 import analysis_pb2 as vision_dot_v1_dot_analysis__pb2
 from vision.v1 import detection_pb2 as vision_dot_v1_dot_detection__pb2
+from vision.v1 import ingest_pb2 as vision_dot_v1_dot_ingest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vision/v1/upload.proto\x12\tvision.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x18vision/v1/analysis.proto\x1a\x19vision/v1/detection.proto\"\xaf\x01\n\x0cUploadHeader\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsize_bytes\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x30\n\tdetection\x18\n \x01(\x0b\x32\x1b.vision.v1.DetectionOptionsH\x00\x12.\n\x08\x61nalysis\x18\x0b \x01(\x0b\x32\x1a.vision.v1.AnalysisOptionsH\x00\x42\t\n\x07options\"\x1a\n\nImageChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x0b\n\tUploadEndb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vision/v1/upload.proto\x12\tvision.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x18vision/v1/analysis.proto\x1a\x19vision/v1/detection.proto\x1a\x16vision/v1/ingest.proto\"\xdb\x01\n\x0cUploadHeader\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsize_bytes\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x30\n\tdetection\x18\n \x01(\x0b\x32\x1b.vision.v1.DetectionOptionsH\x00\x12.\n\x08\x61nalysis\x18\x0b \x01(\x0b\x32\x1a.vision.v1.AnalysisOptionsH\x00\x12*\n\x06ingest\x18\x0c \x01(\x0b\x32\x18.vision.v1.IngestOptionsH\x00\x42\t\n\x07options\"\x1a\n\nImageChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x0b\n\tUploadEndb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADHEADER'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
   _globals['_UPLOADHEADER'].fields_by_name['size_bytes']._loaded_options = None
   _globals['_UPLOADHEADER'].fields_by_name['size_bytes']._serialized_options = b'\342A\001\002'
-  _globals['_UPLOADHEADER']._serialized_start=124
-  _globals['_UPLOADHEADER']._serialized_end=299
-  _globals['_IMAGECHUNK']._serialized_start=301
-  _globals['_IMAGECHUNK']._serialized_end=327
-  _globals['_UPLOADEND']._serialized_start=329
-  _globals['_UPLOADEND']._serialized_end=340
+  _globals['_UPLOADHEADER']._serialized_start=148
+  _globals['_UPLOADHEADER']._serialized_end=367
+  _globals['_IMAGECHUNK']._serialized_start=369
+  _globals['_IMAGECHUNK']._serialized_end=395
+  _globals['_UPLOADEND']._serialized_start=397
+  _globals['_UPLOADEND']._serialized_end=408
 # @@protoc_insertion_point(module_scope)

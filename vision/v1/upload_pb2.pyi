@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from vision.v1 import analysis_pb2 as _analysis_pb2
 from vision.v1 import detection_pb2 as _detection_pb2
+from vision.v1 import ingest_pb2 as _ingest_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -32,6 +33,7 @@ class UploadHeader(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     DETECTION_FIELD_NUMBER: _builtins.int
     ANALYSIS_FIELD_NUMBER: _builtins.int
+    INGEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The caller's id for this image, echoed on its result. Required: 1 to 128
     printable ASCII characters, unique among the images of one stream.
@@ -49,6 +51,10 @@ class UploadHeader(_message.Message):
     def analysis(self) -> _analysis_pb2.AnalysisOptions:
         """Options for an analysis stream: which analyses, with their options."""
 
+    @_builtins.property
+    def ingest(self) -> _ingest_pb2.IngestOptions:
+        """The id and metadata of an image on an ingest stream."""
+
     def __init__(
         self,
         *,
@@ -56,12 +62,13 @@ class UploadHeader(_message.Message):
         size_bytes: _builtins.int = ...,
         detection: _detection_pb2.DetectionOptions | None = ...,
         analysis: _analysis_pb2.AnalysisOptions | None = ...,
+        ingest: _ingest_pb2.IngestOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "detection", b"detection", "options", b"options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "detection", b"detection", "ingest", b"ingest", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "detection", b"detection", "options", b"options", "request_id", b"request_id", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "detection", b"detection", "ingest", b"ingest", "options", b"options", "request_id", b"request_id", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_options: _TypeAlias = _typing.Literal["detection", "analysis"]  # noqa: Y015
+    _WhichOneofReturnType_options: _TypeAlias = _typing.Literal["detection", "analysis", "ingest"]  # noqa: Y015
     _WhichOneofArgType_options: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_options) -> _WhichOneofReturnType_options | None: ...
 

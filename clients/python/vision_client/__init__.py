@@ -3,14 +3,16 @@
 from vision_client.client import (
     DEFAULT_CHUNK_BYTES,
     AnalysisImage,
+    IngestImage,
     StreamImage,
     VisionClient,
     analysis_uploads,
     detection_uploads,
+    ingest_uploads,
     upload_messages,
 )
 
 __all__ = [
-    "DEFAULT_CHUNK_BYTES", "AnalysisImage", "StreamImage", "VisionClient", "analysis_uploads",
-    "detection_uploads", "upload_messages",
+    "DEFAULT_CHUNK_BYTES", "AnalysisImage", "IngestImage", "StreamImage", "VisionClient",
+    "analysis_uploads", "detection_uploads", "ingest_uploads", "upload_messages",
 ]

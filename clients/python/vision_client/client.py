@@ -22,11 +22,16 @@ from vision.v1 import (
     face_service_pb2,
     face_service_pb2_grpc,
     image_pb2,
+    ingest_pb2,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     ocr_pb2,
     ocr_service_pb2,
     ocr_service_pb2_grpc,
+    search_service_pb2,
+    search_service_pb2_grpc,
     upload_pb2,
 )
 from vision.v1 import detection_service_pb2 as det_pb2
@@ -97,6 +102,30 @@ def analysis_uploads(
     )
 
 
+@dataclass(frozen=True)
+class IngestImage:
+    """One image to index: its id (unique in the caller's tenant), bytes and metadata."""
+
+    image_id: str
+    content: bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def ingest_uploads(
+    images: Iterable[IngestImage], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[ingest_service_pb2.StreamIngestImagesRequest]:
+    """The StreamIngestImages messages for images; each image's request id is its image id."""
+    return upload_messages(
+        ingest_service_pb2.StreamIngestImagesRequest,
+        ((upload_pb2.UploadHeader(
+            request_id=image.image_id, size_bytes=len(image.content),
+            ingest=ingest_pb2.IngestOptions(id=image.image_id, metadata=image.metadata)),
+          image.content)
+         for image in images),
+        chunk_bytes,
+    )
+
+
 class VisionClient:
     """Use as `async with VisionClient("127.0.0.1:4603") as client:`; share one per process."""
 
@@ -108,6 +137,8 @@ class VisionClient:
         self._ocr = ocr_service_pb2_grpc.OcrServiceStub(self._channel)
         self._analysis = analysis_service_pb2_grpc.AnalysisServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
+        self._search = search_service_pb2_grpc.SearchServiceStub(self._channel)
         self._timeout_s = timeout_s
 
     async def __aenter__(self) -> VisionClient:
@@ -210,3 +241,39 @@ class VisionClient:
             model_service_pb2.GetModelRequest(name=name, version=version),
             timeout=self._timeout_s)
         return response.model
+
+    async def ingest(self, image_id: str, content: bytes,
+                     metadata: dict[str, str] | None = None) -> ingest_pb2.IndexedImage:
+        """Indexes one image under image_id (replacing what that id had); returns what was
+        stored."""
+        response: ingest_service_pb2.IngestImageResponse = await self._ingest.IngestImage(
+            ingest_service_pb2.IngestImageRequest(
+                options=ingest_pb2.IngestOptions(id=image_id, metadata=metadata or {}),
+                image=image_pb2.Image(content=content)),
+            timeout=self._timeout_s)
+        return response.image
+
+    async def stream_ingest(
+        self, images: Iterable[IngestImage], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> AsyncIterator[ingest_service_pb2.StreamIngestImagesResponse]:
+        """Indexes images over one stream; yields each image's outcome as it is stored."""
+        call = self._ingest.StreamIngestImages(
+            ingest_uploads(images, chunk_bytes), timeout=self._timeout_s)
+        async for response in call:
+            yield response
+
+    async def get_image(self, image_id: str) -> ingest_pb2.IndexedImage:
+        response: ingest_service_pb2.GetImageResponse = await self._ingest.GetImage(
+            ingest_service_pb2.GetImageRequest(id=image_id), timeout=self._timeout_s)
+        return response.image
+
+    async def delete_image(self, image_id: str) -> None:
+        await self._ingest.DeleteImage(ingest_service_pb2.DeleteImageRequest(id=image_id),
+                                       timeout=self._timeout_s)
+
+    async def search(self, request: search_service_pb2.SearchRequest
+                     ) -> search_service_pb2.SearchResponse:
+        """One page of hits; build the request with text=, image=, face_image= or vector=."""
+        response: search_service_pb2.SearchResponse = await self._search.Search(
+            request, timeout=self._timeout_s)
+        return response
