@@ -8,7 +8,7 @@ import asyncio
 import datetime
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +76,11 @@ def _detect_request() -> det_pb2.DetectObjectsRequest:
     return det_pb2.DetectObjectsRequest(image=image_pb2.Image(content=photo("chelsea.png")))
 
 
+async def _drain(responses: AsyncIterable[object]) -> None:
+    async for _ in responses:
+        pass
+
+
 async def _refused(call: object) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call  # type: ignore[misc]
@@ -92,6 +97,11 @@ async def test_keys_codes_and_tenants(keyed: KeyedServer,
         missing = await _refused(detect.DetectObjects(_detect_request(), timeout=30))
         assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
         assert reason(status_of(missing)) == "API_KEY_MISSING"
+
+        stream = detect.StreamDetectObjects(iter(()), timeout=30)
+        unkeyed_stream = await _refused(_drain(stream))
+        assert unkeyed_stream.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason(status_of(unkeyed_stream)) == "API_KEY_MISSING"
 
         wrong = await _refused(detect.DetectObjects(
             _detect_request(), metadata=(("x-api-key", "vk_not-a-key"),), timeout=30))
@@ -121,7 +131,8 @@ async def test_keys_codes_and_tenants(keyed: KeyedServer,
     lines = [r for r in caplog.records if r.name == ACCESS_LOGGER]
     calls = [(getattr(r, FIELDS_ATTR)["method"], getattr(r, FIELDS_ATTR)["code"],
               getattr(r, FIELDS_ATTR)["tenant"]) for r in lines]
-    assert calls[:5] == [("DetectObjects", "UNAUTHENTICATED", "default"),
+    assert calls[:6] == [("DetectObjects", "UNAUTHENTICATED", "default"),
+                         ("StreamDetectObjects", "UNAUTHENTICATED", "default"),
                          ("DetectObjects", "UNAUTHENTICATED", "default"),
                          ("DetectObjects", "PERMISSION_DENIED", "default"),
                          ("ListModels", "OK", "globex"),
