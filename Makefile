@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (set up, local Triton + service) and `make test`
 # (set up, static checks, the whole test suite against a real local Triton).
-.PHONY: setup run test check lint typecheck proto proto-check api-release unit integration bench
+.PHONY: setup run test check lint typecheck proto proto-check deploy-check api-release unit integration bench
 
 PY := .venv/bin/python
 BUF := node_modules/.bin/buf
@@ -27,13 +27,18 @@ bench: setup
 	  .venv/bin/pip install -q -c requirements/dev.lock -e ".[dev,bench]"
 	$(PY) -m bench $(BENCH_ARGS)
 
-check: lint typecheck proto-check
+check: lint typecheck proto-check deploy-check
 
 lint:
 	.venv/bin/ruff check .
 
 typecheck:
 	.venv/bin/mypy
+
+# docker-compose.yml, deploy/k8s (rendered, schema-checked), deploy/prometheus.yml and the
+# Grafana dashboard, with the validators installed here (scripts/check-deploy says which ran).
+deploy-check:
+	scripts/check-deploy
 
 # Regenerates vision/, clients/node/src/gen and api/vision.binpb from protos/ (commit the result).
 proto:

@@ -86,7 +86,7 @@ class ServerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "server", "--host", HOST, "--port", str(self.port),
                  "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5",
-                 *(extra or [])],
+                 "--metrics-port", "0", *(extra or [])],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         self.log_path = log_path

@@ -7,6 +7,6 @@ COPY server ./server
 COPY vision ./vision
 RUN pip install --no-cache-dir -c requirements/dev.lock .
 ENV VISION_HOST=0.0.0.0
-EXPOSE 4603
+EXPOSE 4603 4604
 USER nobody
 ENTRYPOINT ["python", "-m", "server"]

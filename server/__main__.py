@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-from server import request_ids
+from server import access_log
 from server.app import create_server
 from server.settings import Settings, load_settings
 
@@ -24,12 +24,7 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(request_ids.LogFilter())
+    access_log.configure(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
 
 

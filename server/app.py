@@ -15,10 +15,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from server.health import TritonHealthWatcher
 from server.interceptors.inflight import InFlight
 from server.interceptors.request_id import RequestIdInterceptor
+from server.operations import Operations, add_port, start_operations
 from server.reflection import enable_reflection
 from server.services import SERVICES, Resources, Service
 from server.settings import Settings
 from server.store import Space, StoreConfig, open_store
+from server.store.timed import TimedStore
 from server.triton.calls import TritonCalls, create_client
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,11 @@ class RunningServer:
     health_servicer: health.aio.HealthServicer
     in_flight: InFlight
     _resources: contextlib.AsyncExitStack
+    operations: Operations | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        return self.operations.metrics_port if self.operations is not None else 0
 
     async def stop(self, grace_s: float | None) -> None:
         """Graceful: health says NOT_SERVING, new calls are refused, in-flight ones get grace_s
@@ -67,21 +74,21 @@ async def _start(settings: Settings, services: Sequence[Service],
                  stack: contextlib.AsyncExitStack) -> RunningServer:
     triton = TritonCalls(create_client(settings.triton.url), settings.triton.timeout_s)
     stack.push_async_callback(triton.close)
+    operations = await start_operations(settings, triton, stack)
     await check_models(triton, services, settings)
-    store = await open_store(store_config(settings))
+    store = TimedStore(await open_store(store_config(settings)))
     stack.push_async_callback(store.close)
     resources = Resources(settings=settings, triton=triton, store=store)
 
     in_flight = InFlight()
-    server = grpc.aio.server(interceptors=[in_flight, RequestIdInterceptor()])
+    server = grpc.aio.server(
+        interceptors=[in_flight, RequestIdInterceptor(), *operations.interceptors])
     for service in services:
         service.add_to_server(service.build(resources), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*(s.name for s in services), HEALTH_SERVICE), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise OSError(f"cannot bind {settings.host}:{settings.port}")
+    port = add_port(server, settings)
 
     watcher = TritonHealthWatcher(
         triton, health_servicer, {s.name: s.models(settings) for s in services},
@@ -89,9 +96,10 @@ async def _start(settings: Settings, services: Sequence[Service],
     await server.start()
     watch_task = asyncio.create_task(watcher.run())
     stack.push_async_callback(_cancel, watch_task)
-    log.info("vision-grpc listening on %s:%d (triton %s)", settings.host, port,
+    log.info("vision-grpc listening on %s:%d%s (metrics :%d, triton %s)", settings.host, port,
+             " with TLS" if settings.tls.cert_file else "", operations.metrics_port,
              settings.triton.url)
-    return RunningServer(server, port, watcher, health_servicer, in_flight, stack)
+    return RunningServer(server, port, watcher, health_servicer, in_flight, stack, operations)
 
 
 def store_config(settings: Settings) -> StoreConfig:

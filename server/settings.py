@@ -7,10 +7,16 @@ with one declaration, the shape Immich and MLServer use.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    CliImplicitFlag,
+    CliSettingsSource,
+    SettingsConfigDict,
+)
 
 from server.domain import ImageLimits
 
@@ -80,6 +86,32 @@ class OcrSettings(TaskSettings):
     default_model: str = Field("ppocr_v6", description="OCR model by default.")
 
 
+class AuthSettings(BaseModel):
+    key_file: Path | None = Field(
+        None, description="API key file (TOML or JSON, see server/auth.py); none = open server.")
+    reload_interval_s: float = Field(
+        1.0, gt=0, le=1.0, description="How often the key file is checked for changes, seconds.")
+    open_health: bool = Field(True, description="grpc.health.v1 answers without a key.")
+    open_reflection: bool = Field(True, description="Reflection answers without a key.")
+
+
+class TlsSettings(BaseModel):
+    cert_file: Path | None = Field(None, description="Server certificate chain (PEM); TLS on.")
+    key_file: Path | None = Field(None, description="Server private key (PEM).")
+    client_ca_file: Path | None = Field(
+        None, description="CA (PEM) that client certificates must chain to (mTLS).")
+    require_client_cert: bool = Field(
+        True, description="With client_ca_file: refuse callers without a valid certificate.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return self
+
+
 class StoreSettings(BaseModel):
     """Where ingested images are stored (server/store). The embedded store is one directory
     owned by one server process; several processes share an OpenSearch cluster instead."""
@@ -104,6 +136,17 @@ class Settings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish, seconds."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as one JSON object each.")
+    metrics_port: int = Field(
+        4604, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one.")
+    metrics_host: str | None = Field(None, description="Address of /metrics; default: host.")
+    triton_stats_interval_s: float = Field(
+        5.0, gt=0, description="How often Triton's per-model statistics are read, seconds.")
+    allow_insecure_public: CliImplicitFlag[bool] = Field(
+        False, description="Allow a non-loopback host with neither API keys nor TLS.")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)

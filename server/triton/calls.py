@@ -19,6 +19,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from server import metrics
 from server.domain import (
     BackendError,
     BackendUnavailableError,
@@ -64,14 +65,16 @@ class TritonCalls:
             tensor.set_data_from_numpy(inputs[spec.name])
             infer_inputs.append(tensor)
         try:
-            result = await self._client.infer(
-                model_name=model.name,
-                model_version=model.version,
-                inputs=infer_inputs,
-                outputs=self._outputs(tensors.output_names),
-                request_id=request_id,
-                client_timeout=timeout_s if timeout_s is not None else self._default_timeout_s,
-            )
+            with metrics.time_inference(model.name):
+                result = await self._client.infer(
+                    model_name=model.name,
+                    model_version=model.version,
+                    inputs=infer_inputs,
+                    outputs=self._outputs(tensors.output_names),
+                    request_id=request_id,
+                    client_timeout=(timeout_s if timeout_s is not None
+                                    else self._default_timeout_s),
+                )
         except InferenceServerException as exc:
             raise _domain_error(exc, model) from exc
         outputs = {name: result.as_numpy(name) for name in tensors.output_names}
@@ -119,6 +122,12 @@ class TritonCalls:
             raise _unavailable_or_backend(exc) from exc
         config: dict[str, Any] = answer.get("config", {})
         return config
+
+    async def inference_statistics(self, timeout_s: float) -> dict[str, Any]:
+        """Triton's cumulative per-model statistics ({"model_stats": [...]}, counts as strings)."""
+        stats: dict[str, Any] = await self._client.get_inference_statistics(
+            as_json=True, client_timeout=timeout_s)
+        return stats
 
     @staticmethod
     async def _ask(probe: Any) -> bool:

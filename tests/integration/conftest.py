@@ -21,6 +21,8 @@ from vision.v1 import detection_service_pb2_grpc as det_grpc
 from vision_client import VisionClient
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every server a test starts serves /metrics on a free port, never the fixed 4604.
+os.environ.setdefault("VISION_METRICS_PORT", "0")
 
 
 def free_port() -> int:

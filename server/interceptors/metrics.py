@@ -1,0 +1,124 @@
+"""Observes every call: the Prometheus series (requests by code, latency, in flight, bytes), the
+access-log line, and the `x-server-timing` trailer (total and Triton inference time, ms) the
+caller receives on success. Runs inside the request-id interceptor (its log line carries the id)
+and outside auth (refusals are counted and logged too)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from server import access_log, call_records, metrics, request_ids
+from server.call_records import CallRecord
+from server.interceptors.wrapping import Handler, wrap_handler
+
+TIMING_KEY = "x-server-timing"
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        return wrap_handler(handler, lambda b: _unary(b, service, method),
+                            lambda b: _streaming(b, service, method))
+
+
+class _Call:
+    """One observed call, from its start to its log line."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service, self.method = service, method
+        self.record, self._token = call_records.open_record()
+        self._start = time.perf_counter()
+        metrics.IN_FLIGHT.labels(service, method).inc()
+
+    def count(self, request: Any) -> Any:
+        """The request as the behaviour should get it, its bytes counted (a stream of requests
+        is counted message by message as the handler reads it)."""
+        if isinstance(request, Message):
+            self.record.request_bytes += request.ByteSize()
+            return request
+        return _counted(request, self.record)
+
+    def timing(self) -> tuple[tuple[str, str]]:
+        total_ms = (time.perf_counter() - self._start) * 1000
+        value = f"total;dur={total_ms:.1f}"
+        if self.record.inference_calls:
+            value += f", inference;dur={self.record.inference_s * 1000:.1f}"
+        return ((TIMING_KEY, value),)
+
+    def finish(self, context: Any, error: BaseException | None) -> None:
+        duration_s = time.perf_counter() - self._start
+        code = _code(context, error)
+        metrics.IN_FLIGHT.labels(self.service, self.method).dec()
+        metrics.REQUESTS.labels(self.service, self.method, code).inc()
+        metrics.LATENCY.labels(self.service, self.method).observe(duration_s)
+        metrics.RECEIVED_BYTES.labels(self.service, self.method).inc(self.record.request_bytes)
+        access_log.log_call({
+            "request_id": request_ids.current(), "tenant": self.record.tenant,
+            "service": self.service, "method": self.method, "code": code,
+            "duration_ms": round(duration_s * 1000, 2),
+            "request_bytes": self.record.request_bytes,
+            "inference_ms": round(self.record.inference_s * 1000, 2),
+        })
+        call_records.close_record(self._token)
+
+
+async def _counted(requests: AsyncIterator[Any], record: CallRecord) -> AsyncIterator[Any]:
+    async for request in requests:
+        record.request_bytes += request.ByteSize()
+        yield request
+
+
+def _code(context: Any, error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED.name
+    if error is not None and not isinstance(error, grpc.aio.AbortError):
+        return grpc.StatusCode.UNKNOWN.name
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK.name
+
+
+def _unary(behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+    async def observed(request: Any, context: Any) -> Any:
+        call = _Call(service, method)
+        error: BaseException | None = None
+        try:
+            response = await behavior(call.count(request), context)
+            context.set_trailing_metadata(call.timing())
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.finish(context, error)
+
+    return observed
+
+
+def _streaming(behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+    async def observed(request: Any, context: Any) -> AsyncIterator[Any]:
+        call = _Call(service, method)
+        error: BaseException | None = None
+        try:
+            async for response in behavior(call.count(request), context):
+                yield response
+            context.set_trailing_metadata(call.timing())
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.finish(context, error)
+
+    return observed

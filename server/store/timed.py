@@ -1,0 +1,57 @@
+"""A VectorStore that times every operation of the store it wraps into
+`vision_store_duration_seconds{operation}` (server/metrics.py), whichever backend that is."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from server.metrics import time_store
+from server.store.base import (
+    NO_FILTERS,
+    Filters,
+    ImageRecord,
+    IndexKind,
+    Space,
+    TextHit,
+    Vector,
+    VectorHit,
+    VectorStore,
+)
+
+
+class TimedStore:
+    def __init__(self, store: VectorStore) -> None:
+        self._store = store
+
+    async def upsert(self, record: ImageRecord) -> None:
+        with time_store("upsert"):
+            await self._store.upsert(record)
+
+    async def upsert_many(self, records: Sequence[ImageRecord]) -> None:
+        with time_store("upsert_many"):
+            await self._store.upsert_many(records)
+
+    async def delete(self, tenant: str, image_id: str) -> bool:
+        with time_store("delete"):
+            return await self._store.delete(tenant, image_id)
+
+    async def get(self, tenant: str, image_id: str) -> ImageRecord | None:
+        with time_store("get"):
+            return await self._store.get(tenant, image_id)
+
+    async def knn(self, tenant: str, space: Space, vector: Vector, k: int,
+                  filters: Filters = NO_FILTERS, offset: int = 0) -> tuple[VectorHit, ...]:
+        with time_store("knn"):
+            return await self._store.knn(tenant, space, vector, k, filters, offset)
+
+    async def search_text(self, tenant: str, query: str, k: int, filters: Filters = NO_FILTERS,
+                          offset: int = 0) -> tuple[TextHit, ...]:
+        with time_store("search_text"):
+            return await self._store.search_text(tenant, query, k, filters, offset)
+
+    async def count(self, tenant: str, kind: IndexKind) -> int:
+        with time_store("count"):
+            return await self._store.count(tenant, kind)
+
+    async def close(self) -> None:
+        await self._store.close()
