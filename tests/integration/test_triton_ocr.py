@@ -162,5 +162,6 @@ async def test_concurrent_requests_are_batched_in_the_steps(triton_url: str) -> 
     for step in (MODEL, "ppocr_v6_det"):
         inferences = after[step][0] - before[step][0]
         executions = after[step][1] - before[step][1]
-        assert inferences == 8, step
+        # Requests of other tests may still be finishing in Triton (e.g. a killed server's).
+        assert inferences >= 8, step
         assert executions < inferences, f"{step}: {inferences} inferences in {executions} runs"
