@@ -31,6 +31,7 @@ from server.domain import (
     Input,
     InvalidArgumentError,
     ModelNotFoundError,
+    ResourceExhaustedError,
     VisionError,
 )
 
@@ -86,6 +87,8 @@ def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
         return _status(code_pb2.NOT_FOUND, exc, resource, bad)
     if isinstance(exc, BackendUnavailableError):
         return _status(code_pb2.UNAVAILABLE, exc, _retry_info(exc.retry_after_s))
+    if isinstance(exc, ResourceExhaustedError):
+        return _status(code_pb2.RESOURCE_EXHAUSTED, exc, _retry_info(exc.retry_after_s))
     if isinstance(exc, FailedPreconditionError):
         return _status(code_pb2.FAILED_PRECONDITION, exc)
     if isinstance(exc, DeadlineExceededError):

@@ -13,11 +13,12 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def wrap_handler(handler: Handler, unary: Wrap, streaming: Wrap) -> Handler:
+def wrap_handler(handler: Handler, unary: Wrap, streaming: Wrap,
+                 deserializer: Callable[[Any], Any] | None = None) -> Handler:
     """The same handler with its behaviour wrapped by `unary` (unary responses) or
-    `streaming` (streamed responses)."""
+    `streaming` (streamed responses), and its request deserializer replaced when given."""
     codecs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
