@@ -31,6 +31,7 @@ class ImageLimits:
     max_bytes: int
     max_pixels: int
     max_jpeg_scans: int = 100
+    max_jpeg_scan_pixels: int = 640_000_000
 
 
 @dataclass(frozen=True, slots=True)

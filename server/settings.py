@@ -44,10 +44,15 @@ class LimitsSettings(BaseModel):
     max_jpeg_scans: int = Field(
         100, gt=0, description="Most scans a JPEG may have (a progressive JPEG has ~10); more "
         "is refused as IMAGE_TOO_COMPLEX before any decoding.")
+    max_jpeg_scan_pixels: int = Field(
+        640_000_000, gt=0, description="Largest width x height x scans of a progressive JPEG "
+        "(decode cost grows with each); libjpeg's 10-scan default at 40 MP fits, IMAGE_TOO_COMPLEX "
+        "beyond.")
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
-                           max_jpeg_scans=self.max_jpeg_scans)
+                           max_jpeg_scans=self.max_jpeg_scans,
+                           max_jpeg_scan_pixels=self.max_jpeg_scan_pixels)
 
 
 class AdmissionSettings(BaseModel):
