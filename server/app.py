@@ -18,6 +18,7 @@ from server.interceptors.admission import Admission, AdmissionInterceptor, Admis
 from server.interceptors.inflight import InFlight
 from server.interceptors.malformed import MalformedRequestInterceptor
 from server.interceptors.request_id import RequestIdInterceptor
+from server.servicers.streams import UploadBudget
 from server.services import SERVICES, Resources, Service
 from server.settings import ConnectionSettings, Settings
 from server.triton.breaker import CircuitBreaker
@@ -43,6 +44,7 @@ class RunningServer:
     health_servicer: health.aio.HealthServicer
     in_flight: InFlight
     admission: Admission
+    resources: Resources
     _resources: contextlib.AsyncExitStack
 
     async def stop(self, grace_s: float | None, drain_delay_s: float = 0.0) -> None:
@@ -76,7 +78,8 @@ async def _start(settings: Settings, services: Sequence[Service],
     triton = TritonCalls(create_client(settings.triton.url), settings.triton.timeout_s, breaker)
     stack.push_async_callback(triton.close)
     await check_models(triton, services, settings)
-    resources = Resources(settings=settings, triton=triton)
+    resources = Resources(settings=settings, triton=triton, upload_budget=UploadBudget(
+        max(settings.limits.max_upload_buffer_bytes, settings.limits.max_image_bytes)))
 
     in_flight = InFlight()
     a = settings.admission
@@ -105,7 +108,8 @@ async def _start(settings: Settings, services: Sequence[Service],
     stack.push_async_callback(_cancel, watch_task)
     log.info("vision-grpc listening on %s:%d (triton %s)", settings.host, port,
              settings.triton.url)
-    return RunningServer(server, port, watcher, health_servicer, in_flight, admission, stack)
+    return RunningServer(server, port, watcher, health_servicer, in_flight, admission, resources,
+                         stack)
 
 
 def server_options(connection: ConnectionSettings) -> list[tuple[str, int]]:

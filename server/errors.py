@@ -68,7 +68,7 @@ def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
     if isinstance(exc, InvalidArgumentError):
         shown = exc.violations[:MAX_VIOLATIONS]
         fields = [(paths.path(v), _clip(v.description)) for v in shown]
-        message = "; ".join(f"{field}: {description}"
+        message = "; ".join(f"{field}: {description}" if field else description
                             for field, description in fields[:MAX_IN_MESSAGE])
         if len(exc.violations) > MAX_IN_MESSAGE:
             message += f" (and {len(exc.violations) - MAX_IN_MESSAGE} more)"

@@ -26,6 +26,7 @@ from server.servicers.embedding import EmbeddingServicer
 from server.servicers.faces import FaceServicer
 from server.servicers.models import ModelServicer
 from server.servicers.ocr import OcrServicer
+from server.servicers.streams import StreamLimits, UploadBudget
 from server.settings import Settings, TaskSettings
 from server.triton import detection as triton_detection
 from server.triton import embedding as triton_embedding
@@ -58,6 +59,7 @@ class Resources:
 
     settings: Settings
     triton: TritonCalls
+    upload_budget: UploadBudget  # shared by every upload stream of the process
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,17 +126,22 @@ def _ocr_pipeline(resources: Resources) -> OcrPipeline:
                                  limits=settings.limits.image_limits()))
 
 
-def _detection(resources: Resources) -> DetectionServicer:
+def _stream_limits(resources: Resources) -> StreamLimits:
     limits = resources.settings.limits
-    return DetectionServicer(_detection_pipeline(resources), limits.max_image_bytes,
-                             limits.max_stream_in_flight)
+    return StreamLimits(
+        max_image_bytes=limits.max_image_bytes, max_in_flight=limits.max_stream_in_flight,
+        idle_timeout_s=limits.stream_idle_timeout_s,
+        max_protocol_errors=limits.max_stream_protocol_errors, budget=resources.upload_budget)
+
+
+def _detection(resources: Resources) -> DetectionServicer:
+    return DetectionServicer(_detection_pipeline(resources), _stream_limits(resources))
 
 
 def _analysis(resources: Resources) -> AnalysisServicer:
-    limits = resources.settings.limits
     pipeline = AnalysisPipeline(_detection_pipeline(resources), _embedding_pipeline(resources),
                                 _faces_pipeline(resources), _ocr_pipeline(resources))
-    return AnalysisServicer(pipeline, limits.max_image_bytes, limits.max_stream_in_flight)
+    return AnalysisServicer(pipeline, _stream_limits(resources))
 
 
 def _models(resources: Resources) -> ModelServicer:
