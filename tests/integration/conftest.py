@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from server.app import RunningServer, create_server
-from server.settings import Settings, TritonSettings
+from server.settings import AdmissionSettings, Settings, TritonSettings
 from tools.local_triton import start_triton
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 from vision_client import VisionClient
@@ -46,7 +46,10 @@ def triton_url() -> Iterator[str]:
 
 
 def settings_for(triton_url: str) -> Settings:
-    return Settings(port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5))
+    # Admission is opened wide: the batching tests send 32 calls at once from one channel;
+    # tests/integration/test_resilience.py checks admission with a server of its own.
+    return Settings(port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5),
+                    admission=AdmissionSettings(max_in_flight=256, peer_share=1.0))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
