@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from server.domain import DeadlineExceededError, ResourceExhaustedError, VisionError
 from server.errors import RequestPaths, to_status
-from server.interceptors.wrapping import Handler, wrap_handler
+from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 _PATHS = RequestPaths(image="", options="")
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -160,7 +160,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         async def admitted(request: Any, context: Any) -> AsyncIterator[Any]:
             peer = await self._admit(context)
             try:
-                async for response in behavior(request, context):
+                async for response in responses(behavior, request, context):
                     yield response
             finally:
                 self.admission.release(peer)

@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from server.domain import Input, InvalidArgumentError
 from server.errors import RequestPaths, to_status
-from server.interceptors.wrapping import Handler, wrap_handler
+from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 _PATHS = RequestPaths(image="", options="")
 _MALFORMED_ERROR = InvalidArgumentError.one(
@@ -85,7 +85,7 @@ def _streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def parsed(request: Any, context: Any) -> AsyncIterator[Any]:
         if request is _MALFORMED:
             await _abort(context)
-        async for response in behavior(_checked(request, context), context):
+        async for response in responses(behavior, _checked(request, context), context):
             yield response
 
     return parsed
