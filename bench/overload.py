@@ -340,7 +340,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"| the same bombs straight to Triton | IMAGE_STATUS {bomb['triton_image_status']}, "
         f"Triton CPU {bomb['triton_cpu_s']} s |",
         f"| light caller during as many bombs again | success "
-        f"{bomb['light']['success_rate']}, p50/p99 {bomb['light']['ok_p50_ms']}/{bomb['light']['ok_p99_ms']} ms |",
+        f"{bomb['light']['success_rate']}, p50/p99 {bomb['light']['ok_p50_ms']}/"
+        f"{bomb['light']['ok_p99_ms']} ms |",
         f"| {up['streams']} streams x {up['bytes_each'] / 1e6:.0f} MB uploads | {up['codes']} "
         f"in {up['seconds']} s; server peak {mem['uploads_peak_server']} MiB "
         f"(idle {mem['idle']['server']}; budget {mem['upload_budget']:.0f} MiB → "
