@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ class RunningServer:
     health_watcher: TritonHealthWatcher
     health_servicer: health.aio.HealthServicer
     in_flight: InFlight
-    admission: Admission
+    admission: Admission  # unary-request calls
+    stream_admission: Admission  # streaming-request calls (uploads)
     resources: Resources
     _resources: contextlib.AsyncExitStack
 
@@ -83,12 +85,14 @@ async def _start(settings: Settings, services: Sequence[Service],
 
     in_flight = InFlight()
     a = settings.admission
-    admission = Admission(AdmissionLimits(
+    limits = AdmissionLimits(
         max_in_flight=a.max_in_flight, max_waiting=a.max_waiting, max_wait_s=a.max_wait_s,
-        peer_share=a.peer_share, min_deadline_s=a.min_deadline_s, retry_after_s=a.retry_after_s))
+        peer_share=a.peer_share, min_deadline_s=a.min_deadline_s, retry_after_s=a.retry_after_s)
+    admission = Admission(limits)
+    stream_admission = Admission(dataclasses.replace(limits, max_in_flight=a.max_streams))
     server = grpc.aio.server(
-        interceptors=[in_flight, MalformedRequestInterceptor(), AdmissionInterceptor(admission),
-                      RequestIdInterceptor()],
+        interceptors=[in_flight, MalformedRequestInterceptor(),
+                      AdmissionInterceptor(admission, stream_admission), RequestIdInterceptor()],
         options=server_options(settings.connection))
     for service in services:
         service.add_to_server(service.build(resources), server)
@@ -108,8 +112,8 @@ async def _start(settings: Settings, services: Sequence[Service],
     stack.push_async_callback(_cancel, watch_task)
     log.info("vision-grpc listening on %s:%d (triton %s)", settings.host, port,
              settings.triton.url)
-    return RunningServer(server, port, watcher, health_servicer, in_flight, admission, resources,
-                         stack)
+    return RunningServer(server, port, watcher, health_servicer, in_flight, admission,
+                         stream_admission, resources, stack)
 
 
 def server_options(connection: ConnectionSettings) -> list[tuple[str, int]]:

@@ -61,6 +61,9 @@ class AdmissionSettings(BaseModel):
 
     max_in_flight: int = Field(
         16, gt=0, description="Calls being served at once; the rest wait or are refused.")
+    max_streams: int = Field(
+        128, gt=0, description="Streaming calls (uploads) open at once, counted apart from "
+        "max_in_flight: a stream lives long and its memory is bounded by the upload budget.")
     max_waiting: int = Field(
         32, ge=0, description="Calls waiting for a slot; beyond this RESOURCE_EXHAUSTED at once.")
     max_wait_s: float = Field(
@@ -91,7 +94,8 @@ class ConnectionSettings(BaseModel):
         (4 << 20) + (64 << 10), gt=0, description="Largest request message: a 4 MiB image plus "
         "64 KiB for the rest of the request; larger images go through the upload streams.")
     max_concurrent_streams: int = Field(
-        100, gt=0, description="Concurrent calls per HTTP/2 connection.")
+        1024, gt=0, description="Concurrent calls per HTTP/2 connection; beyond it the stream is "
+        "refused (RST_STREAM, UNAVAILABLE to the caller). Admission answers overload below it.")
     keepalive_time_s: float = Field(
         60.0, gt=0, description="Server pings an idle connection this often, seconds.")
     keepalive_timeout_s: float = Field(

@@ -12,6 +12,7 @@ with authentication. Health and reflection are never shed: they are how operator
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -124,8 +125,12 @@ class Admission:
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, admission: Admission) -> None:
-        self.admission = admission
+    """`calls` admits unary-request calls; `streams`, when given, admits streaming-request calls
+    (uploads), which live long and are bounded by the upload budget rather than by CPU."""
+
+    def __init__(self, calls: Admission, streams: Admission | None = None) -> None:
+        self.calls = calls
+        self.streams = streams or calls
 
     async def intercept_service(
         self,
@@ -136,33 +141,38 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method or ""
         if handler is None or method.startswith(EXEMPT_PREFIXES):
             return handler
-        return wrap_handler(handler, self._unary, self._streaming)
+        admission = self.streams if handler.request_streaming else self.calls
+        return wrap_handler(handler, functools.partial(_unary, admission),
+                            functools.partial(_streaming, admission))
 
-    async def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        peer = context.peer() or ""
+
+async def _admit(admission: Admission, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    peer = context.peer() or ""
+    try:
+        await admission.acquire(peer, context.time_remaining())
+    except VisionError as exc:
+        await context.abort_with_status(rpc_status.to_status(to_status(exc, _PATHS)))
+    return peer
+
+
+def _unary(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def admitted(request: Any, context: Any) -> Any:
+        peer = await _admit(admission, context)
         try:
-            await self.admission.acquire(peer, context.time_remaining())
-        except VisionError as exc:
-            await context.abort_with_status(rpc_status.to_status(to_status(exc, _PATHS)))
-        return peer
+            return await behavior(request, context)
+        finally:
+            admission.release(peer)
 
-    def _unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def admitted(request: Any, context: Any) -> Any:
-            peer = await self._admit(context)
-            try:
-                return await behavior(request, context)
-            finally:
-                self.admission.release(peer)
+    return admitted
 
-        return admitted
 
-    def _streaming(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def admitted(request: Any, context: Any) -> AsyncIterator[Any]:
-            peer = await self._admit(context)
-            try:
-                async for response in responses(behavior, request, context):
-                    yield response
-            finally:
-                self.admission.release(peer)
+def _streaming(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def admitted(request: Any, context: Any) -> AsyncIterator[Any]:
+        peer = await _admit(admission, context)
+        try:
+            async for response in responses(behavior, request, context):
+                yield response
+        finally:
+            admission.release(peer)
 
-        return admitted
+    return admitted

@@ -46,7 +46,7 @@ Array = npt.NDArray[Any]
 # these messages (Triton core's scheduler) are the only way to tell them from a backend that is
 # down, and they are matched here and nowhere else.
 _QUEUE_FULL = "Exceeds maximum queue size"
-_TIMED_OUT = "Request timeout expired"
+_TIMED_OUT = "Request timeout"
 
 
 def create_client(url: str) -> InferenceServerClient:

@@ -54,11 +54,11 @@ def retry_delay(error: grpc.aio.AioRpcError) -> duration_pb2.Duration | None:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def small_server(triton_url: str) -> AsyncIterator[RunningServer]:
-    """Two slots, one per peer (connection), no waiting; 2 s minimum deadline; streams idle out
-    after 0.5 s and end after 3 failed uploads."""
+    """Two slots for calls and two for streams, one of each per peer (connection), no waiting;
+    2 s minimum deadline; streams idle out after 0.5 s and end after 3 failed uploads."""
     settings = settings_for(triton_url).model_copy(update={
-        "admission": AdmissionSettings(max_in_flight=2, max_waiting=0, peer_share=0.5,
-                                       min_deadline_s=2.0, retry_after_s=0.25),
+        "admission": AdmissionSettings(max_in_flight=2, max_streams=2, max_waiting=0,
+                                       peer_share=0.5, min_deadline_s=2.0, retry_after_s=0.25),
         "limits": LimitsSettings(stream_idle_timeout_s=0.5, max_stream_protocol_errors=3),
     })
     running = await create_server(settings)
@@ -88,6 +88,30 @@ async def test_the_excess_is_shed_per_peer_and_health_is_never_shed(
     small_server: RunningServer, channels: tuple[grpc.aio.Channel, grpc.aio.Channel]
 ) -> None:
     heavy, light = (det_grpc.DetectionServiceStub(c) for c in channels)
+    slow = detect_request(scan_bomb(6000, 6000, 17))  # within budget; ~1 s of decoding
+
+    async def outcome(stub: det_grpc.DetectionServiceAsyncStub,
+                      request: det_pb2.DetectObjectsRequest) -> str:
+        try:
+            await stub.DetectObjects(request, timeout=30)
+            return "OK"
+        except grpc.aio.AioRpcError as error:
+            assert retry_delay(error) == duration_pb2.Duration(nanos=250_000_000)
+            return f"{error.code().name} {reason(status_of(error))}"
+
+    # Two slots, one per peer: of the heavy peer's two calls one is shed, the light peer's
+    # call is served beside the other.
+    heavy_one, heavy_two, light_one = await asyncio.gather(
+        outcome(heavy, slow), outcome(heavy, slow), outcome(light, detect_request()))
+    assert sorted([heavy_one, heavy_two]) == ["OK", "RESOURCE_EXHAUSTED OVERLOADED"]
+    assert light_one == "OK"
+    assert small_server.admission.in_flight == 0
+
+
+async def test_streams_are_admitted_apart_and_health_is_never_shed(
+    small_server: RunningServer, channels: tuple[grpc.aio.Channel, grpc.aio.Channel]
+) -> None:
+    heavy = det_grpc.DetectionServiceStub(channels[0])
     held = asyncio.Event()
 
     async def hold() -> AsyncIterator[det_pb2.StreamDetectObjectsRequest]:
@@ -100,12 +124,12 @@ async def test_the_excess_is_shed_per_peer_and_health_is_never_shed(
     await stream.wait_for_connection()
     await small_server.in_flight.wait_for(lambda count: count >= 1)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await heavy.DetectObjects(detect_request(), timeout=30)
+        async for _ in heavy.StreamDetectObjects(iter([END]), timeout=30):
+            pass
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert reason(status_of(caught.value)) == "OVERLOADED"
-    assert retry_delay(caught.value) == duration_pb2.Duration(nanos=250_000_000)
-    # The light peer still has its share.
-    answer = await light.DetectObjects(detect_request(), timeout=30)
+    # Unary calls have slots of their own; health is never shed.
+    answer = await heavy.DetectObjects(detect_request(), timeout=30)
     assert answer.detections[0].label == "cat"
     health = health_pb2_grpc.HealthStub(channels[0])
     checked = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
@@ -114,7 +138,7 @@ async def test_the_excess_is_shed_per_peer_and_health_is_never_shed(
     responses = [response async for response in stream]
     assert [r.request_id for r in responses] == ["held"]
     assert reason(responses[0].status) == "INVALID_IMAGE"  # ten x's: refused by the header check
-    assert small_server.admission.in_flight == 0
+    assert small_server.stream_admission.in_flight == 0
     for channel in channels:
         await channel.close()
 
