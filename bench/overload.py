@@ -287,33 +287,35 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 await warm.DetectObjects(request, timeout=30)
         await asyncio.sleep(2)
         idle_server, idle_triton = sampler.sample()
-        sampler.phase = "overload"
-        results: dict[str, Any] = {"overload": await overload(server.address, args.heavy,
-                                                              args.seconds)}
-        sampler.phase = "after overload"
-        await asyncio.sleep(10)
-        after_server, after_triton = sampler.sample()
-        sampler.phase = "scan bombs"
-        results["scan_bombs"] = await bombs(server.address, triton.grpc_url, server.pid,
-                                            triton.pid, args.bombs)
-        sampler.phase = "uploads"
-        results["uploads"] = await uploads(server.address, args.streams, args.upload_bytes)
-        upload_peak = sampler.peak("uploads", 1)
-        sampler.phase = "after uploads"
+        results: dict[str, Any] = {}
+        memory: dict[str, Any] = {"idle": {"server": idle_server, "triton": idle_triton}}
+        if "overload" in args.phases:
+            sampler.phase = "overload"
+            results["overload"] = await overload(server.address, args.heavy, args.seconds)
+            sampler.phase = "after overload"
+            await asyncio.sleep(10)
+            after_server, after_triton = sampler.sample()
+            memory["overload_peak"] = {"server": sampler.peak("overload", 1),
+                                       "triton": sampler.peak("overload", 2)}
+            memory["after_overload"] = {"server": after_server, "triton": after_triton}
+        if "bombs" in args.phases:
+            sampler.phase = "scan bombs"
+            results["scan_bombs"] = await bombs(server.address, triton.grpc_url, server.pid,
+                                                triton.pid, args.bombs)
+        if "uploads" in args.phases:
+            sampler.phase = "uploads"
+            results["uploads"] = await uploads(server.address, args.streams, args.upload_bytes)
+            budget_mib = LimitsSettings().max_upload_buffer_bytes / 2**20
+            upload_peak = sampler.peak("uploads", 1)
+            memory["uploads_peak_server"] = upload_peak
+            memory["upload_budget"] = budget_mib
+            memory["uploads_peak_over_budget"] = round((upload_peak - idle_server) / budget_mib, 2)
+        sampler.phase = "end"
         await asyncio.sleep(5)
         end_server, end_triton = sampler.sample()
         sampling.cancel()
-        budget_mib = LimitsSettings().max_upload_buffer_bytes / 2**20
-        results["memory_mib"] = {
-            "idle": {"server": idle_server, "triton": idle_triton},
-            "overload_peak": {"server": sampler.peak("overload", 1),
-                              "triton": sampler.peak("overload", 2)},
-            "after_overload": {"server": after_server, "triton": after_triton},
-            "uploads_peak_server": upload_peak,
-            "upload_budget": budget_mib,
-            "uploads_peak_over_budget": round((upload_peak - idle_server) / budget_mib, 2),
-            "end": {"server": end_server, "triton": end_triton},
-        }
+        memory["end"] = {"server": end_server, "triton": end_triton}
+        results["memory_mib"] = memory
         results["rss_samples"] = sampler.rows
         return results
     finally:
@@ -322,38 +324,48 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
-    over, bomb, up, mem = (results["overload"], results["scan_bombs"], results["uploads"],
-                           results["memory_mib"])
-    heavy, light = over["heavy"], over["light"]
-    return "\n".join([
+    mem = results["memory_mib"]
+    lines = [
         "# Overload, scan bombs and uploads (issue 9)", "",
         f"Command: `{command}` — one run on this 2-core machine (shared with other work), "
         "server with default settings, real CPU Triton.", "",
         "| scenario | figure |", "|---|---|",
-        f"| heavy caller, {results['heavy']} in flight, 5 s deadlines | {heavy['calls']} calls, "
-        f"codes {heavy['codes']}, refusals p50/p99 {heavy['refused_p50_ms']}/"
-        f"{heavy['refused_p99_ms']} ms, OK p50/p99 {heavy['ok_p50_ms']}/{heavy['ok_p99_ms']} ms |",
-        f"| light caller, 1 in flight, meanwhile | success {light['success_rate']}, "
-        f"codes {light['codes']}, p50/p99 {light['ok_p50_ms']}/{light['ok_p99_ms']} ms |",
-        f"| {bomb['bombs']} scan bombs ({bomb['bomb_bytes']} B) via the server | "
-        f"{bomb['server_codes']}, server CPU {bomb['server_cpu_s']} s |",
-        f"| the same bombs straight to Triton | IMAGE_STATUS {bomb['triton_image_status']}, "
-        f"Triton CPU {bomb['triton_cpu_s']} s |",
-        f"| light caller during as many bombs again | success "
-        f"{bomb['light']['success_rate']}, p50/p99 {bomb['light']['ok_p50_ms']}/"
-        f"{bomb['light']['ok_p99_ms']} ms |",
-        f"| {up['streams']} streams x {up['bytes_each'] / 1e6:.0f} MB uploads | {up['codes']} "
-        f"in {up['seconds']} s; server peak {mem['uploads_peak_server']} MiB "
-        f"(idle {mem['idle']['server']}; budget {mem['upload_budget']:.0f} MiB → "
-        f"{mem['uploads_peak_over_budget']} x budget above idle) |",
-        f"| RSS server idle / overload peak / after | {mem['idle']['server']} / "
-        f"{mem['overload_peak']['server']} / {mem['after_overload']['server']} MiB |",
-        f"| RSS Triton idle / overload peak / after | {mem['idle']['triton']} / "
-        f"{mem['overload_peak']['triton']} / {mem['after_overload']['triton']} MiB |",
-        f"| RSS at the end (server / Triton) | {mem['end']['server']} / {mem['end']['triton']} "
-        "MiB |", "",
-        "![RSS over time](overload.png)", "",
-    ])
+    ]
+    if "overload" in results:
+        heavy, light = results["overload"]["heavy"], results["overload"]["light"]
+        lines += [
+            f"| heavy caller, {results['heavy']} in flight, 5 s deadlines | {heavy['calls']} "
+            f"calls, codes {heavy['codes']}, refusals p50/p99 {heavy['refused_p50_ms']}/"
+            f"{heavy['refused_p99_ms']} ms, OK p50/p99 {heavy['ok_p50_ms']}/"
+            f"{heavy['ok_p99_ms']} ms |",
+            f"| light caller, 1 in flight, meanwhile | success {light['success_rate']}, "
+            f"codes {light['codes']}, p50/p99 {light['ok_p50_ms']}/{light['ok_p99_ms']} ms |",
+            f"| RSS server idle / overload peak / 10 s after | {mem['idle']['server']} / "
+            f"{mem['overload_peak']['server']} / {mem['after_overload']['server']} MiB |",
+            f"| RSS Triton idle / overload peak / 10 s after | {mem['idle']['triton']} / "
+            f"{mem['overload_peak']['triton']} / {mem['after_overload']['triton']} MiB |",
+        ]
+    if "scan_bombs" in results:
+        bomb = results["scan_bombs"]
+        lines += [
+            f"| {bomb['bombs']} scan bombs ({bomb['bomb_bytes']} B) via the server | "
+            f"{bomb['server_codes']}, server CPU {bomb['server_cpu_s']} s |",
+            f"| the same bombs straight to Triton | IMAGE_STATUS "
+            f"{bomb['triton_image_status']}, Triton CPU {bomb['triton_cpu_s']} s |",
+            f"| light caller during as many bombs again | success "
+            f"{bomb['light']['success_rate']}, p50/p99 {bomb['light']['ok_p50_ms']}/"
+            f"{bomb['light']['ok_p99_ms']} ms |",
+        ]
+    if "uploads" in results:
+        up = results["uploads"]
+        lines.append(
+            f"| {up['streams']} streams x {up['bytes_each'] / 1e6:.0f} MB uploads | "
+            f"{up['codes']} in {up['seconds']} s; server peak {mem['uploads_peak_server']} MiB "
+            f"(idle {mem['idle']['server']}; budget {mem['upload_budget']:.0f} MiB → "
+            f"{mem['uploads_peak_over_budget']} x budget above idle) |")
+    lines += [f"| RSS at the end (server / Triton) | {mem['end']['server']} / "
+              f"{mem['end']['triton']} MiB |", "", "![RSS over time](overload.png)", ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -364,6 +376,8 @@ def main() -> None:
     parser.add_argument("--bombs", type=int, default=10)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--upload-bytes", type=int, default=10_000_000)
+    parser.add_argument("--phases", nargs="+", default=["overload", "bombs", "uploads"],
+                        choices=["overload", "bombs", "uploads"])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "report")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,9 @@ class LimitsSettings(BaseModel):
     )
 
     max_upload_buffer_bytes: int = Field(
-        256 << 20, gt=0, description="Upload bytes buffered across all streams of the process; "
-        "when full, stream readers wait (HTTP/2 flow control slows the senders).")
+        256 << 20, gt=0, description="Memory for images being uploaded or sent to Triton across "
+        "all streams of the process (an image counts 5x its size: the copies it takes on its "
+        "way); when full, stream readers wait (HTTP/2 flow control slows the senders).")
     stream_idle_timeout_s: float = Field(
         30.0, gt=0, description="An upload stream with no message for this long ends with "
         "DEADLINE_EXCEEDED (reason STREAM_IDLE); its open image fails.")

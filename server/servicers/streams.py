@@ -4,7 +4,7 @@ ready, protocol failures included. Everything a stream holds is bounded:
 
 - results waiting for the caller: a caller that does not read slows its own upload;
 - buffered upload bytes, across all streams of the process (UploadBudget): an image's declared
-  `size_bytes` is reserved when its header arrives, and until it fits the stream is not read,
+  `size_bytes` (times COPIES_PER_IMAGE) is reserved when its header arrives, and until it fits the stream is not read,
   so HTTP/2 flow control holds the sender back; the reservation ends with the image's result.
   Reserving whole images (not chunks) means a stream that got its reservation can always finish;
 - silence: no message for `idle_timeout_s` ends the stream with DEADLINE_EXCEEDED (STREAM_IDLE);
@@ -30,6 +30,11 @@ from server.servicers.uploads import CompletedUpload, FailedUpload, UploadAssemb
 Response = TypeVar("Response")
 
 _DONE = object()
+# What an image costs the server while it is uploaded and sent on, in copies of its bytes: the
+# chunks, the joined image, tritonclient's serialized BYTES tensor, the gRPC request to Triton
+# and its send buffer (bench/overload.py: 100 x 10 MB uploads peaked at ~7x a budget that
+# counted the image once). The budget reserves that much per image.
+COPIES_PER_IMAGE = 5
 
 
 class UploadBudget:
@@ -143,8 +148,9 @@ class UploadStream(Generic[Response]):
         await self._limits.budget.release(self._reserved)  # the open image, if any, fails now
         self._reserved = 0
         if 0 < size <= self._limits.max_image_bytes:  # else the assembler refuses the header
-            await self._limits.budget.reserve(size)
-            self._reserved = size
+            reserved = min(size * COPIES_PER_IMAGE, self._limits.budget.max_bytes)
+            await self._limits.budget.reserve(reserved)
+            self._reserved = reserved
 
     async def _settle(self, events: list[CompletedUpload | FailedUpload]) -> None:
         """After a message: a reservation stays with the open image or goes to the completed

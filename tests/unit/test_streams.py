@@ -91,7 +91,7 @@ async def test_a_silent_stream_ends_with_deadline_exceeded_and_frees_its_reserva
 
 
 async def test_a_full_budget_holds_the_next_header_until_an_image_is_done() -> None:
-    budget = UploadBudget(100)
+    budget = UploadBudget(500)  # an image reserves 5x its size
     release, running = asyncio.Event(), asyncio.Event()
     started: list[str] = []
 
@@ -109,7 +109,7 @@ async def test_a_full_budget_holds_the_next_header_until_an_image_is_done() -> N
     await running.wait()
     for _ in range(20):  # let the reader run as far as it can: to b's header
         await asyncio.sleep(0)
-    assert (started, budget.used) == (["a"], 80)  # b's 50 bytes do not fit beside a's 80
+    assert (started, budget.used) == (["a"], 400)  # b's 5 x 50 do not fit beside a's 5 x 80
     release.set()
     assert await first == "a"
     assert await anext(responses) == "b"
