@@ -4,8 +4,9 @@ ready, protocol failures included. Everything a stream holds is bounded:
 
 - results waiting for the caller: a caller that does not read slows its own upload;
 - buffered upload bytes, across all streams of the process (UploadBudget): an image's declared
-  `size_bytes` (times COPIES_PER_IMAGE) is reserved when its header arrives, and until it fits the stream is not read,
-  so HTTP/2 flow control holds the sender back; the reservation ends with the image's result.
+  `size_bytes` (times COPIES_PER_IMAGE) is reserved when its header arrives, and until it fits
+  the stream is not read, so HTTP/2 flow control holds the sender back; the reservation ends
+  with the image's result.
   Reserving whole images (not chunks) means a stream that got its reservation can always finish;
 - silence: no message for `idle_timeout_s` ends the stream with DEADLINE_EXCEEDED (STREAM_IDLE);
 - mistakes: after `max_protocol_errors` failed images the stream ends with INVALID_ARGUMENT
