@@ -18,8 +18,9 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    logging.getLogger(__name__).info("shutting down (grace %.1fs)", settings.grace_period_s)
-    await running.stop(settings.grace_period_s)
+    logging.getLogger(__name__).info("draining for %.1fs, then shutting down (grace %.1fs)",
+                                     settings.drain_delay_s, settings.grace_period_s)
+    await running.stop(settings.grace_period_s, settings.drain_delay_s)
 
 
 def main() -> None:

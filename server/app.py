@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,14 +14,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.health import TritonHealthWatcher
+from server.interceptors.admission import Admission, AdmissionInterceptor, AdmissionLimits
 from server.interceptors.inflight import InFlight
+from server.interceptors.malformed import MalformedRequestInterceptor
 from server.interceptors.request_id import RequestIdInterceptor
 from server.operations import Operations, add_port, start_operations
 from server.reflection import enable_reflection
+from server.servicers.streams import UploadBudget
 from server.services import SERVICES, Resources, Service
-from server.settings import Settings
+from server.settings import ConnectionSettings, Settings
 from server.store import Space, StoreConfig, open_store
 from server.store.timed import TimedStore
+from server.triton.breaker import CircuitBreaker
 from server.triton.calls import TritonCalls, create_client
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,9 @@ class RunningServer:
     health_watcher: TritonHealthWatcher
     health_servicer: health.aio.HealthServicer
     in_flight: InFlight
+    admission: Admission  # unary-request calls
+    stream_admission: Admission  # streaming-request calls (uploads)
+    resources: Resources
     _resources: contextlib.AsyncExitStack
     operations: Operations | None = None
 
@@ -49,10 +57,14 @@ class RunningServer:
     def metrics_port(self) -> int:
         return self.operations.metrics_port if self.operations is not None else 0
 
-    async def stop(self, grace_s: float | None) -> None:
-        """Graceful: health says NOT_SERVING, new calls are refused, in-flight ones get grace_s
-        to finish; then the background checks stop and the Triton channel closes."""
+    async def stop(self, grace_s: float | None, drain_delay_s: float = 0.0) -> None:
+        """Graceful: health says NOT_SERVING (and stays so), then for drain_delay_s calls are
+        still served so load balancers notice before the listener closes; then new calls are
+        refused and in-flight ones get grace_s to finish; then the background checks stop and
+        the Triton channel closes."""
         await self.health_servicer.enter_graceful_shutdown()
+        if drain_delay_s > 0:
+            await asyncio.sleep(drain_delay_s)
         await self.server.stop(grace_s)
         await self._resources.aclose()
 
@@ -72,17 +84,30 @@ async def create_server(
 
 async def _start(settings: Settings, services: Sequence[Service],
                  stack: contextlib.AsyncExitStack) -> RunningServer:
-    triton = TritonCalls(create_client(settings.triton.url), settings.triton.timeout_s)
+    breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_after_s)
+    triton = TritonCalls(create_client(settings.triton.url), settings.triton.timeout_s, breaker)
     stack.push_async_callback(triton.close)
     operations = await start_operations(settings, triton, stack)
     await check_models(triton, services, settings)
     store = TimedStore(await open_store(store_config(settings)))
     stack.push_async_callback(store.close)
-    resources = Resources(settings=settings, triton=triton, store=store)
+    resources = Resources(settings=settings, triton=triton, store=store,
+                          upload_budget=UploadBudget(max(settings.limits.max_upload_buffer_bytes,
+                                                         settings.limits.max_image_bytes)))
 
     in_flight = InFlight()
+    a = settings.admission
+    limits = AdmissionLimits(
+        max_in_flight=a.max_in_flight, max_waiting=a.max_waiting, max_wait_s=a.max_wait_s,
+        peer_share=a.peer_share, min_deadline_s=a.min_deadline_s, retry_after_s=a.retry_after_s)
+    admission = Admission(limits)
+    stream_admission = Admission(dataclasses.replace(limits, max_in_flight=a.max_streams))
+    # Refusals of auth and admission pass through the metrics and access-log interceptors, so
+    # they are counted and logged.
     server = grpc.aio.server(
-        interceptors=[in_flight, RequestIdInterceptor(), *operations.interceptors])
+        interceptors=[in_flight, MalformedRequestInterceptor(), RequestIdInterceptor(),
+                      *operations.interceptors, AdmissionInterceptor(admission, stream_admission)],
+        options=server_options(settings.connection))
     for service in services:
         service.add_to_server(service.build(resources), server)
     health_servicer = health.aio.HealthServicer()
@@ -99,7 +124,8 @@ async def _start(settings: Settings, services: Sequence[Service],
     log.info("vision-grpc listening on %s:%d%s (metrics :%d, triton %s)", settings.host, port,
              " with TLS" if settings.tls.cert_file else "", operations.metrics_port,
              settings.triton.url)
-    return RunningServer(server, port, watcher, health_servicer, in_flight, stack, operations)
+    return RunningServer(server, port, watcher, health_servicer, in_flight, admission,
+                         stream_admission, resources, stack, operations)
 
 
 def store_config(settings: Settings) -> StoreConfig:
@@ -109,6 +135,25 @@ def store_config(settings: Settings) -> StoreConfig:
         username=store.username, password=store.password,
         dims={Space.IMAGES: settings.embedding.output_dimension,
               Space.FACES: settings.faces.output_dimension})
+
+
+def server_options(connection: ConnectionSettings) -> list[tuple[str, int]]:
+    """grpc core channel arguments for the connection limits in settings."""
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    return [
+        ("grpc.max_receive_message_length", connection.max_receive_message_bytes),
+        ("grpc.max_concurrent_streams", connection.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", ms(connection.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(connection.keepalive_timeout_s)),
+        ("grpc.http2.min_ping_interval_without_data_ms",
+         ms(connection.min_client_ping_interval_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_idle_ms", ms(connection.max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", ms(connection.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(connection.max_connection_age_grace_s)),
+    ]
 
 
 async def check_models(triton: TritonCalls, services: Sequence[Service],

@@ -30,6 +30,8 @@ class ImageInfo:
 class ImageLimits:
     max_bytes: int
     max_pixels: int
+    max_jpeg_scans: int = 100
+    max_jpeg_scan_pixels: int = 640_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,13 +313,24 @@ class StoreUnavailableError(VisionError):
         self.retry_after_s = retry_after_s
 
 
+class ResourceExhaustedError(VisionError):
+    """The service (or the backend's queue) is full; the caller may retry after retry_after_s.
+    `reason` says which bound: OVERLOADED (the server's admission), BACKEND_QUEUE_FULL (Triton's
+    queue policy) or STREAM_BUFFER_FULL."""
+
+    def __init__(self, reason: str = "OVERLOADED", retry_after_s: float = 0.5) -> None:
+        super().__init__("the service is at capacity; retry later", reason)
+        self.retry_after_s = retry_after_s
+
+
 class FailedPreconditionError(VisionError):
     """The call cannot work with the service as configured (e.g. no text-embedding model)."""
 
 
 class DeadlineExceededError(VisionError):
-    def __init__(self) -> None:
-        super().__init__("the deadline passed before inference finished", "DEADLINE_EXCEEDED")
+    def __init__(self, message: str = "the deadline passed before inference finished",
+                 reason: str = "DEADLINE_EXCEEDED") -> None:
+        super().__init__(message, reason)
 
 
 class BackendError(VisionError):

@@ -32,6 +32,7 @@ from server.domain import (
     InvalidArgumentError,
     ModelNotFoundError,
     NotFoundError,
+    ResourceExhaustedError,
     StoreError,
     StoreUnavailableError,
     VisionError,
@@ -70,7 +71,7 @@ def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
     if isinstance(exc, InvalidArgumentError):
         shown = exc.violations[:MAX_VIOLATIONS]
         fields = [(paths.path(v), _clip(v.description)) for v in shown]
-        message = "; ".join(f"{field}: {description}"
+        message = "; ".join(f"{field}: {description}" if field else description
                             for field, description in fields[:MAX_IN_MESSAGE])
         if len(exc.violations) > MAX_IN_MESSAGE:
             message += f" (and {len(exc.violations) - MAX_IN_MESSAGE} more)"
@@ -103,6 +104,8 @@ def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
         return _status(code_pb2.INTERNAL, exc)
     if isinstance(exc, BackendUnavailableError):
         return _status(code_pb2.UNAVAILABLE, exc, _retry_info(exc.retry_after_s))
+    if isinstance(exc, ResourceExhaustedError):
+        return _status(code_pb2.RESOURCE_EXHAUSTED, exc, _retry_info(exc.retry_after_s))
     if isinstance(exc, FailedPreconditionError):
         return _status(code_pb2.FAILED_PRECONDITION, exc)
     if isinstance(exc, DeadlineExceededError):

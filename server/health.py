@@ -1,5 +1,6 @@
 """grpc.health.v1 driven by Triton: each service is SERVING only while Triton and every model it
-needs answer ready; checked in the background so health calls never wait on Triton."""
+needs answer ready and the circuit breaker on the Triton channel is not open (calls would fail
+fast); checked in the background so health calls never wait on Triton."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from grpc_health.v1 import health, health_pb2
 
+from server.triton.breaker import BreakerState
 from server.triton.calls import TritonCalls
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -37,7 +39,8 @@ class TritonHealthWatcher:
 
     async def check_once(self) -> None:
         timeout = min(self._interval_s, 5.0)
-        server_ready = await self._triton.server_ready(timeout)
+        server_ready = (await self._triton.server_ready(timeout)
+                        and self._triton.breaker.state is not BreakerState.OPEN)
         ready: dict[str, bool] = {}
         for models in self._models_by_service.values():
             for model in models:

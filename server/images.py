@@ -6,6 +6,7 @@ is refused by its declared size before anything allocates for it. Decoding happe
 
 from __future__ import annotations
 
+import re
 import struct
 
 from server.domain import ImageFormat, ImageInfo, ImageLimits, Input, InvalidArgumentError
@@ -23,10 +24,19 @@ _UNSUPPORTED = {
 }
 # JPEG start-of-frame markers that carry the frame size (not DHT C4, JPG C8, DAC CC).
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# Progressive frames: their decoder runs once per scan over the whole image, so a 100 KB file of
+# thousands of empty scans costs seconds of CPU (issue 9). Sequential frames code each component
+# once. The same count runs in the decode steps of model_repository/ (count_jpeg_scans).
+_JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+# The next marker after entropy-coded data: FF followed by neither a stuffed 00, a restart
+# marker (D0-D7) nor a fill byte.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def inspect_image(content: bytes, limits: ImageLimits) -> ImageInfo:
-    """Returns the image's format and size, or raises InvalidArgumentError about the image."""
+    """Returns the image's format and size, or raises InvalidArgumentError about the image:
+    EMPTY_IMAGE, INVALID_IMAGE, IMAGE_TRUNCATED, UNSUPPORTED_IMAGE_FORMAT, IMAGE_TOO_LARGE,
+    or IMAGE_TOO_COMPLEX for a progressive JPEG with more scans than its decode budget."""
     if not content:
         raise _invalid("EMPTY_IMAGE", "the image is empty")
     if len(content) > limits.max_bytes:
@@ -42,7 +52,64 @@ def inspect_image(content: bytes, limits: ImageLimits) -> ImageInfo:
             "IMAGE_TOO_LARGE",
             f"the image is {info.width}x{info.height} pixels; the limit is {limits.max_pixels}",
         )
+    if info.format is ImageFormat.JPEG and _jpeg_progressive(content):
+        allowed = jpeg_scans_allowed(info.width * info.height, limits)
+        if count_jpeg_scans(content, allowed + 1) > allowed:
+            raise _invalid(
+                "IMAGE_TOO_COMPLEX",
+                f"the progressive JPEG has more than {allowed} scans for "
+                f"{info.width}x{info.height} pixels",
+            )
     return info
+
+
+def jpeg_scans_allowed(pixels: int, limits: ImageLimits) -> int:
+    """Scans a progressive JPEG of `pixels` may have: each costs a pass over every block (25 ms
+    per scan at 36 MP here), so the budget is on pixels x scans as well as on scans."""
+    return max(1, min(limits.max_jpeg_scans, limits.max_jpeg_scan_pixels // max(1, pixels)))
+
+
+def _jpeg_progressive(content: bytes) -> bool:
+    pos, n = 2, len(content)
+    while pos + 4 <= n and content[pos] == 0xFF:
+        marker = content[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in _JPEG_SOF:
+            return marker in _JPEG_PROGRESSIVE
+        if marker == 0xDA:
+            return False
+        (length,) = struct.unpack_from(">H", content, pos + 2)
+        pos += 2 + length
+    return False
+
+
+def count_jpeg_scans(content: bytes, stop_at: int) -> int:
+    """How many scans (SOS segments) the JPEG has, counting no further than stop_at. Walks the
+    marker segments, and jumps over each scan's entropy-coded data with one C-level search."""
+    pos, n, scans = 2, len(content), 0
+    while pos + 4 <= n and scans < stop_at:
+        if content[pos] != 0xFF:
+            break
+        marker = content[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if marker in (0x01, *range(0xD0, 0xD8)):
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", content, pos + 2)
+        pos += 2 + length
+        if marker == 0xDA:
+            scans += 1
+            found = _JPEG_MARKER.search(content, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return scans
 
 
 def _invalid(reason: str, description: str) -> InvalidArgumentError:

@@ -30,6 +30,7 @@ from server.servicers.ingest import IngestServicer
 from server.servicers.models import ModelServicer
 from server.servicers.ocr import OcrServicer
 from server.servicers.search import SearchServicer
+from server.servicers.streams import StreamLimits, UploadBudget
 from server.settings import Settings, TaskSettings
 from server.store import Space, VectorStore
 from server.triton import detection as triton_detection
@@ -68,6 +69,7 @@ class Resources:
     settings: Settings
     triton: TritonCalls
     store: VectorStore
+    upload_budget: UploadBudget  # shared by every upload stream of the process
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +136,16 @@ def _ocr_pipeline(resources: Resources) -> OcrPipeline:
                                  limits=settings.limits.image_limits()))
 
 
-def _detection(resources: Resources) -> DetectionServicer:
+def _stream_limits(resources: Resources) -> StreamLimits:
     limits = resources.settings.limits
-    return DetectionServicer(_detection_pipeline(resources), limits.max_image_bytes,
-                             limits.max_stream_in_flight)
+    return StreamLimits(
+        max_image_bytes=limits.max_image_bytes, max_in_flight=limits.max_stream_in_flight,
+        idle_timeout_s=limits.stream_idle_timeout_s,
+        max_protocol_errors=limits.max_stream_protocol_errors, budget=resources.upload_budget)
+
+
+def _detection(resources: Resources) -> DetectionServicer:
+    return DetectionServicer(_detection_pipeline(resources), _stream_limits(resources))
 
 
 def _analysis_pipeline(resources: Resources) -> AnalysisPipeline:
@@ -146,15 +154,12 @@ def _analysis_pipeline(resources: Resources) -> AnalysisPipeline:
 
 
 def _analysis(resources: Resources) -> AnalysisServicer:
-    limits = resources.settings.limits
-    return AnalysisServicer(_analysis_pipeline(resources), limits.max_image_bytes,
-                            limits.max_stream_in_flight)
+    return AnalysisServicer(_analysis_pipeline(resources), _stream_limits(resources))
 
 
 def _ingest(resources: Resources) -> IngestServicer:
-    limits = resources.settings.limits
     return IngestServicer(IngestPipeline(_analysis_pipeline(resources), resources.store),
-                          limits.max_image_bytes, limits.max_stream_in_flight)
+                          _stream_limits(resources))
 
 
 def _search(resources: Resources) -> SearchServicer:

@@ -40,8 +40,83 @@ class LimitsSettings(BaseModel):
         8, gt=0, description="Images of one upload stream under inference at once (backpressure)."
     )
 
+    max_upload_buffer_bytes: int = Field(
+        256 << 20, gt=0, description="Memory for images being uploaded or sent to Triton across "
+        "all streams of the process (an image counts 5x its size: the copies it takes on its "
+        "way); when full, stream readers wait (HTTP/2 flow control slows the senders).")
+    stream_idle_timeout_s: float = Field(
+        30.0, gt=0, description="An upload stream with no message for this long ends with "
+        "DEADLINE_EXCEEDED (reason STREAM_IDLE); its open image fails.")
+    max_stream_protocol_errors: int = Field(
+        16, gt=0, description="Protocol mistakes one stream may make before it is ended with "
+        "INVALID_ARGUMENT (reason TOO_MANY_PROTOCOL_ERRORS).")
+    max_jpeg_scans: int = Field(
+        100, gt=0, description="Most scans a JPEG may have (a progressive JPEG has ~10); more "
+        "is refused as IMAGE_TOO_COMPLEX before any decoding.")
+    max_jpeg_scan_pixels: int = Field(
+        640_000_000, gt=0, description="Largest width x height x scans of a progressive JPEG "
+        "(decode cost grows with each); libjpeg's 10-scan default at 40 MP fits, IMAGE_TOO_COMPLEX "
+        "beyond.")
+
     def image_limits(self) -> ImageLimits:
-        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
+                           max_jpeg_scans=self.max_jpeg_scans,
+                           max_jpeg_scan_pixels=self.max_jpeg_scan_pixels)
+
+
+class AdmissionSettings(BaseModel):
+    """Load shedding per process (server/interceptors/admission.py). The defaults suit 2 cores
+    and one CPU Triton: about 8 images keep both cores busy, a few more wait briefly."""
+
+    max_in_flight: int = Field(
+        16, gt=0, description="Calls being served at once; the rest wait or are refused.")
+    max_streams: int = Field(
+        128, gt=0, description="Streaming calls (uploads) open at once, counted apart from "
+        "max_in_flight: a stream lives long and its memory is bounded by the upload budget.")
+    max_waiting: int = Field(
+        32, ge=0, description="Calls waiting for a slot; beyond this RESOURCE_EXHAUSTED at once.")
+    max_wait_s: float = Field(
+        0.02, ge=0, description="Longest wait for a slot before RESOURCE_EXHAUSTED, seconds.")
+    peer_share: float = Field(
+        0.75, gt=0, le=1, description="Share of max_in_flight one peer (connection) may hold, "
+        "so a heavy caller cannot starve a light one.")
+    min_deadline_s: float = Field(
+        0.05, ge=0, description="Calls with less time left than this are refused with "
+        "DEADLINE_EXCEEDED before any work.")
+    retry_after_s: float = Field(
+        0.5, gt=0, description="RetryInfo delay sent with RESOURCE_EXHAUSTED, seconds.")
+
+
+class BreakerSettings(BaseModel):
+    """The circuit breaker on the Triton channel (server/triton/breaker.py)."""
+
+    failure_threshold: int = Field(
+        5, gt=0, description="Consecutive backend failures (UNAVAILABLE, INTERNAL) that open it.")
+    reset_after_s: float = Field(
+        2.0, gt=0, description="How long it stays open before one probe call is let through.")
+
+
+class ConnectionSettings(BaseModel):
+    """HTTP/2 connection limits of the gRPC server (grpc.aio.server options)."""
+
+    max_receive_message_bytes: int = Field(
+        (4 << 20) + (64 << 10), gt=0, description="Largest request message: a 4 MiB image plus "
+        "64 KiB for the rest of the request; larger images go through the upload streams.")
+    max_concurrent_streams: int = Field(
+        1024, gt=0, description="Concurrent calls per HTTP/2 connection; beyond it the stream is "
+        "refused (RST_STREAM, UNAVAILABLE to the caller). Admission answers overload below it.")
+    keepalive_time_s: float = Field(
+        60.0, gt=0, description="Server pings an idle connection this often, seconds.")
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, description="A ping unanswered this long closes the connection, seconds.")
+    min_client_ping_interval_s: float = Field(
+        10.0, gt=0, description="Clients pinging more often than this are sent GOAWAY.")
+    max_connection_idle_s: float = Field(
+        300.0, gt=0, description="A connection with no calls for this long is closed.")
+    max_connection_age_s: float = Field(
+        1800.0, gt=0, description="Connections are recycled after this long (rebalancing).")
+    max_connection_age_grace_s: float = Field(
+        30.0, ge=0, description="Calls on a recycled connection get this long to finish.")
 
 
 class TaskSettings(BaseModel):
@@ -135,6 +210,9 @@ class Settings(BaseSettings):
     grace_period_s: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish, seconds."
     )
+    drain_delay_s: float = Field(
+        2.0, ge=0, description="On SIGTERM, how long health says NOT_SERVING before the "
+        "listener stops accepting, so load balancers see it first, seconds.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text or as one JSON object each.")
@@ -147,6 +225,9 @@ class Settings(BaseSettings):
         False, description="Allow a non-loopback host with neither API keys nor TLS.")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    connection: ConnectionSettings = Field(default_factory=ConnectionSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)

@@ -41,3 +41,40 @@ def large_png(min_bytes: int = 6_000_000) -> bytes:
     ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     assert ok and buffer.size >= min_bytes, buffer.size
     return bytes(buffer.tobytes())
+
+
+def _segments(jpeg: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each marker segment, a scan's entropy-coded data included."""
+    import re
+
+    found, pos = [], 2
+    while pos < len(jpeg):
+        marker = jpeg[pos + 1]
+        if marker == 0xD9:
+            found.append((marker, pos, pos + 2))
+            break
+        (length,) = int.from_bytes(jpeg[pos + 2:pos + 4], "big"),
+        end = pos + 2 + length
+        if marker == 0xDA:
+            next_marker = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]").search(jpeg, end)
+            assert next_marker is not None
+            end = next_marker.start()
+        found.append((marker, pos, end))
+        pos = end
+    return found
+
+
+@cache
+def scan_bomb(width: int = 6000, height: int = 6000, scans: int = 10_000) -> bytes:
+    """A blank progressive JPEG whose last scan (a luma AC refinement, a few bytes when every
+    coefficient is zero) is repeated until the file has `scans` scans: each costs the decoder a
+    pass over every block, so decoding it takes seconds although the file is small (issue 9)."""
+    blank = np.full((height, width, 3), 128, np.uint8)
+    ok, buffer = cv2.imencode(".jpg", blank, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    jpeg = bytes(buffer.tobytes())
+    segments = _segments(jpeg)
+    sos = [(start, end) for marker, start, end in segments if marker == 0xDA]
+    last_start, last_end = sos[-1]
+    repeated = jpeg[last_start:last_end] * (scans - len(sos))
+    return jpeg[:last_end] + repeated + jpeg[last_end:]

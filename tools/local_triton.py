@@ -193,8 +193,57 @@ class LocalTriton:
         self.stop()
 
 
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes of the process group Triton leads (it starts in a session of its own, so the
+    group is Triton and its Python-backend stubs, which outlive a Triton killed with -9)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After "pid (comm)": state, ppid, pgrp. A zombie is already gone but for its reaping.
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def shm_regions(pids: Sequence[int]) -> set[str]:
+    """The /dev/shm regions the stubs among pids share with Triton (named in their argv)."""
+    regions: set[str] = set()
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        regions.update(arg.decode() for arg in argv if arg.startswith(SHM_PREFIX.encode()))
+    return regions
+
+
+def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
+    """SIGKILL what is left of the group and wait (briefly) until it is gone."""
+    deadline = time.monotonic() + wait_s
+    while group_members(pgid) and time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
+def _remove_regions(regions: set[str]) -> None:
+    for name in regions:
+        (SHM_DIR / name).unlink(missing_ok=True)
+
+
 def stop_process(process: subprocess.Popen[bytes], grace: float) -> int:
-    """SIGTERM a child we started, SIGKILL it only if it outlives the grace period."""
+    """SIGTERM a Triton we started, SIGKILL it only if it outlives the grace period; then its
+    whole process group (stubs left behind) and the /dev/shm regions its stubs used."""
+    regions = shm_regions(group_members(process.pid))
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -202,6 +251,8 @@ def stop_process(process: subprocess.Popen[bytes], grace: float) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    _kill_group(process.pid)
+    _remove_regions(regions)
     return process.returncode
 
 
@@ -276,13 +327,16 @@ def _is_tritonserver(pid: int) -> bool:
 
 
 def _stop_pid(pid: int, grace: float) -> None:
+    """Like stop_process, for a Triton started by an earlier `start` (known by its pidfile)."""
+    regions = shm_regions(group_members(pid))
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _is_tritonserver(pid):
-            return
+    while time.monotonic() < deadline and _is_tritonserver(pid):
         time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
+    if _is_tritonserver(pid):
+        os.kill(pid, signal.SIGKILL)
+    _kill_group(pid)
+    _remove_regions(regions)
 
 
 def _run_foreground(args: argparse.Namespace) -> int:

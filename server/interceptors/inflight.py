@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from server.interceptors.wrapping import Handler, wrap_handler
+from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 
 class InFlight(grpc.aio.ServerInterceptor):
@@ -49,7 +49,7 @@ class InFlight(grpc.aio.ServerInterceptor):
         async def counted(request: Any, context: Any) -> AsyncIterator[Any]:
             await self._add(1)
             try:
-                async for response in behavior(request, context):
+                async for response in responses(behavior, request, context):
                     yield response
             finally:
                 await self._add(-1)

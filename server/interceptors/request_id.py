@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 from server import request_ids
 from server.domain import FieldViolation, Input, InvalidArgumentError
 from server.errors import RequestPaths, to_status
-from server.interceptors.wrapping import Handler, wrap_handler
+from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 _PATHS = RequestPaths(image="", options="")
 _BAD_ID = InvalidArgumentError("INVALID_REQUEST_ID", (FieldViolation(
@@ -61,7 +61,7 @@ def _streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def bound(request: Any, context: Any) -> AsyncIterator[Any]:
         token = request_ids.bind(await _begin(context))
         try:
-            async for response in behavior(request, context):
+            async for response in responses(behavior, request, context):
                 yield response
         finally:
             request_ids.unbind(token)

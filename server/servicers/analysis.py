@@ -25,7 +25,7 @@ from server.servicers.detection import detect_objects_response, detection_option
 from server.servicers.embedding import classifications, embedding, embedding_options
 from server.servicers.faces import face_options, faces
 from server.servicers.ocr import ocr_options, text_lines
-from server.servicers.streams import UploadStream
+from server.servicers.streams import StreamLimits, UploadStream
 from server.servicers.uploads import CompletedUpload, UploadAssembler
 from vision.v1 import analysis_pb2
 from vision.v1 import analysis_service_pb2 as an_pb2
@@ -38,11 +38,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AnalysisServicer(an_grpc.AnalysisServiceServicer):
-    def __init__(self, pipeline: AnalysisPipeline, max_image_bytes: int,
-                 max_stream_in_flight: int) -> None:
+    def __init__(self, pipeline: AnalysisPipeline, stream_limits: StreamLimits) -> None:
         self._pipeline = pipeline
-        self._max_image_bytes = max_image_bytes
-        self._max_in_flight = max_stream_in_flight
+        self._stream_limits = stream_limits
 
     @unary(UNARY_PATHS)
     async def AnalyzeImage(  # noqa: N802 (gRPC method name)
@@ -66,14 +64,14 @@ class AnalysisServicer(an_grpc.AnalysisServiceServicer):
                 result=image_analysis(result, STREAM_PATHS))
 
         stream = UploadStream(
-            UploadAssembler(self._max_image_bytes, options_field="analysis"),
+            UploadAssembler(self._stream_limits.max_image_bytes, options_field="analysis"),
             analyze,
             lambda request_id, status: an_pb2.StreamAnalyzeImagesResponse(
                 request_id=request_id, status=status),
             STREAM_PATHS,
-            self._max_in_flight,
+            self._stream_limits,
         )
-        async for response in stream.run(request_iterator):
+        async for response in stream.run(request_iterator, context):
             yield response
 
 

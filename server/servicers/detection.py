@@ -12,7 +12,7 @@ from server import converters, request_ids
 from server.domain import DetectionResult, DetectOptionsInput
 from server.errors import RequestPaths, unary
 from server.pipeline.detection import DetectionPipeline
-from server.servicers.streams import UploadStream
+from server.servicers.streams import StreamLimits, UploadStream
 from server.servicers.uploads import CompletedUpload, UploadAssembler
 from vision.v1 import detection_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
@@ -25,11 +25,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class DetectionServicer(det_grpc.DetectionServiceServicer):
-    def __init__(self, pipeline: DetectionPipeline, max_image_bytes: int,
-                 max_stream_in_flight: int) -> None:
+    def __init__(self, pipeline: DetectionPipeline, stream_limits: StreamLimits) -> None:
         self._pipeline = pipeline
-        self._max_image_bytes = max_image_bytes
-        self._max_in_flight = max_stream_in_flight
+        self._stream_limits = stream_limits
 
     @unary(UNARY_PATHS)
     async def DetectObjects(  # noqa: N802 (gRPC method name)
@@ -59,14 +57,14 @@ class DetectionServicer(det_grpc.DetectionServiceServicer):
                 result=detect_objects_response(result))
 
         stream = UploadStream(
-            UploadAssembler(self._max_image_bytes, options_field="detection"),
+            UploadAssembler(self._stream_limits.max_image_bytes, options_field="detection"),
             detect,
             lambda request_id, status: det_pb2.StreamDetectObjectsResponse(
                 request_id=request_id, status=status),
             STREAM_PATHS,
-            self._max_in_flight,
+            self._stream_limits,
         )
-        async for response in stream.run(request_iterator):
+        async for response in stream.run(request_iterator, context):
             yield response
 
 

@@ -12,7 +12,7 @@ from google.protobuf import timestamp_pb2
 from server import converters, request_ids, tenants
 from server.errors import RequestPaths, unary
 from server.pipeline.ingest import IngestInput, IngestPipeline
-from server.servicers.streams import UploadStream
+from server.servicers.streams import StreamLimits, UploadStream
 from server.servicers.uploads import CompletedUpload, UploadAssembler
 from server.store.base import ImageRecord
 from vision.v1 import detection_pb2, embedding_pb2, face_pb2, ingest_pb2, ocr_pb2
@@ -27,11 +27,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class IngestServicer(ing_grpc.IngestServiceServicer):
-    def __init__(self, pipeline: IngestPipeline, max_image_bytes: int,
-                 max_stream_in_flight: int) -> None:
+    def __init__(self, pipeline: IngestPipeline, stream_limits: StreamLimits) -> None:
         self._pipeline = pipeline
-        self._max_image_bytes = max_image_bytes
-        self._max_in_flight = max_stream_in_flight
+        self._stream_limits = stream_limits
 
     @unary(UNARY_PATHS)
     async def IngestImage(  # noqa: N802 (gRPC method name)
@@ -57,14 +55,14 @@ class IngestServicer(ing_grpc.IngestServiceServicer):
                 request_id=upload.request_id, status=converters.OK, image=indexed_image(record))
 
         stream = UploadStream(
-            UploadAssembler(self._max_image_bytes, options_field="ingest"),
+            UploadAssembler(self._stream_limits.max_image_bytes, options_field="ingest"),
             ingest,
             lambda request_id, status: ing_pb2.StreamIngestImagesResponse(
                 request_id=request_id, status=status),
             STREAM_PATHS,
-            self._max_in_flight,
+            self._stream_limits,
         )
-        async for response in stream.run(request_iterator):
+        async for response in stream.run(request_iterator, context):
             yield response
 
     @unary(ID_PATHS)

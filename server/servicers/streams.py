@@ -1,26 +1,76 @@
 """Serves any upload stream: reads it through the UploadAssembler, runs each completed image as
 its own task (a bounded number at once), and yields every image's outcome as soon as it is
-ready, protocol failures included. The results queue is bounded too, so a caller that does not
-read its results slows its own upload instead of growing the server."""
+ready, protocol failures included. Everything a stream holds is bounded:
+
+- results waiting for the caller: a caller that does not read slows its own upload;
+- buffered upload bytes, across all streams of the process (UploadBudget): an image's declared
+  `size_bytes` (times COPIES_PER_IMAGE) is reserved when its header arrives, and until it fits
+  the stream is not read, so HTTP/2 flow control holds the sender back; the reservation ends
+  with the image's result.
+  Reserving whole images (not chunks) means a stream that got its reservation can always finish;
+- silence: no message for `idle_timeout_s` ends the stream with DEADLINE_EXCEEDED (STREAM_IDLE);
+- mistakes: after `max_protocol_errors` failed images the stream ends with INVALID_ARGUMENT
+  (TOO_MANY_PROTOCOL_ERRORS), so endless bare end markers cannot make endless results.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
+import grpc
 from google.rpc import status_pb2
+from grpc_status import rpc_status
 
+from server.domain import DeadlineExceededError, Input, InvalidArgumentError, VisionError
 from server.errors import RequestPaths, to_status
 from server.servicers.uploads import CompletedUpload, FailedUpload, UploadAssembler, UploadMessage
 
 Response = TypeVar("Response")
 
 _DONE = object()
+# What an image costs the server while it is uploaded and sent on, in copies of its bytes: the
+# chunks, the joined image, tritonclient's serialized BYTES tensor, the gRPC request to Triton
+# and its send buffer (bench/overload.py: 100 x 10 MB uploads peaked at ~7x a budget that
+# counted the image once). The budget reserves that much per image.
+COPIES_PER_IMAGE = 5
+
+
+class UploadBudget:
+    """Upload bytes buffered by all streams of the process, at most `max_bytes`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def reserve(self, size: int) -> None:
+        """Waits until size bytes fit (size is at most max_bytes: the image limit is lower)."""
+        size = min(size, self.max_bytes)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + size <= self.max_bytes)
+            self.used += size
+
+    async def release(self, size: int) -> None:
+        size = min(size, self.max_bytes)
+        async with self._changed:
+            self.used -= size
+            self._changed.notify_all()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    max_image_bytes: int
+    max_in_flight: int  # images of one stream under inference at once
+    idle_timeout_s: float
+    max_protocol_errors: int
+    budget: UploadBudget
 
 
 class UploadStream(Generic[Response]):
-    """One streaming call: `async for response in UploadStream(...).run(requests)`."""
+    """One streaming call: `async for response in UploadStream(...).run(requests, context)`."""
 
     def __init__(
         self,
@@ -28,54 +78,112 @@ class UploadStream(Generic[Response]):
         process: Callable[[CompletedUpload], Awaitable[Response]],
         failure: Callable[[str, status_pb2.Status], Response],
         paths: RequestPaths,
-        max_in_flight: int,
+        limits: StreamLimits,
     ) -> None:
         self._assembler = assembler
         self._process = process
         self._failure = failure
         self._paths = paths
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._limits = limits
+        self._slots = asyncio.Semaphore(limits.max_in_flight)
         # Results waiting for the caller to read them are bounded by _room; the end marker
         # bypasses the bound so that the reader can always say it is done.
-        self._room = asyncio.Semaphore(2 * max_in_flight)
+        self._room = asyncio.Semaphore(2 * limits.max_in_flight)
         self._results: asyncio.Queue[object] = asyncio.Queue()
+        self._reserved = 0  # budget bytes held for the image being uploaded
+        self.protocol_errors = 0
 
-    async def run(self, requests: AsyncIterator[UploadMessage]) -> AsyncIterator[Response]:
+    async def run(self, requests: AsyncIterator[UploadMessage],
+                  context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Response]:
         reader = asyncio.create_task(self._read(requests))
         reader.add_done_callback(lambda _: self._results.put_nowait(_DONE))
         try:
             while (item := await self._results.get()) is not _DONE:
                 self._room.release()
                 yield item  # type: ignore[misc]  # only Response items besides _DONE
-            await reader  # re-raises what ended the reader, if anything did
+            try:
+                await reader  # re-raises what ended the reader, if anything did
+            except* VisionError as group:
+                error = group.exceptions[0]
+                await context.abort_with_status(
+                    rpc_status.to_status(to_status(error, self._paths)))
         finally:
             reader.cancel()
+
+    async def _messages(self, requests: AsyncIterator[UploadMessage]
+                        ) -> AsyncIterator[UploadMessage]:
+        iterator = aiter(requests)
+        while True:
+            try:
+                async with asyncio.timeout(self._limits.idle_timeout_s):
+                    message = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"no message for {self._limits.idle_timeout_s:g} s; the stream was ended",
+                    "STREAM_IDLE") from None
+            yield message
 
     async def _read(self, requests: AsyncIterator[UploadMessage]) -> None:
         """Reads the upload, starting each image as soon as its end marker arrives; at most
         max_in_flight run at once, which also slows the reader (backpressure)."""
-        async with asyncio.TaskGroup() as group:
-            async for message in requests:
-                for event in self._assembler.feed(message):
+        try:
+            async with asyncio.TaskGroup() as group:
+                async for message in self._messages(requests):
+                    if message.WhichOneof("kind") == "header":
+                        await self._reserve(message.header.size_bytes)
+                    events = self._assembler.feed(message)
+                    await self._settle(events)
+                    for event in events:
+                        await self._dispatch(event, group)
+                events = self._assembler.close()
+                await self._settle(events)
+                for event in events:
                     await self._dispatch(event, group)
-            for event in self._assembler.close():
-                await self._dispatch(event, group)
+        finally:
+            await self._limits.budget.release(self._reserved)
+            self._reserved = 0
+
+    async def _reserve(self, size: int) -> None:
+        await self._limits.budget.release(self._reserved)  # the open image, if any, fails now
+        self._reserved = 0
+        if 0 < size <= self._limits.max_image_bytes:  # else the assembler refuses the header
+            reserved = min(size * COPIES_PER_IMAGE, self._limits.budget.max_bytes)
+            await self._limits.budget.reserve(reserved)
+            self._reserved = reserved
+
+    async def _settle(self, events: list[CompletedUpload | FailedUpload]) -> None:
+        """After a message: a reservation stays with the open image or goes to the completed
+        one (whose task releases it); otherwise it is returned."""
+        if self._assembler.has_open or not self._reserved:
+            return
+        if not any(isinstance(event, CompletedUpload) for event in events):
+            await self._limits.budget.release(self._reserved)
+            self._reserved = 0
 
     async def _dispatch(self, event: CompletedUpload | FailedUpload,
                         group: asyncio.TaskGroup) -> None:
         if isinstance(event, FailedUpload):
+            self.protocol_errors += 1
             await self._emit(self._failure(event.request_id, to_status(event.error, self._paths)))
+            if self.protocol_errors >= self._limits.max_protocol_errors:
+                raise InvalidArgumentError.one(
+                    "TOO_MANY_PROTOCOL_ERRORS", Input.REQUEST, "",
+                    f"{self.protocol_errors} failed uploads on one stream; the stream was ended")
             return
+        reserved, self._reserved = self._reserved, 0
         await self._slots.acquire()
-        group.create_task(self._one(event))
+        group.create_task(self._one(event, reserved))
 
-    async def _one(self, upload: CompletedUpload) -> None:
+    async def _one(self, upload: CompletedUpload, reserved: int) -> None:
         try:
             result: object = await self._process(upload)
         except Exception as exc:  # noqa: BLE001 (each image carries its own status)
             result = self._failure(upload.request_id, to_status(exc, self._paths))
         finally:
             self._slots.release()
+            await self._limits.budget.release(reserved)
         await self._emit(result)
 
     async def _emit(self, result: object) -> None:

@@ -67,6 +67,11 @@ class UploadAssembler:
         self._skipping = False
         self._seen: set[str] = set()
 
+    @property
+    def has_open(self) -> bool:
+        """An image is being uploaded (its header accepted, its end marker not yet seen)."""
+        return self._open is not None
+
     def feed(self, message: UploadMessage) -> list[Event]:
         kind = message.WhichOneof("kind")
         if kind == "header":

@@ -1,6 +1,12 @@
 """The one shared `tritonclient.grpc.aio` client per process and the one generic call path every
-adapter uses: deadline, request id, cancellation, error mapping and the per-image decode status.
-It knows models and tensors, never a task's options or a request's fields.
+adapter uses: deadline, request id, cancellation, error mapping, the circuit breaker and the
+per-image decode status. It knows models and tensors, never a task's options or a request's
+fields.
+
+The caller's remaining deadline travels twice: as the gRPC deadline of the call to Triton and as
+Triton's own per-request timeout, so that Triton drops a request still queued when its caller is
+gone instead of decoding it and running the network (the models' queue policies reject expired
+requests, model_repository/*/config.pbtxt).
 
 One client (one HTTP/2 channel) for every request is the point of the design: Triton's dynamic
 batcher can only batch what arrives concurrently on its queue, and a channel per request would
@@ -28,12 +34,20 @@ from server.domain import (
     InvalidArgumentError,
     ModelNotFoundError,
     ModelRef,
+    ResourceExhaustedError,
 )
-from server.triton.tensors import IMAGE_STATUS, STATUS_OK, ModelTensors
+from server.triton.breaker import CircuitBreaker
+from server.triton.tensors import IMAGE_STATUS, STATUS_OK, STATUS_TOO_COMPLEX, ModelTensors
 
 log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
+
+# Triton reports both of its queue-policy rejections as UNAVAILABLE with no structured reason;
+# these messages (Triton core's scheduler) are the only way to tell them from a backend that is
+# down, and they are matched here and nowhere else.
+_QUEUE_FULL = "Exceeds maximum queue size"
+_TIMED_OUT = "Request timeout"
 
 
 def create_client(url: str) -> InferenceServerClient:
@@ -44,9 +58,11 @@ def create_client(url: str) -> InferenceServerClient:
 class TritonCalls:
     """Inference, readiness and metadata over the shared client."""
 
-    def __init__(self, client: InferenceServerClient, default_timeout_s: float) -> None:
+    def __init__(self, client: InferenceServerClient, default_timeout_s: float,
+                 breaker: CircuitBreaker | None = None) -> None:
         self._client = client
         self._default_timeout_s = default_timeout_s
+        self.breaker = breaker or CircuitBreaker(failure_threshold=5, reset_after_s=2.0)
         self._requested: dict[tuple[str, ...], list[InferRequestedOutput]] = {}
 
     async def infer(
@@ -58,7 +74,10 @@ class TritonCalls:
         timeout_s: float | None,
     ) -> dict[str, Array]:
         """Runs one request; returns its outputs by name. An image the model could not decode
-        raises IMAGE_DECODE_FAILED; Triton's failures become domain errors."""
+        raises IMAGE_DECODE_FAILED (IMAGE_TOO_COMPLEX past the decode budget); Triton's failures
+        become domain errors; while the breaker is open it raises BackendUnavailableError."""
+        self.breaker.before_call()
+        timeout = timeout_s if timeout_s is not None else self._default_timeout_s
         infer_inputs = []
         for spec in tensors.inputs:
             tensor = InferInput(spec.name, list(inputs[spec.name].shape), spec.datatype)
@@ -72,13 +91,26 @@ class TritonCalls:
                     inputs=infer_inputs,
                     outputs=self._outputs(tensors.output_names),
                     request_id=request_id,
-                    client_timeout=(timeout_s if timeout_s is not None
-                                    else self._default_timeout_s),
+                    timeout=max(1, int(timeout * 1_000_000)),  # Triton's, in microseconds
+                    client_timeout=timeout,
                 )
         except InferenceServerException as exc:
-            raise _domain_error(exc, model) from exc
+            error = _domain_error(exc, model)
+            if isinstance(error, BackendUnavailableError | BackendError):
+                self.breaker.failed()
+            else:
+                self.breaker.settled()
+            raise error from exc
+        except BaseException:
+            self.breaker.settled()  # cancelled by the caller: nothing learnt about Triton
+            raise
+        self.breaker.succeeded()
         outputs = {name: result.as_numpy(name) for name in tensors.output_names}
         status = outputs.get(IMAGE_STATUS)
+        if status is not None and (status == STATUS_TOO_COMPLEX).any():
+            raise InvalidArgumentError.one(
+                "IMAGE_TOO_COMPLEX", Input.IMAGE, "",
+                "the image needs more decoding work than allowed (too many JPEG scans)")
         if status is not None and (status != STATUS_OK).any():
             raise InvalidArgumentError.one(
                 "IMAGE_DECODE_FAILED", Input.IMAGE, "", "the image data could not be decoded")
@@ -143,6 +175,11 @@ class TritonCalls:
 
 def _domain_error(exc: InferenceServerException, model: ModelRef) -> Exception:
     status = str(exc.status() or "")
+    text = str(exc.message() or "")
+    if _QUEUE_FULL in text:
+        return ResourceExhaustedError("BACKEND_QUEUE_FULL", retry_after_s=0.5)
+    if _TIMED_OUT in text:
+        return DeadlineExceededError()
     if status.endswith("NOT_FOUND"):
         # The pipeline only lets through names the service is configured for, so a NOT_FOUND
         # for a pinned version means that version; otherwise the model itself is missing.

@@ -15,6 +15,7 @@ IMAGE_STATUS = "IMAGE_STATUS"
 IMAGE_SIZE = "IMAGE_SIZE"
 STATUS_OK = 0
 STATUS_UNDECODABLE = 1
+STATUS_TOO_COMPLEX = 2  # refused before decoding: more JPEG scans than the decode budget allows
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from server.app import RunningServer, create_server
-from server.settings import Settings, StoreSettings, TritonSettings
+from server.settings import AdmissionSettings, Settings, StoreSettings, TritonSettings
 from tools.local_triton import start_triton
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 from vision_client import VisionClient
@@ -49,11 +49,14 @@ def triton_url() -> Iterator[str]:
 
 
 def settings_for(triton_url: str) -> Settings:
-    """A server's settings for tests: port 0 and an embedded store of its own (a store directory
-    has one owner)."""
+    """A server's settings for tests: port 0, an embedded store of its own (a store directory
+    has one owner), and admission opened wide: the batching tests send 32 calls at once from
+    one channel; tests/integration/test_resilience.py checks admission with a server of its
+    own."""
     store = tempfile.mkdtemp(prefix="store-", dir=ROOT / "var")
     return Settings(port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5),
-                    store=StoreSettings(path=store))
+                    store=StoreSettings(path=store),
+                    admission=AdmissionSettings(max_in_flight=256, peer_share=1.0))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -1,6 +1,7 @@
-"""The real size limits a caller meets, as the README states them: gRPC's 4 MiB receive limit
-counts the whole serialized message, so a unary image may have 4 194 294 bytes (no options),
-and one stream message over the limit ends the whole stream."""
+"""The real size limits a caller meets, as the README states them: the server's receive limit
+(4 MiB + 64 KiB, connection.max_receive_message_bytes) counts the whole serialized message, so a
+unary image of 4 MiB fits with room for options, a message past the limit is refused by gRPC
+without details, and one stream message over the limit ends the whole stream."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 from vision.v1 import image_pb2, upload_pb2
 
-LIMIT = 4 << 20
+LIMIT = (4 << 20) + (64 << 10)
 FRAMING = 10  # field tags and lengths around Image.content in DetectObjectsRequest
 
 

@@ -13,6 +13,7 @@ from server.domain import (
     InvalidArgumentError,
     ModelNotFoundError,
     ModelRef,
+    ResourceExhaustedError,
 )
 from server.errors import DOMAIN, MAX_VIOLATIONS, RequestPaths, to_status
 
@@ -94,6 +95,16 @@ def test_unavailable_has_retry_info() -> None:
     retry = details(status)["RetryInfo"]
     assert isinstance(retry, error_details_pb2.RetryInfo)
     assert (retry.retry_delay.seconds, retry.retry_delay.nanos) == (1, 500_000_000)
+
+
+def test_resource_exhausted_has_reason_and_retry_info() -> None:
+    status = to_status(ResourceExhaustedError("OVERLOADED", retry_after_s=0.25), UNARY)
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    found = details(status)
+    info, retry = found["ErrorInfo"], found["RetryInfo"]
+    assert isinstance(info, error_details_pb2.ErrorInfo) and info.reason == "OVERLOADED"
+    assert isinstance(retry, error_details_pb2.RetryInfo)
+    assert (retry.retry_delay.seconds, retry.retry_delay.nanos) == (0, 250_000_000)
 
 
 def test_internal_errors_never_leak_their_text() -> None:

@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from server.domain import ImageFormat, ImageLimits, Input, InvalidArgumentError
-from server.images import inspect_image
-from tests.images import encode, photo
+from server.images import count_jpeg_scans, inspect_image, jpeg_scans_allowed
+from tests.images import encode, photo, scan_bomb
 
 LIMITS = ImageLimits(max_bytes=32 << 20, max_pixels=40_000_000)
 
@@ -89,3 +89,22 @@ def test_os2_bmp_header_gives_its_real_size() -> None:
     core = struct.pack("<IHHHH", 12, 2, 3, 1, 24)  # BITMAPCOREHEADER: 16-bit width, height
     info = inspect_image(header + core + pixels, LIMITS)
     assert (info.format, info.width, info.height) == (ImageFormat.BMP, 2, 3)
+
+
+def test_a_progressive_jpeg_with_thousands_of_scans_is_refused_in_microseconds() -> None:
+    bomb = scan_bomb()  # 6000x6000, 10 000 scans: ~15 s of decode CPU if it reached a decoder
+    assert len(bomb) < 1_000_000
+    reason, field, description = _reason_and_field(bomb)
+    assert (reason, field) == ("IMAGE_TOO_COMPLEX", "")
+    assert description == "the progressive JPEG has more than 17 scans for 6000x6000 pixels"
+
+
+def test_scan_budget_is_on_scans_and_on_pixels_times_scans() -> None:
+    small = scan_bomb(64, 64, 100)
+    assert count_jpeg_scans(small, 10**6) == 100
+    assert inspect_image(small, LIMITS).width == 64  # 100 scans of 4 096 pixels: fine
+    assert _reason_and_field(scan_bomb(64, 64, 101))[0] == "IMAGE_TOO_COMPLEX"
+    ordinary = encode("chelsea.png", ".jpg")  # sequential: never counted
+    assert count_jpeg_scans(ordinary, 10**6) == 1
+    assert jpeg_scans_allowed(40_000_000, LIMITS) == 16
+    assert jpeg_scans_allowed(10, LIMITS) == 100

@@ -10,6 +10,7 @@ text; every numpy/OpenCV step is a module function that tests import without Tri
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +60,62 @@ MIN_TEXT_CONFIDENCE = 0.5
 ROW_OVERLAP = 0.5
 
 STATUS_OK, STATUS_UNDECODABLE = 0, 1
+STATUS_TOO_COMPLEX = 2
+# Decode budget for progressive JPEGs, the same as the server's header check (server/images.py,
+# settings limits.max_jpeg_scans / max_jpeg_scan_pixels): the decoder passes over every block
+# once per scan, so a 100 KB file of thousands of empty scans would hold this step for seconds.
+# Repeated in each decoding step because Triton loads every model.py on its own; a unit test
+# (tests/unit/test_decode_budget.py) keeps the copies in agreement with the server.
+MAX_JPEG_SCANS = 100
+MAX_JPEG_SCAN_PIXELS = 640_000_000
+_JPEG_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_too_complex(data: bytes) -> bool:
+    """True for a progressive JPEG with more scans than its budget; counted without decoding."""
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    pos, n, scans, allowed = 2, len(data), 0, 0
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_PROGRESSIVE and pos + 9 <= n:
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            allowed = max(1, min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_PIXELS // max(1, width * height)))
+        pos += 2 + length
+        if marker == 0xDA:
+            if not allowed:  # a sequential frame: one pass per component
+                return False
+            scans += 1
+            if scans > allowed:
+                return True
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return False
+
+
 ONNX_METADATA_FIELD = 14  # ModelProto.metadata_props
 CHARACTER_KEY = "character"
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image OpenCV can decode."""
+
+
+class ImageTooComplexError(ImageDecodeError):
+    """The image exceeds the decode budget (jpeg_too_complex); it is not decoded."""
 
 
 class StepError(RuntimeError):
@@ -101,6 +152,8 @@ def decode_image(data: bytes) -> ImageArray:
     buffer = np.frombuffer(data, dtype=np.uint8)
     if buffer.size == 0:
         raise ImageDecodeError("empty image")
+    if jpeg_too_complex(data):
+        raise ImageTooComplexError("too many JPEG scans")
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     except cv2.error as err:
@@ -547,9 +600,10 @@ def decode_all(items: npt.NDArray[np.object_]) -> tuple[list[ImageArray | None],
         try:
             images.append(decode_image(bytes(item)))
             statuses.append(STATUS_OK)
-        except ImageDecodeError:
+        except ImageDecodeError as err:
             images.append(None)
-            statuses.append(STATUS_UNDECODABLE)
+            too_complex = isinstance(err, ImageTooComplexError)
+            statuses.append(STATUS_TOO_COMPLEX if too_complex else STATUS_UNDECODABLE)
     return images, statuses
 
 

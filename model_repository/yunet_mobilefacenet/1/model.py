@@ -16,6 +16,7 @@ matching the order of the ArcFace template points.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,52 @@ ARCFACE_TEMPLATE = np.array(
 EMBEDDING_DIM = 128
 STATUS_OK = 0
 STATUS_UNDECODABLE = 1
+STATUS_TOO_COMPLEX = 2
+# Decode budget for progressive JPEGs, the same as the server's header check (server/images.py,
+# settings limits.max_jpeg_scans / max_jpeg_scan_pixels): the decoder passes over every block
+# once per scan, so a 100 KB file of thousands of empty scans would hold this step for seconds.
+# Repeated in each decoding step because Triton loads every model.py on its own; a unit test
+# (tests/unit/test_decode_budget.py) keeps the copies in agreement with the server.
+MAX_JPEG_SCANS = 100
+MAX_JPEG_SCAN_PIXELS = 640_000_000
+_JPEG_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_too_complex(data: bytes) -> bool:
+    """True for a progressive JPEG with more scans than its budget; counted without decoding."""
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    pos, n, scans, allowed = 2, len(data), 0, 0
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_PROGRESSIVE and pos + 9 <= n:
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            allowed = max(1, min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_PIXELS // max(1, width * height)))
+        pos += 2 + length
+        if marker == 0xDA:
+            if not allowed:  # a sequential frame: one pass per component
+                return False
+            scans += 1
+            if scans > allowed:
+                return True
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return False
+
+
 
 FloatArray = npt.NDArray[np.float32]
 UInt8Image = npt.NDArray[np.uint8]
@@ -280,6 +327,16 @@ class Item:
     include_embeddings: bool
     faces: Faces = NO_FACES
     embeddings: FloatArray | None = None
+    status: int = STATUS_OK
+
+
+def decode_item(data: bytes, threshold: float, include_embeddings: bool) -> Item:
+    """The image decoded, or no image with the status that says why."""
+    if jpeg_too_complex(data):
+        return Item(None, threshold, include_embeddings, status=STATUS_TOO_COMPLEX)
+    image = decode_image(data)
+    status = STATUS_OK if image is not None else STATUS_UNDECODABLE
+    return Item(image, threshold, include_embeddings, status=status)
 
 
 def detect_all(items: list[Item]) -> None:
@@ -346,7 +403,7 @@ class TritonPythonModel:
                 request_items.append([])
                 continue
             mine = [
-                Item(decode_image(bytes(data)), threshold, bool(flag))
+                decode_item(bytes(data), threshold, bool(flag))
                 for data, threshold, flag in zip(images, checked, include, strict=True)
             ]
             request_items.append(mine)
@@ -372,10 +429,7 @@ class TritonPythonModel:
                 [item.image.shape[:2] if item.image is not None else (0, 0) for item in mine],
                 dtype=np.int32,
             )
-            statuses = np.array(
-                [[STATUS_OK if item.image is not None else STATUS_UNDECODABLE] for item in mine],
-                dtype=np.int32,
-            )
+            statuses = np.array([[item.status] for item in mine], dtype=np.int32)
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[

@@ -1,0 +1,178 @@
+"""Admission control: at most `max_in_flight` calls are served at once per process, a few more
+wait briefly for a slot, and the rest are refused at once with RESOURCE_EXHAUSTED + RetryInfo
+(reason OVERLOADED), before any work. A call whose deadline leaves less than `min_deadline_s` is
+refused with DEADLINE_EXCEEDED (reason DEADLINE_TOO_SHORT): it could not finish anyway.
+
+Fairness: one peer may hold at most `peer_share` of the slots, and a freed slot goes to the
+first waiter whose peer is under its share, so a caller with hundreds of calls in flight cannot
+starve a caller with one. The peer is the connection (grpc's peer string) until tenants come
+with authentication. Health and reflection are never shed: they are how operators see overload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from server.domain import DeadlineExceededError, ResourceExhaustedError, VisionError
+from server.errors import RequestPaths, to_status
+from server.interceptors.wrapping import Handler, responses, wrap_handler
+
+_PATHS = RequestPaths(image="", options="")
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionLimits:
+    max_in_flight: int
+    max_waiting: int
+    max_wait_s: float
+    peer_share: float
+    min_deadline_s: float
+    retry_after_s: float
+
+    @property
+    def per_peer(self) -> int:
+        return max(1, math.ceil(self.max_in_flight * self.peer_share))
+
+
+@dataclass(slots=True)
+class _Waiter:
+    peer: str
+    granted: asyncio.Future[None]
+
+
+class Admission:
+    """The slots and the wait queue; transport-free so tests drive it directly."""
+
+    def __init__(self, limits: AdmissionLimits) -> None:
+        self.limits = limits
+        self.in_flight = 0
+        self.refused = 0  # for metrics: calls shed since start
+        self._by_peer: Counter[str] = Counter()
+        self._waiting: deque[_Waiter] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _free_for(self, peer: str) -> bool:
+        return (self.in_flight < self.limits.max_in_flight
+                and self._by_peer[peer] < self.limits.per_peer)
+
+    def _take(self, peer: str) -> None:
+        self.in_flight += 1
+        self._by_peer[peer] += 1
+
+    async def acquire(self, peer: str, time_left_s: float | None) -> None:
+        """Takes a slot for peer or raises the domain error the caller gets instead."""
+        limits = self.limits
+        if time_left_s is not None and time_left_s < limits.min_deadline_s:
+            self.refused += 1
+            raise DeadlineExceededError(
+                "the deadline leaves too little time to serve the call", "DEADLINE_TOO_SHORT")
+        # A waiting call is granted a slot as soon as its peer may take one, so the queue holds
+        # only calls that cannot run now: a call that can need not wait behind them.
+        if self._free_for(peer):
+            self._take(peer)
+            return
+        wait_s = limits.max_wait_s
+        if time_left_s is not None:
+            wait_s = min(wait_s, time_left_s - limits.min_deadline_s)
+        if len(self._waiting) >= limits.max_waiting or wait_s <= 0:
+            raise self._overloaded()
+        waiter = _Waiter(peer, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.granted), wait_s)
+        except TimeoutError:
+            if waiter.granted.done():  # granted just as the wait ran out: keep the slot
+                return
+            self._waiting.remove(waiter)
+            raise self._overloaded() from None
+        except asyncio.CancelledError:
+            if waiter.granted.done():
+                self.release(peer)
+            else:
+                self._waiting.remove(waiter)
+            raise
+
+    def _overloaded(self) -> ResourceExhaustedError:
+        self.refused += 1
+        return ResourceExhaustedError("OVERLOADED", self.limits.retry_after_s)
+
+    def release(self, peer: str) -> None:
+        self.in_flight -= 1
+        self._by_peer[peer] -= 1
+        if not self._by_peer[peer]:
+            del self._by_peer[peer]
+        for waiter in list(self._waiting):
+            if not self._free_for(waiter.peer):
+                continue
+            self._waiting.remove(waiter)
+            self._take(waiter.peer)
+            waiter.granted.set_result(None)
+            if self.in_flight >= self.limits.max_in_flight:
+                break
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """`calls` admits unary-request calls; `streams`, when given, admits streaming-request calls
+    (uploads), which live long and are bounded by the upload budget rather than by CPU."""
+
+    def __init__(self, calls: Admission, streams: Admission | None = None) -> None:
+        self.calls = calls
+        self.streams = streams or calls
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method or ""
+        if handler is None or method.startswith(EXEMPT_PREFIXES):
+            return handler
+        admission = self.streams if handler.request_streaming else self.calls
+        return wrap_handler(handler, functools.partial(_unary, admission),
+                            functools.partial(_streaming, admission))
+
+
+async def _admit(admission: Admission, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    peer = context.peer() or ""
+    try:
+        await admission.acquire(peer, context.time_remaining())
+    except VisionError as exc:
+        await context.abort_with_status(rpc_status.to_status(to_status(exc, _PATHS)))
+    return peer
+
+
+def _unary(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def admitted(request: Any, context: Any) -> Any:
+        peer = await _admit(admission, context)
+        try:
+            return await behavior(request, context)
+        finally:
+            admission.release(peer)
+
+    return admitted
+
+
+def _streaming(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def admitted(request: Any, context: Any) -> AsyncIterator[Any]:
+        peer = await _admit(admission, context)
+        try:
+            async for response in responses(behavior, request, context):
+                yield response
+        finally:
+            admission.release(peer)
+
+    return admitted
