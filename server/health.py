@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from grpc_health.v1 import health, health_pb2
 
+from server import metrics
 from server.triton.breaker import BreakerState
 from server.triton.calls import TritonCalls
 
@@ -39,8 +40,10 @@ class TritonHealthWatcher:
 
     async def check_once(self) -> None:
         timeout = min(self._interval_s, 5.0)
+        breaker = self._triton.breaker.state
+        metrics.set_breaker_state(breaker.value)
         server_ready = (await self._triton.server_ready(timeout)
-                        and self._triton.breaker.state is not BreakerState.OPEN)
+                        and breaker is not BreakerState.OPEN)
         ready: dict[str, bool] = {}
         for models in self._models_by_service.values():
             for model in models:

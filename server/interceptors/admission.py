@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
+from server import metrics
 from server.domain import DeadlineExceededError, ResourceExhaustedError, VisionError
 from server.errors import RequestPaths, to_status
 from server.interceptors.wrapping import Handler, responses, wrap_handler
@@ -151,6 +152,7 @@ async def _admit(admission: Admission, context: grpc.aio.ServicerContext[Any, An
     try:
         await admission.acquire(peer, context.time_remaining())
     except VisionError as exc:
+        metrics.record_rejection(f"admission_{exc.reason.lower()}")
         await context.abort_with_status(rpc_status.to_status(to_status(exc, _PATHS)))
     return peer
 
