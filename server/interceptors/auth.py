@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from server import call_records, metrics, tenants
 from server.auth import Grant, KeyStore
 from server.errors import DOMAIN
-from server.interceptors.wrapping import Handler, wrap_handler
+from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 AUTHORIZATION = "authorization"
 API_KEY = "x-api-key"
@@ -108,7 +108,7 @@ def _streaming(behavior: Callable[..., Any], tenant: str) -> Callable[..., Any]:
         token = tenants.bind(tenant)
         call_records.note_tenant(tenant)
         try:
-            async for response in behavior(request, context):
+            async for response in responses(behavior, request, context):
                 yield response
         finally:
             tenants.unbind(token)

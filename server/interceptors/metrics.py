@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from server import access_log, call_records, metrics, request_ids
 from server.call_records import CallRecord
-from server.interceptors.wrapping import Handler, wrap_handler
+from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 TIMING_KEY = "x-server-timing"
 
@@ -112,7 +112,7 @@ def _streaming(behavior: Callable[..., Any], service: str, method: str) -> Calla
         call = _Call(service, method)
         error: BaseException | None = None
         try:
-            async for response in behavior(call.count(request), context):
+            async for response in responses(behavior, call.count(request), context):
                 yield response
             context.set_trailing_metadata(call.timing())
         except BaseException as exc:
