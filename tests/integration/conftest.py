@@ -4,7 +4,9 @@ on port 0, reached over real gRPC channels."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +23,10 @@ from vision.v1 import detection_service_pb2_grpc as det_grpc
 from vision_client import VisionClient
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every test server's embedded store lives under one folder per test session, removed at exit.
+(ROOT / "var").mkdir(exist_ok=True)
+STORES = Path(tempfile.mkdtemp(prefix="test-stores-", dir=ROOT / "var"))
+atexit.register(shutil.rmtree, STORES, True)
 # Every server a test starts serves /metrics on a free port, never the fixed 4604.
 os.environ.setdefault("VISION_METRICS_PORT", "0")
 
@@ -53,7 +59,7 @@ def settings_for(triton_url: str) -> Settings:
     has one owner), and admission opened wide: the batching tests send 32 calls at once from
     one channel; tests/integration/test_resilience.py checks admission with a server of its
     own."""
-    store = tempfile.mkdtemp(prefix="store-", dir=ROOT / "var")
+    store = tempfile.mkdtemp(prefix="store-", dir=STORES)
     return Settings(port=0, triton=TritonSettings(url=triton_url, health_poll_interval_s=0.5),
                     store=StoreSettings(path=store),
                     admission=AdmissionSettings(max_in_flight=256, peer_share=1.0))

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.images import photo
-from tests.integration.conftest import ROOT, free_port
+from tests.integration.conftest import ROOT, STORES, free_port
 from vision.v1 import ingest_pb2, upload_pb2
 from vision.v1 import ingest_service_pb2 as ing_pb2
 from vision.v1 import ingest_service_pb2_grpc as ing_grpc
@@ -41,7 +41,7 @@ async def start_server(triton_url: str, store: str) -> tuple[asyncio.subprocess.
 
 
 async def test_acknowledged_ingests_survive_sigkill(triton_url: str) -> None:
-    store = tempfile.mkdtemp(prefix="store-kill-", dir=ROOT / "var")
+    store = tempfile.mkdtemp(prefix="store-kill-", dir=STORES)
     process, target = await start_server(triton_url, store)
     acknowledged: dict[str, str] = {}
     messages = upload_messages(ing_pb2.StreamIngestImagesRequest, (
