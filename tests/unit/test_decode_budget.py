@@ -1,5 +1,6 @@
 """The decode budget in every decoding step of model_repository/: a scan-bomb JPEG gets
-IMAGE_STATUS 2 (too complex) without being decoded, and each step's copy of the budget agrees
+IMAGE_STATUS 2 (too complex) without being decoded, every step uses the one budget file
+(yolox_preprocess/1/decode_budget.py, linked into the others' folders), and that budget agrees
 with the server's header check (server/images.py)."""
 
 from __future__ import annotations
@@ -54,10 +55,20 @@ def server_refuses(content: bytes) -> bool:
     return False
 
 
+BUDGET = MODELS / "yolox_preprocess" / "1" / "decode_budget.py"
+
+
+@pytest.mark.parametrize("name", DECODERS[1:])
+def test_every_step_links_the_one_budget_file(name: str) -> None:
+    linked = MODELS / name / "1" / "decode_budget.py"
+    assert linked.is_symlink() and linked.resolve() == BUDGET.resolve()
+
+
 @pytest.mark.parametrize("name", DECODERS)
 def test_every_step_agrees_with_the_server_on_every_sample(name: str) -> None:
     step = STEPS[name]
-    assert (step.MAX_JPEG_SCANS, step.MAX_JPEG_SCAN_PIXELS) == (
+    budget = sys.modules[step.jpeg_too_complex.__module__]
+    assert (budget.MAX_JPEG_SCANS, budget.MAX_JPEG_SCAN_PIXELS) == (
         LIMITS.max_jpeg_scans, LIMITS.max_jpeg_scan_pixels)
     verdicts = {label: step.jpeg_too_complex(content) for label, content in SAMPLES.items()}
     assert verdicts == {label: server_refuses(content) for label, content in SAMPLES.items()}

@@ -16,15 +16,26 @@ matching the order of the ArcFace template points.
 from __future__ import annotations
 
 import math
-import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
+
+# The decode budget is one file linked into each decoding step's folder (decode_budget.py). Triton
+# loads model.py on its own, so its folder is put on the import path here, for tests alike.
+sys.path.insert(0, str(Path(__file__).parent))
+from decode_budget import (  # noqa: E402
+    STATUS_OK,
+    STATUS_TOO_COMPLEX,
+    STATUS_UNDECODABLE,
+    jpeg_too_complex,
+)
 
 DETECTOR = "yunet_onnx"
 EMBEDDER = "mobilefacenet_onnx"
@@ -52,53 +63,6 @@ ARCFACE_TEMPLATE = np.array(
     dtype=np.float32,
 )
 EMBEDDING_DIM = 128
-STATUS_OK = 0
-STATUS_UNDECODABLE = 1
-STATUS_TOO_COMPLEX = 2
-# Decode budget for progressive JPEGs, the same as the server's header check (server/images.py,
-# settings limits.max_jpeg_scans / max_jpeg_scan_pixels): the decoder passes over every block
-# once per scan, so a 100 KB file of thousands of empty scans would hold this step for seconds.
-# Repeated in each decoding step because Triton loads every model.py on its own; a unit test
-# (tests/unit/test_decode_budget.py) keeps the copies in agreement with the server.
-MAX_JPEG_SCANS = 100
-MAX_JPEG_SCAN_PIXELS = 640_000_000
-_JPEG_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)
-_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-
-
-def jpeg_too_complex(data: bytes) -> bool:
-    """True for a progressive JPEG with more scans than its budget; counted without decoding."""
-    if not data.startswith(b"\xff\xd8"):
-        return False
-    pos, n, scans, allowed = 2, len(data), 0, 0
-    while pos + 4 <= n and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker == 0xD9:
-            break
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker in _JPEG_PROGRESSIVE and pos + 9 <= n:
-            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
-            allowed = max(1, min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_PIXELS // max(1, width * height)))
-        pos += 2 + length
-        if marker == 0xDA:
-            if not allowed:  # a sequential frame: one pass per component
-                return False
-            scans += 1
-            if scans > allowed:
-                return True
-            found = _JPEG_MARKER.search(data, pos)
-            if found is None:
-                break
-            pos = found.start()
-    return False
-
 
 
 FloatArray = npt.NDArray[np.float32]

@@ -1,0 +1,54 @@
+"""The decode budget and per-image statuses shared by every decoding step of this repository
+(yolox_preprocess, mobilenet_v2_preprocess, yunet_mobilefacenet, ppocr_v6; the others' 1/ folders
+link this file). The budget is the server's header check (server/images.py, settings
+limits.max_jpeg_scans / max_jpeg_scan_pixels) again, because Triton may be called directly: the
+decoder passes over every block once per scan, so a 100 KB file of thousands of empty scans would
+hold a step for seconds. tests/unit/test_decode_budget.py keeps it in agreement with the server.
+"""
+
+from __future__ import annotations
+
+import re
+
+STATUS_OK = 0
+STATUS_UNDECODABLE = 1
+STATUS_TOO_COMPLEX = 2
+
+MAX_JPEG_SCANS = 100
+MAX_JPEG_SCAN_PIXELS = 640_000_000
+_JPEG_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_too_complex(data: bytes) -> bool:
+    """True for a progressive JPEG with more scans than its budget; counted without decoding."""
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    pos, n, scans, allowed = 2, len(data), 0, 0
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_PROGRESSIVE and pos + 9 <= n:
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            allowed = max(1, min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_PIXELS // max(1, width * height)))
+        pos += 2 + length
+        if marker == 0xDA:
+            if not allowed:  # a sequential frame: one pass per component
+                return False
+            scans += 1
+            if scans > allowed:
+                return True
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return False

@@ -1,0 +1,1 @@
+../../yolox_preprocess/1/decode_budget.py
