@@ -81,21 +81,11 @@ def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
         ])
         return _status(code_pb2.INVALID_ARGUMENT, exc, bad, message=message)
     if isinstance(exc, ModelNotFoundError):
-        field = paths.path(FieldViolation(Input.OPTIONS, exc.path, exc.message))
-        resource = details_pb2.ResourceInfo(
-            resource_type="model", resource_name=_clip(exc.model.name), description=exc.message)
-        bad = details_pb2.BadRequest(field_violations=[
-            details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)
-        ])
-        return _status(code_pb2.NOT_FOUND, exc, resource, bad)
+        return _not_found(exc, "model", exc.model.name,
+                          paths.path(FieldViolation(Input.OPTIONS, exc.path, exc.message)))
     if isinstance(exc, NotFoundError):
-        field = paths.path(FieldViolation(Input.REQUEST, exc.path, exc.message))
-        resource = details_pb2.ResourceInfo(
-            resource_type=exc.resource_type, resource_name=_clip(exc.name),
-            description=exc.message)
-        bad = details_pb2.BadRequest(field_violations=[
-            details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)])
-        return _status(code_pb2.NOT_FOUND, exc, resource, bad)
+        return _not_found(exc, exc.resource_type, exc.name,
+                          paths.path(FieldViolation(Input.REQUEST, exc.path, exc.message)))
     if isinstance(exc, StoreUnavailableError):
         log.warning("store unavailable: %s", exc.detail)
         return _status(code_pb2.UNAVAILABLE, exc, _retry_info(exc.retry_after_s))
@@ -115,6 +105,16 @@ def to_status(exc: BaseException, paths: RequestPaths) -> status_pb2.Status:
         return _status(code_pb2.INTERNAL, exc)
     log.error("unhandled error", exc_info=exc)
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+def _not_found(exc: VisionError, resource_type: str, name: str,
+               field: str) -> status_pb2.Status:
+    """NOT_FOUND with the resource that is missing and the field that named it."""
+    resource = details_pb2.ResourceInfo(
+        resource_type=resource_type, resource_name=_clip(name), description=exc.message)
+    bad = details_pb2.BadRequest(field_violations=[
+        details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)])
+    return _status(code_pb2.NOT_FOUND, exc, resource, bad)
 
 
 def _clip(text: str) -> str:
