@@ -271,11 +271,13 @@ def start_triton(
     metrics_port: int = DEFAULT_METRICS_PORT,
     log_path: Path = DEFAULT_LOG,
     model_repository: Path = MODEL_REPOSITORY,
+    extra_repositories: Sequence[Path] = (),
     model_config_name: str = MODEL_CONFIG_NAME,
     ready_timeout: float = READY_TIMEOUT_S,
     wait: bool = True,
 ) -> LocalTriton:
-    """Start tritonserver on 127.0.0.1 and (by default) return once every model is ready."""
+    """Start tritonserver on 127.0.0.1 and (by default) return once every model is ready.
+    extra_repositories are served beside model_repository (e.g. tests/model_repository)."""
     install = find_install()
     backends = build_backend_dir(install)
     log_path = log_path.resolve()
@@ -283,6 +285,7 @@ def start_triton(
     command = [
         str(install.server),
         f"--model-repository={model_repository.resolve()}",
+        *(f"--model-repository={extra.resolve()}" for extra in extra_repositories),
         f"--backend-directory={backends.resolve()}",
         # Models with configs/<name>.pbtxt load that; the others fall back to config.pbtxt.
         f"--model-config-name={model_config_name}",
@@ -365,6 +368,7 @@ def _start_from_args(args: argparse.Namespace) -> LocalTriton:
         metrics_port=args.metrics_port,
         log_path=args.log,
         model_repository=args.model_repository,
+        extra_repositories=args.extra_repository,
         model_config_name=args.model_config_name,
         ready_timeout=args.timeout,
     )
@@ -383,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
     parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
+    parser.add_argument("--extra-repository", type=Path, action="append", default=[],
+                        help="another model repository to serve too (repeatable)")
     parser.add_argument("--model-config-name", default=MODEL_CONFIG_NAME)
     parser.add_argument("--log", type=Path, default=DEFAULT_LOG)
     parser.add_argument("--pidfile", type=Path, default=PIDFILE)
