@@ -47,6 +47,7 @@ def triton_url() -> Iterator[str]:
     triton = start_triton(
         http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
         log_path=ROOT / "var" / "triton-tests.log",
+        extra_repositories=[ROOT / "tests" / "model_repository"],
     )
     try:
         yield triton.grpc_url
