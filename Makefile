@@ -21,9 +21,11 @@ integration: setup
 	$(PY) -m pytest -q tests/integration
 
 # Benchmarks (bench/): starts its own Triton and server on free ports, writes bench/report/ and
-# bench/REPORT.md. The bench extras (psutil, matplotlib, py-spy) are installed on first use.
+# bench/REPORT.md. The bench extras (psutil, matplotlib, py-spy; FastAPI, uvicorn, aiohttp for the
+# FastAPI peer) are installed on first use.
 bench: setup
-	$(PY) -c 'import matplotlib, psutil' 2>/dev/null || \
+	$(PY) -c 'import matplotlib, psutil, fastapi, uvicorn, uvloop, httptools, aiohttp' \
+	  2>/dev/null || \
 	  .venv/bin/pip install -q -c requirements/dev.lock -e ".[dev,bench]"
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -38,6 +38,7 @@ from bench.suite import (
     streaming,
     warm_up,
 )
+from bench.trivial import TEST_REPOSITORY, trivial
 from tools.local_triton import LocalTriton
 
 REPORT_DIR = ROOT / "bench" / "report"
@@ -59,8 +60,15 @@ def command_line(argv: Sequence[str]) -> str:
     return " ".join([".venv/bin/python -m bench", *argv])
 
 
-def run_phases(env: Env, budget: Budget, results: Json, scratch: Path) -> None:
+PHASES = ("warm_up", "ceiling", "gateway", "in_process", "streaming", "profile", "batching",
+          "server_cost", "trivial")
+
+
+def run_phases(env: Env, budget: Budget, results: Json, scratch: Path,
+               only: str | None = None) -> None:
     def phase(key: str, title: str, body: Callable[[], Any]) -> None:
+        if only is not None and key != only:
+            return
         log(f"== {title}")
         began = time.monotonic()
         results[key] = body()
@@ -73,9 +81,8 @@ def run_phases(env: Env, budget: Budget, results: Json, scratch: Path) -> None:
           lambda: generator_ceiling(env, budget))
     phase("gateway", "1+3: service vs direct Triton vs a client per request",
           lambda: gateway(env, budget))
-    best = best_concurrency(results["gateway"])
-    phase("in_process", f"2: in-process onnxruntime vs service (x{best})",
-          lambda: in_process(env, budget, best))
+    phase("in_process", "2: in-process onnxruntime vs service (at its best concurrency)",
+          lambda: in_process(env, budget, best_concurrency(results["gateway"])))
     phase("streaming", "5: stream vs unary / direct", lambda: streaming(env, budget))
     phase("profile", "profile of the server (py-spy)", lambda: {
         "unary": profile(env, budget, "unary", RunSpec(
@@ -87,6 +94,8 @@ def run_phases(env: Env, budget: Budget, results: Json, scratch: Path) -> None:
     phase("batching", "4: Triton batching variants", lambda: batching(env, budget, scratch))
     phase("server_cost", "6: server CPU and RSS (fresh server process)",
           lambda: server_cost(env, budget))
+    phase("trivial", "gateway with a trivial model (header_detector) vs direct and a FastAPI peer",
+          lambda: trivial(env, budget, budget == QUICK))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,11 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--render-only", action="store_true",
                         help="re-render REPORT.md and the plots from results.json")
+    parser.add_argument("--only", choices=PHASES,
+                        help="run this phase alone and replace its section in the existing "
+                             "results.json (the other sections stay as they were)")
     args = parser.parse_args(argv)
     given = list(argv if argv is not None else sys.argv[1:])
     if args.render_only:
         render(json.loads((REPORT_DIR / "results.json").read_text()))
         return 0
+    if args.only and not (REPORT_DIR / "results.json").is_file():
+        parser.error("--only merges into bench/report/results.json: run the whole bench first")
 
     budget = QUICK if args.quick else FULL
     signal.signal(signal.SIGTERM, _interrupt)
@@ -116,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="vision-bench-") as scratch:
             log("== starting Triton, the server and the load generator")
-            triton = launch_triton(VAR_DIR / "bench-triton.log")
+            triton = launch_triton(VAR_DIR / "bench-triton.log",
+                                   extra_repositories=(TEST_REPOSITORY,))
             server = ServerProcess(triton.grpc_url, VAR_DIR / "bench-server.log")
             generator = LoadGenerator(args.workers, VAR_DIR / "bench-workers.log")
             server.wait_serving()
@@ -124,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"   Triton {triton.version} pid {triton.pid} at {triton.grpc_url}; server pid "
                 f"{server.pid} at {server.address}; {generator.size} generator processes")
             run_phases(Env(generator, server, triton, VAR_DIR, REPORT_DIR, log), budget,
-                       results, Path(scratch))
+                       results, Path(scratch), args.only)
     except KeyboardInterrupt:
         log("interrupted: stopping what was started")
         return 130
@@ -137,11 +152,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             triton.stop()
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = round(time.monotonic() - started, 1)
+    if args.only:
+        results = merged(json.loads((REPORT_DIR / "results.json").read_text()), results,
+                         args.only)
     (REPORT_DIR / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     render(results)
     log(f"done in {time.monotonic() - started:.0f} s: {REPORT_MD.relative_to(ROOT)}, "
         f"{REPORT_DIR.relative_to(ROOT)}/")
     return 0
+
+
+def merged(previous: Json, run: Json, key: str) -> Json:
+    """previous with run's section `key` in place of its own; the run's command, time and
+    machine are kept beside it under "partial_runs"."""
+    previous[key] = run[key]
+    previous["phase_s"][key] = run["phase_s"][key]
+    previous.setdefault("partial_runs", {})[key] = {
+        name: run[name] for name in ("command", "quick", "started_utc", "wall_s", "machine")}
+    return previous
 
 
 def render(results: Json) -> None:

@@ -41,6 +41,7 @@ class Job:
     offset: int  # first image index, so workers do not send the same image in lockstep
     intra_op: int
     per_stream: int
+    model: str | None
 
 
 @dataclass
@@ -66,6 +67,7 @@ class RunSpec:
     workers: int | None = None  # default: as many as there are calls in flight, up to the pool
     intra_op: int = 1
     per_stream: int = 1
+    model: str | None = None  # see bench.targets.make_target
 
 
 @dataclass
@@ -90,7 +92,8 @@ class LoadGeneratorError(RuntimeError):
 async def _run_async(job: Job) -> WorkerResult:
     if job.kind == "inproc":
         raise ValueError("in-process jobs run synchronously")
-    target = make_target(job.kind, job.address, job.images, job.per_stream)
+    target = make_target(job.kind, job.address, job.images, job.per_stream, job.model,
+                         job.concurrency)
     await target.open()
     await asyncio.sleep(max(0.0, job.start_at - time.monotonic()))
     start = time.monotonic()
@@ -214,7 +217,7 @@ class LoadGenerator:
         offset = 0
         for conn, slot, count in zip(self._conns, slots, counts, strict=False):
             conn.send(Job(spec.kind, spec.address, spec.images, slot, start_at, spec.duration_s,
-                          count, offset, spec.intra_op, spec.per_stream))
+                          count, offset, spec.intra_op, spec.per_stream, spec.model))
             offset += slot * 7  # a prime stride through the image list
         limit = (spec.duration_s or 0.0) + RESULT_GRACE_S
         results: list[WorkerResult] = []

@@ -70,9 +70,10 @@ def variant_repository(variant: BatchingVariant, into: Path) -> Path:
 
 
 def launch_triton(log_path: Path, repository: Path = MODEL_REPOSITORY,
-                  wait: bool = True) -> LocalTriton:
+                  wait: bool = True, extra_repositories: tuple[Path, ...] = ()) -> LocalTriton:
     return start_triton(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                        log_path=log_path, model_repository=repository, wait=wait)
+                        log_path=log_path, model_repository=repository, wait=wait,
+                        extra_repositories=extra_repositories)
 
 
 class ServerProcess:

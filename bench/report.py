@@ -314,6 +314,142 @@ def profile_section(results: Json) -> list[str]:
     return lines
 
 
+RATIO_FIGURES = {"throughput": "throughput", "p50_ms": "p50 latency",
+                 "gateway_cpu_ms": "gateway CPU per call"}
+
+
+def _trivial_ratio(t: Json, numerator: str, denominator: str, figure: str) -> Json:
+    return next(r for r in t["ratios"] if (r["numerator"], r["denominator"], r["figure"])
+                == (numerator, denominator, figure))
+
+
+def trivial_summary(results: Json) -> list[str]:
+    t = results.get("trivial")
+    if not t:
+        return []
+    lines = []
+    for arm in t["server_arms"]:
+        for other, label in ((t["peer"], "the FastAPI peer"), (t["direct"], "direct Triton")):
+            by_c = _trivial_ratio(t, arm, other, "throughput")["by_concurrency"]
+            lines.append(f"- trivial model, {arm} ÷ {label} (throughput): " + ", ".join(
+                f"{c} in flight {fig(v, 2)}" for c, v in by_c.items()) + ".")
+    low = min(t["added_p50_ms"][t["peer"]], key=int)
+    lines.append(f"- trivial model, gateway-added p50 at {low} in flight: " + ", ".join(
+        f"{arm} {fig(by_c[low], 2, ' ms')}" for arm, by_c in t["added_p50_ms"].items()) + ".")
+    return lines
+
+
+def _profile_ranking(name: str, p: Json) -> list[str]:
+    if "error" in p:
+        return [f"- {name}: not profiled ({p['error']})", ""]
+    threads = ", ".join(f"{thread} {ms:.3f}" for thread, ms in
+                        p["thread_cpu_ms_per_image"].items() if ms >= 0.001)
+    ranking = p["ranking"]
+    loop_ms = p["thread_cpu_ms_per_image"].get("main", 0.0)
+    total = list(ranking["total"].items())[:RANKED_IN_REPORT]
+    own = list(ranking["own"].items())[:RANKED_IN_REPORT]
+    return [
+        f"### Profile of {name}: {p['spec']['concurrency']} in flight", "",
+        f"{p['throughput']:.0f} calls/s under py-spy (which pauses the process to sample, so "
+        f"slower than above); server CPU {p['server_cpu_ms_per_image']:.3f} ms per call; by "
+        f"thread (ms/call): {threads}. {ranking['active_samples']} non-idle samples of "
+        f"{ranking['samples']} at {p['rate_hz']} Hz. Raw stacks: bench/report/{p['file']}.", "",
+        *table(["where (leaf frame)", "share of non-idle samples",
+                "≈ ms/call (share × event-loop thread CPU)"],
+               [[bucket, f"{share:.1%}", f"{share * loop_ms:.3f}"]
+                for bucket, share in p["self_by_bucket"].items()]),
+        "Functions by total (inclusive) time, line numbers merged:", "",
+        *table(["function", "total share"], [[f"`{f}`", f"{v:.1%}"] for f, v in total]),
+        "Functions by own time (the leaf frame; time in C extensions counts to the Python "
+        "function that called them, Cython/C callbacks of grpc.aio to `Handle._run`):", "",
+        *table(["function", "own share"], [[f"`{f}`", f"{v:.1%}"] for f, v in own]),
+    ]
+
+
+RANKED_IN_REPORT = 20
+
+
+def trivial_section(results: Json) -> list[str]:
+    """The gateway with a trivial model (bench/trivial.py), when that phase has run."""
+    t = results.get("trivial")
+    if not t:
+        return []
+    run = results.get("partial_runs", {}).get("trivial")
+    arms = t["arms"]
+    concurrencies = list(next(iter(arms.values())))
+    when = (f"Measured alone (`{run['command']}`, started {run['started_utc']}, "
+            f"{run['wall_s']:.0f} s, load average at start "
+            f"{[round(v, 2) for v in run['machine']['load_average']]}, at end "
+            f"{[round(v, 2) for v in run['machine'].get('load_average_end', [])]})"
+            + (", a `--quick` run" if run["quick"] else "") + "; " if run else "")
+    rows = []
+    for c in concurrencies:
+        for arm, by_c in arms.items():
+            s = by_c[c]
+            rows.append([c, arm, fig(s["throughput"], 0), fig(s["p50_ms"], 2),
+                         med(s["p99_ms"], 2), fig(s["cpu_ms"].get("gateway"), 3),
+                         med(s["cpu_ms"].get("triton"), 3), med(s["cpu_ms"].get("generator"), 3),
+                         med(s["batches"].get(t["model"]), 1), str(s["errors"])])
+    ratio_rows = [[f"{r['numerator']} ÷ {r['denominator']}", RATIO_FIGURES[r["figure"]],
+                   *[fig(r["by_concurrency"].get(c), 2) for c in concurrencies]]
+                  for r in t["ratios"]]
+    added_rows = [[arm, *[fig(by_c.get(c), 2) for c in concurrencies]]
+                  for arm, by_c in t["added_p50_ms"].items()]
+    d = t["detection"]
+    detection_rows = [[arm, fig(s["throughput"], 1), fig(s["p50_ms"], 0),
+                       fig(s["cpu_ms"].get("gateway"), 2), med(s["cpu_ms"].get("triton"), 1),
+                       med(s["cpu_ms"].get("generator"), 2), str(s["errors"])]
+                      for arm, s in d["arms"].items()]
+    variants = "; ".join(f"`{name}`: " + (" ".join(args) if args else "no extra arguments")
+                         for name, args in t["server_arms"].items())
+    lines = [
+        "## Gateway with a trivial model", "",
+        f"Triton's `{t['model']}` (tests/model_repository: yolox_nano's inputs and outputs, one "
+        "box answered from the image header, microseconds per image) stands in for YOLOX so "
+        "that the model's ~45 ms per image hides no gateway cost. Same Triton as above (it "
+        "serves both repositories), small JPEG "
+        f"({results['images']['small_bytes'] // 1000} KB) for every call; arms interleaved in "
+        f"{t['reps']} rounds of {t['run_s']} s per concurrency. {when}the machine's 2 cores "
+        "were shared with other agents' work during the run, so read the paired ratios rather "
+        "than the absolute rates.", "",
+        f"- vision-grpc variants (each its own `python -m server` process with "
+        f"`--detection.default-model {t['model']}`): {variants}. Unary `DetectObjects`, the "
+        "server's default options.",
+        f"- {t['direct']}: `tritonclient.grpc.aio`, one client per generator process; "
+        f"{t['per_request']}: a new client (channel + stub) made and closed for every call, the "
+        "seed's pattern. Same tensors as the server sends, all outputs read.",
+        f"- {t['peer']}: bench/peer_fastapi.py, FastAPI on uvicorn (uvloop, httptools, one "
+        "worker, access log off), one shared `tritonclient.grpc.aio` client made in the "
+        "lifespan; `POST /v1/detect` with the image as the raw body, the same Triton call, "
+        "detections answered as JSON (pydantic models). It checks the model name, an empty "
+        "body and the 4 MiB limit, but has no auth, admission, metrics, request ids, header "
+        "inspection or rich error details, which vision-grpc has. Load: one aiohttp session "
+        "per generator process, keep-alive pool as large as its calls in flight, JSON parsed.",
+        "- CPU ms per call: user+system CPU of the process group over the run ÷ completed "
+        "calls; gateway = the arm's server or peer process (with any children), Triton "
+        "includes its Python-backend stubs, generator = the load generator's processes "
+        "(gRPC vs HTTP clients cost it differently, and it shares the 2 cores).", "",
+        *table(["in flight", "arm", "calls/s", "p50 ms", "p99 ms", "gateway CPU ms/call",
+                "Triton CPU ms/call", "generator CPU ms/call", "Triton avg batch", "errors"],
+               rows),
+        "Paired ratios (per round, then median and min–max over the rounds):", "",
+        *table(["ratio", "figure", *[f"{c} in flight" for c in concurrencies]], ratio_rows),
+        f"Gateway-added p50 (the arm's p50 − {t['direct']}'s p50 in the same round, ms):", "",
+        *table(["gateway", *[f"{c} in flight" for c in concurrencies]], added_rows),
+        f"### With real detection ({d['model']}, {d['concurrency']} in flight)", "",
+        "vision-grpc (the bench's main server, yolox_nano by default) vs the FastAPI peer "
+        f"naming `{d['model']}` in its query, same small JPEG, interleaved rounds of "
+        f"{d['run_s']} s:", "",
+        *table(["arm", "img/s", "p50 ms", "gateway CPU ms/call", "Triton CPU ms/call",
+                "generator CPU ms/call", "errors"], detection_rows),
+        f"vision-grpc ÷ peer: throughput {fig(d['throughput_ratio'], 2)}, gateway CPU per call "
+        f"{fig(d['gateway_cpu_ratio'], 2)}.", "",
+    ]
+    for name, p in t["profiles"].items():
+        lines += _profile_ranking(name, p)
+    return lines
+
+
 def markdown(results: Json, images: list[Path]) -> str:
     g = results["gateway"]
     s = results["streaming"]
@@ -338,7 +474,8 @@ def markdown(results: Json, images: list[Path]) -> str:
         f"- server: {fig(c['cpu_s_per_1000_steady'], 2, ' s')} CPU per 1 000 small requests; "
         f"RSS {c['rss_after_first_mib']:.0f} MiB after {c['chunk_requests']}, "
         f"{c['rss_after_last_mib']:.0f} MiB after {c['requests_total']}.",
-        f"- batching: {batching_verdict} (section 4).", "",
+        f"- batching: {batching_verdict} (section 4).",
+        *trivial_summary(results), "",
     ]
     figures = ["## Figures", "", *[f"![{p.stem}]({p.as_posix()})" for p in images], ""]
     not_measured = [
@@ -351,7 +488,7 @@ def markdown(results: Json, images: list[Path]) -> str:
         *ceiling_section(results), *gateway_section(results), *in_process_section(results),
         *per_request_section(results), *batching_section(results),
         *streaming_section(results), *cost_section(results), *profile_section(results),
-        *not_measured, *figures])
+        *trivial_section(results), *not_measured, *figures])
 
 
 def console_table(results: Json) -> str:

@@ -1,13 +1,15 @@
 """What one benchmark call is, per kind: a health check, a unary DetectObjects, a Triton infer
-over a shared client or a client made per call, a whole StreamDetectObjects upload. Each target
-owns the one channel (or client) it reuses and is opened once per worker run, before timing
-starts."""
+over a shared client or a client made per call (of any model with the detection tensors), a whole
+StreamDetectObjects upload, an HTTP POST to the FastAPI peer (bench/peer_fastapi.py). Each target
+owns the one channel (or client, or connection pool) it reuses and is opened once per worker run,
+before timing starts."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any, Literal, Protocol
 
+import aiohttp
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,14 +19,14 @@ from tritonclient.grpc.aio import InferenceServerClient
 from bench.payloads import PayloadName, payload
 from server.triton import detection as tensors
 from server.triton.tensors import IMAGE
+from vision.v1 import detection_pb2, image_pb2, model_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
-from vision.v1 import image_pb2
 from vision_client.client import StreamImage, detection_uploads
 
-TargetKind = Literal["health", "detect", "triton", "triton_per_request", "stream"]
+TargetKind = Literal["health", "detect", "triton", "triton_per_request", "stream", "http_detect"]
 
-ENSEMBLE = "yolox_nano"
+ENSEMBLE = "yolox_nano"  # the Triton targets' model when a run names none
 SCORE_THRESHOLD = 0.25
 IOU_THRESHOLD = 0.45
 # The service's own limits: 32 MiB images through the stream, 4 MiB unary (gRPC's default).
@@ -64,12 +66,16 @@ class HealthTarget:
 
 class DetectTarget:
     """DetectionService/DetectObjects (unary) over one shared channel, server-side default options
-    (score 0.25, IoU 0.45): the same work the direct Triton calls ask for."""
+    (score 0.25, IoU 0.45): the same work the direct Triton calls ask for. The server's default
+    model unless the run names one."""
 
-    def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
+    def __init__(self, address: str, images: tuple[bytes, ...], model: str | None = None) -> None:
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = det_grpc.DetectionServiceStub(self._channel)
-        self._requests = [det_pb2.DetectObjectsRequest(image=image_pb2.Image(content=image))
+        options = detection_pb2.DetectionOptions(model=model_pb2.ModelReference(name=model)) \
+            if model else None
+        self._requests = [det_pb2.DetectObjectsRequest(image=image_pb2.Image(content=image),
+                                                       options=options)
                           for image in images]
 
     async def open(self) -> None:
@@ -99,20 +105,22 @@ def _infer_inputs(content: bytes) -> list[InferInput]:
     return inputs
 
 
-async def _infer(client: InferenceServerClient, content: bytes,
+async def _infer(client: InferenceServerClient, model: str, content: bytes,
                  outputs: list[InferRequestedOutput]) -> None:
-    result: Any = await client.infer(ENSEMBLE, _infer_inputs(content), outputs=outputs,
+    result: Any = await client.infer(model, _infer_inputs(content), outputs=outputs,
                                      client_timeout=CALL_TIMEOUT_S)
     for name in tensors.TENSORS.output_names:  # read the answer, as a real caller would
         result.as_numpy(name)
 
 
 class TritonTarget:
-    """The ensemble straight on Triton through one shared `tritonclient.grpc.aio` client."""
+    """A detection model (the ensemble by default) straight on Triton through one shared
+    `tritonclient.grpc.aio` client."""
 
-    def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
+    def __init__(self, address: str, images: tuple[bytes, ...], model: str = ENSEMBLE) -> None:
         self._address = address
         self._images = images
+        self._model = model
         self._outputs = [InferRequestedOutput(name) for name in tensors.TENSORS.output_names]
         self._client: InferenceServerClient | None = None
 
@@ -122,7 +130,8 @@ class TritonTarget:
 
     async def call(self, index: int) -> int:
         assert self._client is not None
-        await _infer(self._client, self._images[index % len(self._images)], self._outputs)
+        await _infer(self._client, self._model, self._images[index % len(self._images)],
+                     self._outputs)
         return 1
 
     async def close(self) -> None:
@@ -134,9 +143,10 @@ class TritonPerRequestTarget:
     """The seed's pattern: a new `InferenceServerClient` (channel + stub) for every call, closed
     after it."""
 
-    def __init__(self, address: str, images: tuple[bytes, ...]) -> None:
+    def __init__(self, address: str, images: tuple[bytes, ...], model: str = ENSEMBLE) -> None:
         self._address = address
         self._images = images
+        self._model = model
         self._outputs = [InferRequestedOutput(name) for name in tensors.TENSORS.output_names]
 
     async def open(self) -> None:
@@ -145,7 +155,8 @@ class TritonPerRequestTarget:
     async def call(self, index: int) -> int:
         client = InferenceServerClient(url=self._address)
         try:
-            await _infer(client, self._images[index % len(self._images)], self._outputs)
+            await _infer(client, self._model, self._images[index % len(self._images)],
+                         self._outputs)
         finally:
             await client.close()
         return 1
@@ -188,15 +199,52 @@ class StreamTarget:
         await self._channel.close()
 
 
-def make_target(kind: TargetKind, address: str, images: PayloadName,
-                per_stream: int = 1) -> Target:
+class HttpDetectTarget:
+    """POST /v1/detect on the FastAPI peer: the encoded image as the raw body, the model (when the
+    run names one) as a query parameter, the JSON answer parsed. One aiohttp session whose
+    keep-alive pool holds as many connections as this worker keeps calls in flight."""
+
+    def __init__(self, address: str, images: tuple[bytes, ...], model: str | None,
+                 pool_size: int) -> None:
+        self._url = f"http://{address}/v1/detect"
+        self._images = images
+        self._params = {"model": model} if model else {}
+        self._pool_size = max(1, pool_size)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._pool_size),
+            timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S))
+
+    async def call(self, index: int) -> int:
+        assert self._session is not None
+        async with self._session.post(self._url, data=self._images[index % len(self._images)],
+                                      params=self._params,
+                                      headers={"Content-Type": "image/jpeg"}) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+            await response.json()  # read the answer, as a real caller would
+        return 1
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def make_target(kind: TargetKind, address: str, images: PayloadName, per_stream: int = 1,
+                model: str | None = None, in_flight: int = 1) -> Target:
+    """model: the Triton model (direct kinds; the ensemble when None) or the model the call
+    names (service and peer kinds; their default when None). in_flight sizes HTTP pools."""
     content = payload(images)
     if kind == "health":
         return HealthTarget(address)
     if kind == "detect":
-        return DetectTarget(address, content)
+        return DetectTarget(address, content, model)
     if kind == "triton":
-        return TritonTarget(address, content)
+        return TritonTarget(address, content, model or ENSEMBLE)
     if kind == "triton_per_request":
-        return TritonPerRequestTarget(address, content)
+        return TritonPerRequestTarget(address, content, model or ENSEMBLE)
+    if kind == "http_detect":
+        return HttpDetectTarget(address, content, model, in_flight)
     return StreamTarget(address, content, per_stream)
