@@ -412,8 +412,9 @@ def trivial_section(results: Json) -> list[str]:
         f"{t['reps']} rounds of {t['run_s']} s per concurrency. {when}the machine's 2 cores "
         "were shared with other agents' work during the run, so read the paired ratios rather "
         "than the absolute rates.", "",
-        f"- vision-grpc variants (each its own `python -m server` process with "
-        f"`--detection.default-model {t['model']}`): {variants}. Unary `DetectObjects`, the "
+        "- vision-grpc variants, each its own `python -m server` process with "
+        f"`{' '.join(t.get('server_base_args', []))}` (admission limits above the highest "
+        f"concurrency, so that no arm sheds load): {variants}. Unary `DetectObjects`, the "
         "server's default options.",
         f"- {t['direct']}: `tritonclient.grpc.aio`, one client per generator process; "
         f"{t['per_request']}: a new client (channel + stub) made and closed for every call, the "

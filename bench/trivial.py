@@ -35,10 +35,17 @@ TRIVIAL_MODEL = "header_detector"
 IMAGES: PayloadName = "small"
 
 
+# Every variant's arguments before its own: the trivial model by default, and admission limits
+# above the highest concurrency measured (its defaults suit YOLOX on 2 cores and would refuse
+# most of 64 trivial calls in flight): the arms compare gateway cost, not load shedding.
+SERVER_BASE_ARGS = ("--detection.default-model", TRIVIAL_MODEL,
+                    "--admission.max-in-flight", "256", "--admission.peer-share", "1.0")
+
+
 @dataclass(frozen=True)
 class ServerArm:
     """A vision-grpc variant: its name in the report and its extra `python -m server` arguments
-    (on top of the bench's own and `--detection.default-model header_detector`)."""
+    (after the bench's own and SERVER_BASE_ARGS)."""
 
     name: str
     args: tuple[str, ...] = ()
@@ -215,8 +222,7 @@ def trivial(env: Env, budget: Budget, quick: bool) -> Json:
             slug = _slug(arm.name)
             servers[arm.name] = ServerProcess(
                 url, env.var_dir / f"bench-trivial-{slug}.log",
-                ["--detection.default-model", TRIVIAL_MODEL, "--store.path", str(stores / slug),
-                 *arm.args])
+                [*SERVER_BASE_ARGS, "--store.path", str(stores / slug), *arm.args])
         peer = PeerProcess(url, env.var_dir / "bench-peer-fastapi.log", (TRIVIAL_MODEL, ENSEMBLE))
         for server in servers.values():
             server.wait_serving()
@@ -275,6 +281,7 @@ def _trivial_rounds(env: Env, plan: Plan, servers: dict[str, ServerProcess],
     gateways = (*servers, PEER)
     section: Json = {
         "model": TRIVIAL_MODEL, "images": IMAGES, "reps": plan.reps, "run_s": plan.run_s,
+        "server_base_args": list(SERVER_BASE_ARGS),
         "server_arms": {arm.name: list(arm.args) for arm in SERVER_ARMS},
         "direct": DIRECT, "per_request": PER_REQUEST, "peer": PEER,
         "arms": {arm: {} for arm in arms},
