@@ -448,7 +448,27 @@ def trivial_section(results: Json) -> list[str]:
     ]
     for name, p in t["profiles"].items():
         lines += _profile_ranking(name, p)
+    for name, p in t.get("native_profiles", {}).items():
+        lines += _native_ranking(name, p)
     return lines
+
+
+def _native_ranking(name: str, p: Json) -> list[str]:
+    if "error" in p:
+        return [f"- {name}, native: not profiled ({p['error']})", ""]
+    loop_ms = p["thread_cpu_ms_per_image"].get("main", 0.0)
+    return [
+        f"### Native profile of {name}: {p['spec']['concurrency']} in flight", "",
+        f"`py-spy --native` at {p['rate_hz']} Hz, {p['throughput']:.0f} calls/s meanwhile, "
+        f"event-loop thread {loop_ms:.3f} CPU ms per call. Own time of the event-loop thread's "
+        f"{p['ranking']['busy_samples']} busy samples by where the leaf frame runs: what the "
+        "Python view above books to `Handle._run` and to the Python lines that call into C "
+        f"shows here as the C library or the system call. Raw stacks: bench/report/{p['file']}.",
+        "",
+        *table(["where", "share of busy samples", "≈ ms/call (share × event-loop thread CPU)"],
+               [[f"`{place}`", f"{share:.1%}", f"{share * loop_ms:.3f}"]
+                for place, share in p["ranking"]["own_by_place"].items()]),
+    ]
 
 
 def markdown(results: Json, images: list[Path]) -> str:

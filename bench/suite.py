@@ -332,9 +332,11 @@ def parse_collapsed(text: str) -> Json:
 PROFILE_RATE_HZ = 250
 
 
-def profile(env: Env, budget: Budget, name: str, spec: RunSpec) -> Json:
+def profile(env: Env, budget: Budget, name: str, spec: RunSpec,
+            native_rate_hz: int | None = None) -> Json:
     """py-spy samples the server process's Python threads (250 Hz) while spec runs; also the
-    server's CPU per thread (event loop = main, gRPC core's named threads)."""
+    server's CPU per thread (event loop = main, gRPC core's named threads). With native_rate_hz
+    it samples native frames too (C extensions, libc), at that lower rate."""
     py_spy = Path(sys.executable).parent / "py-spy"
     output = env.report_dir / f"profile-{name}.txt"
     if not py_spy.is_file():
@@ -344,8 +346,8 @@ def profile(env: Env, budget: Budget, name: str, spec: RunSpec) -> Json:
     cpu_before = server.usage().cpu_s
     sampler = subprocess.Popen(
         [str(py_spy), "record", "--pid", str(env.server.pid), "--duration",
-         str(int(budget.profile_s)), "--rate", str(PROFILE_RATE_HZ), "--format", "raw",
-         "--output", str(output)],
+         str(int(budget.profile_s)), "--rate", str(native_rate_hz or PROFILE_RATE_HZ),
+         "--format", "raw", "--output", str(output), *(["--native"] if native_rate_hz else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         time.sleep(0.5)  # attach before the load starts
@@ -370,7 +372,7 @@ def profile(env: Env, budget: Budget, name: str, spec: RunSpec) -> Json:
         "throughput": run.throughput, "completed": run.completed,
         "server_cpu_ms_per_image": per_image(cpu),
         "thread_cpu_ms_per_image": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
-        "rate_hz": PROFILE_RATE_HZ,
+        "rate_hz": native_rate_hz or PROFILE_RATE_HZ,
     })
     env.log(f"  {name}: {run.throughput:.1f} img/s, server "
             f"{section['server_cpu_ms_per_image']:.2f} CPU ms/image, top "

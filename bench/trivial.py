@@ -81,6 +81,7 @@ FULL_PLAN = Plan(reps=5, run_s=3.0, concurrencies=(1, 16, 64), detection_concurr
                  detection_run_s=5.0, profile_concurrency=16)
 QUICK_PLAN = Plan(reps=2, run_s=1.0, concurrencies=(1, 16), detection_concurrency=16,
                   detection_run_s=1.5, profile_concurrency=16)
+NATIVE_RATE_HZ = 100  # py-spy --native falls behind at 250 Hz on this box
 PEER_READY_TIMEOUT_S = 60.0
 PEER_STOP_GRACE_S = 10.0
 RANKED_FUNCTIONS = 30
@@ -209,6 +210,49 @@ def rank_functions(text: str, top: int = RANKED_FUNCTIONS) -> Json:
             "total": {name: share(n) for name, n in total.most_common(top)}}
 
 
+def _native_file(frame: str) -> str | None:
+    """The shared object or C file of a native frame ("sendmsg (libc.so.6)" → "libc.so.6");
+    None for a Python frame."""
+    where = frame[frame.rfind("(") + 1:].rstrip(")") if "(" in frame else frame
+    path = where.rsplit(":", 1)[0] if where.rsplit(":", 1)[-1].isdigit() else where
+    name = path.rsplit("/", 1)[-1]
+    if name.endswith((".so", ".c", ".h")) or ".so." in name:
+        return name.replace(".cpython-311-x86_64-linux-gnu", "")
+    return None
+
+
+def rank_native(text: str, top: int = 15) -> Json:
+    """Own time of the event-loop thread's busy samples from a `py-spy --native` run, by where
+    the leaf runs: a C extension or library, libc with the library that called it (system calls
+    show there), or the interpreter running Python code."""
+    places: Counter[str] = Counter()
+    busy = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = [frame for frame in stack.split(";") if frame.strip()]
+        if not any("_run_module_as_main" in frame for frame in frames) or \
+                any("selectors.py" in frame for frame in frames):
+            continue  # another thread, or the loop waiting in epoll
+        count = int(count_text)
+        busy += count
+        leaf = _native_file(frames[-1])
+        if leaf is None:
+            places["Python code (the interpreter)"] += count
+        elif leaf.startswith("libc.so"):
+            caller = next((_native_file(frame) or "Python code" for frame in reversed(frames)
+                           if not (_native_file(frame) or "").startswith("libc.so")), "?")
+            symbol = frames[-1].split(" (", 1)[0]
+            symbol = "(unresolved)" if symbol.startswith("0x") else symbol
+            places[f"libc {symbol}, called from {caller}"] += count
+        else:
+            places[leaf] += count
+    share = (lambda n: n / busy) if busy else (lambda n: 0.0)
+    return {"busy_samples": busy,
+            "own_by_place": {name: share(n) for name, n in places.most_common(top)}}
+
+
 def trivial(env: Env, budget: Budget, quick: bool) -> Json:
     """The whole phase; every process it starts is stopped before it returns."""
     plan = QUICK_PLAN if quick else FULL_PLAN
@@ -232,9 +276,12 @@ def trivial(env: Env, budget: Budget, quick: bool) -> Json:
                 + f"; FastAPI peer pid {peer.pid} at {peer.address}")
         section = _trivial_rounds(env, plan, servers, peer)
         section["detection"] = _detection_pair(env, plan, peer)
-        section["profiles"] = {
-            arm.name: _profile(env, budget, plan, arm, servers[arm.name])
-            for arm in SERVER_ARMS if arm.profiled}
+        profiled = [arm for arm in SERVER_ARMS if arm.profiled]
+        section["profiles"] = {arm.name: _profile(env, budget, plan, arm, servers[arm.name])
+                               for arm in profiled}
+        section["native_profiles"] = {
+            arm.name: _profile(env, budget, plan, arm, servers[arm.name], native=True)
+            for arm in profiled}
         return section
     finally:
         if peer is not None:
@@ -332,12 +379,15 @@ def _detection_pair(env: Env, plan: Plan, peer: PeerProcess) -> Json:
             "gateway_cpu_ratio": _ratio(runs["vision-grpc"], runs[PEER], "gateway_cpu_ms")}
 
 
-def _profile(env: Env, budget: Budget, plan: Plan, arm: ServerArm, server: ServerProcess
-             ) -> Json:
-    name = f"trivial-{_slug(arm.name)}"
+def _profile(env: Env, budget: Budget, plan: Plan, arm: ServerArm, server: ServerProcess,
+             native: bool = False) -> Json:
+    name = f"trivial-{_slug(arm.name)}" + ("-native" if native else "")
     section = profile(replace(env, server=server), budget, name, RunSpec(
         "detect", server.address, IMAGES, plan.profile_concurrency,
-        duration_s=budget.profile_s + 1.0))
+        # py-spy takes a few seconds to read native symbols before it samples
+        duration_s=budget.profile_s + (3.0 if native else 1.0)),
+        NATIVE_RATE_HZ if native else None)
     if "error" not in section:
-        section["ranking"] = rank_functions((env.report_dir / section["file"]).read_text())
+        text = (env.report_dir / section["file"]).read_text()
+        section["ranking"] = rank_native(text) if native else rank_functions(text)
     return section
