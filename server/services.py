@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from server.domain import Task
@@ -75,7 +74,9 @@ class Resources:
 @dataclass(frozen=True, slots=True)
 class Service:
     descriptor: ServiceDescriptor
-    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    # Called with an InterceptedServer; the generated stubs type it as the grpc server it
+    # stands in for, hence Any.
+    add_to_server: Callable[[Any, Any], None]
     build: Callable[[Resources], object]
     models: Callable[[Settings], list[str]]
     # What the service's adapter expects of each of `models`; None for services that only
