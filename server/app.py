@@ -26,8 +26,9 @@ from server.services import SERVICES, Resources, Service
 from server.settings import ConnectionSettings, Settings
 from server.store import Space, StoreConfig, open_store
 from server.store.timed import TimedStore
+from server.triton.aggregation import Aggregator
 from server.triton.breaker import CircuitBreaker
-from server.triton.calls import TritonCalls, create_client
+from server.triton.calls import Inference, TritonCalls, create_client
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,16 @@ async def _start(settings: Settings, services: Sequence[Service],
     await check_models(triton, services, settings)
     store = TimedStore(await open_store(store_config(settings)))
     stack.push_async_callback(store.close)
+    detection_calls: Inference = triton
+    if settings.aggregation.enabled:
+        g = settings.aggregation
+        aggregator = Aggregator(triton, g.max_batch, g.max_delay_s, g.max_batches_in_flight)
+        stack.push_async_callback(aggregator.close)
+        detection_calls = aggregator
     resources = Resources(settings=settings, triton=triton, store=store,
                           upload_budget=UploadBudget(max(settings.limits.max_upload_buffer_bytes,
-                                                         settings.limits.max_image_bytes)))
+                                                         settings.limits.max_image_bytes)),
+                          detection_calls=detection_calls)
 
     in_flight = InFlight()
     a = settings.admission

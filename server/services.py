@@ -36,7 +36,7 @@ from server.triton import detection as triton_detection
 from server.triton import embedding as triton_embedding
 from server.triton import faces as triton_faces
 from server.triton import ocr as triton_ocr
-from server.triton.calls import TritonCalls
+from server.triton.calls import Inference, TritonCalls
 from server.triton.catalog import TritonCatalog
 from server.triton.tensors import ModelTensors
 from vision.v1 import (
@@ -69,6 +69,7 @@ class Resources:
     triton: TritonCalls
     store: VectorStore
     upload_budget: UploadBudget  # shared by every upload stream of the process
+    detection_calls: Inference  # triton, or its aggregator when aggregation is enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ def _detection_pipeline(resources: Resources) -> DetectionPipeline:
     settings = resources.settings
     task = settings.detection
     return DetectionPipeline(
-        triton_detection.TritonDetector(resources.triton),
+        triton_detection.TritonDetector(resources.detection_calls),
         DetectionConfig(
             models=_choice(task),
             default_score_threshold=task.default_score_threshold,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -54,6 +54,13 @@ _TIMED_OUT = "Request timeout"
 # server's own limits apply at its edge.
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1),
                     ("grpc.max_receive_message_length", -1)]
+
+
+class Inference(Protocol):
+    """What an adapter calls: TritonCalls, or the aggregator in front of it."""
+
+    async def infer(self, model: ModelRef, tensors: ModelTensors, inputs: Mapping[str, Array],
+                    request_id: str, timeout_s: float | None) -> dict[str, Array]: ...
 
 
 class TritonClient:
@@ -93,6 +100,21 @@ class TritonCalls:
         """Runs one request; returns its outputs by name. An image the model could not decode
         raises IMAGE_DECODE_FAILED (IMAGE_TOO_COMPLEX past the decode budget); Triton's failures
         become domain errors; while the breaker is open it raises BackendUnavailableError."""
+        outputs = await self.infer_batch(model, tensors, inputs, request_id, timeout_s)
+        check_statuses(outputs)
+        return outputs
+
+    async def infer_batch(
+        self,
+        model: ModelRef,
+        tensors: ModelTensors,
+        inputs: Mapping[str, Array],
+        request_id: str,
+        timeout_s: float | None,
+    ) -> dict[str, Array]:
+        """Runs one request of any number of images and returns its outputs unchecked: the
+        per-image decode statuses are the callers' to check (check_statuses), one image each
+        when the request carries several callers' images (server.triton.aggregation)."""
         self.breaker.before_call()
         timeout = timeout_s if timeout_s is not None else self._default_timeout_s
         request = wire.infer_request(
@@ -112,16 +134,7 @@ class TritonCalls:
             self.breaker.settled()  # cancelled by the caller: nothing learnt about Triton
             raise
         self.breaker.succeeded()
-        outputs = wire.response_outputs(response)
-        status = outputs.get(IMAGE_STATUS)
-        if status is not None and (status == STATUS_TOO_COMPLEX).any():
-            raise InvalidArgumentError.one(
-                "IMAGE_TOO_COMPLEX", Input.IMAGE, "",
-                "the image needs more decoding work than allowed (too many JPEG scans)")
-        if status is not None and (status != STATUS_OK).any():
-            raise InvalidArgumentError.one(
-                "IMAGE_DECODE_FAILED", Input.IMAGE, "", "the image data could not be decoded")
-        return outputs
+        return wire.response_outputs(response)
 
     async def server_ready(self, timeout_s: float) -> bool:
         return await self._ready(self._stub.ServerReady(
@@ -172,6 +185,21 @@ class TritonCalls:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def check_statuses(outputs: Mapping[str, Array]) -> None:
+    """Raises IMAGE_TOO_COMPLEX or IMAGE_DECODE_FAILED when the decode step could not read an
+    image of these outputs (IMAGE_STATUS)."""
+    status = outputs.get(IMAGE_STATUS)
+    if status is None:
+        return
+    if (status == STATUS_TOO_COMPLEX).any():
+        raise InvalidArgumentError.one(
+            "IMAGE_TOO_COMPLEX", Input.IMAGE, "",
+            "the image needs more decoding work than allowed (too many JPEG scans)")
+    if (status != STATUS_OK).any():
+        raise InvalidArgumentError.one(
+            "IMAGE_DECODE_FAILED", Input.IMAGE, "", "the image data could not be decoded")
 
 
 def _as_json(message: Message) -> dict[str, Any]:
