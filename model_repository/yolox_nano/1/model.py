@@ -12,29 +12,17 @@ from their folders, so the two configurations cannot drift apart.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-def load_step(name: str) -> ModuleType:
-    """model_repository/<name>/1/model.py as a module of its own name."""
-    spec = importlib.util.spec_from_file_location(name, REPOSITORY / name / "1" / "model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+# fused_steps.py is linked into each fused model's folder; Triton loads model.py on its own.
+sys.path.insert(0, str(Path(__file__).parent))
+from fused_steps import REPOSITORY, cpu_session, load_step  # noqa: E402
 
 preprocess = load_step("yolox_preprocess")
 network = load_step("yolox_nano_onnx")
@@ -56,13 +44,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = network.intra_op_threads(config)
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(REPOSITORY / "yolox_nano_onnx" / "1" / "model.onnx"), sess_options=options,
-            providers=["CPUExecutionProvider"])
+        self.session = cpu_session("yolox_nano_onnx", network.intra_op_threads(config))
         self.labels = postprocess.read_labels(REPOSITORY / "yolox_postprocess" / "labels.txt")
 
     def execute(self, requests: list[Any]) -> list[Any]:
