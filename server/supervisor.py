@@ -131,7 +131,7 @@ class Supervisor:
     async def run(self) -> int:
         """Returns the exit status: 0 after a requested stop, 1 when workers kept failing."""
         self._slots = [_Slot(i) for i in range(self.count)]
-        keepers = [asyncio.create_task(self._keep(slot)) for slot in self._slots]
+        keepers = [asyncio.create_task(self._keep_or_stop(slot)) for slot in self._slots]
         await self.stop.wait()
         for slot in self._slots:
             _terminate(slot.process)
@@ -145,6 +145,14 @@ class Supervisor:
         await asyncio.gather(*late)
         log.info("all workers stopped")
         return 1 if self.failed else 0
+
+    async def _keep_or_stop(self, slot: _Slot) -> None:
+        try:
+            await self._keep(slot)
+        except Exception:
+            log.exception("supervising worker %d failed; stopping", slot.index)
+            self.failed = True
+            self.stop.set()
 
     async def _keep(self, slot: _Slot) -> None:
         """Starts the slot's worker and restarts it whenever it dies, until the stop."""
