@@ -16,6 +16,7 @@ a stub that answers only the start-up index check; no call here touches the stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import os
@@ -232,7 +233,7 @@ async def test_a_killed_worker_is_restarted_while_the_other_serves(
         surviving = [stubs[c] for c in range(CHANNELS) if served[f"map-{c}"] == survivor]
         assert surviving, "no connection reached the surviving worker"
 
-        restarted = asyncio.Event()
+        calling, restarted = asyncio.Event(), asyncio.Event()
         done = 0
 
         async def keep_calling(stub: det_grpc.DetectionServiceAsyncStub, c: int) -> None:
@@ -242,21 +243,37 @@ async def test_a_killed_worker_is_restarted_while_the_other_serves(
                 await detect(stub, f"survivor-{c}-{turn}")
                 done += 1
                 turn += 1
+                if done >= 2 * len(surviving):
+                    calling.set()
+
+        async def call_the_victim(stub: det_grpc.DetectionServiceAsyncStub, c: int) -> None:
+            # In flight on the victim's connections when it dies: these may fail, nothing else.
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                while not restarted.is_set():
+                    await detect(stub, f"victim-{c}")
 
         statuses: list[int] = []
 
         async def keep_checking_health() -> None:
             while not restarted.is_set():
-                statuses.append(await health(supervised.port))
+                try:
+                    statuses.append(await health(supervised.port))
+                except grpc.aio.AioRpcError as err:
+                    # A new connection that the kernel queued on the victim's socket as it died
+                    # is reset: a transport failure, not an answer; the next check reconnects.
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
 
         log_mark = len(supervised.lines)
         work = [asyncio.create_task(keep_calling(stub, c)) for c, stub in enumerate(surviving)]
+        work += [asyncio.create_task(call_the_victim(stubs[c], c)) for c in range(CHANNELS)
+                 if served[f"map-{c}"] == victim]
         work.append(asyncio.create_task(keep_checking_health()))
+        await calling.wait()  # the survivor's connections are busy: calls are in flight
         os.kill(victim, signal.SIGKILL)
         new_pid = await supervised.ready_pid(0, after=log_mark)
         restarted.set()
         await asyncio.gather(*work)  # every call on the survivor's connections succeeded
-        assert done >= len(surviving)
+        assert done > 2 * len(surviving)
         assert statuses and all(status == SERVING for status in statuses)
         await supervised.wait_line(lambda line: "was killed by SIGKILL" in str(line["message"]))
     finally:
@@ -291,7 +308,8 @@ async def test_sigterm_drains_then_everything_exits(
                         health_pb2.HealthCheckRequest(), timeout=5)
                 seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
             except grpc.aio.AioRpcError as err:
-                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                # The port closed: refused (UNAVAILABLE), or cut while being accepted.
+                assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), err
                 break
         assert "NOT_SERVING" in seen, "health should say NOT_SERVING before the port closes"
         assert "SERVING" not in seen[seen.index("NOT_SERVING"):]
