@@ -52,7 +52,7 @@ class InProcessDetector:
 
     def detect(self, content: bytes) -> int:
         """Runs one image; returns the number of detections."""
-        images, scales, sizes = self._pre.preprocess_batch(
+        images, scales, sizes, _statuses = self._pre.preprocess_batch(
             np.array([[content]], dtype=np.object_))
         raw = self._session.run(["output"], {"images": images})[0]
         result = self._post.postprocess_image(

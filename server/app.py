@@ -18,6 +18,7 @@ from server.interceptors.admission import Admission, AdmissionInterceptor, Admis
 from server.interceptors.inflight import InFlight
 from server.interceptors.malformed import MalformedRequestInterceptor
 from server.interceptors.request_id import RequestIdInterceptor
+from server.interceptors.wrapping import InterceptedServer
 from server.operations import Operations, add_port, start_operations
 from server.reflection import enable_reflection
 from server.servicers.streams import UploadBudget
@@ -25,8 +26,9 @@ from server.services import SERVICES, Resources, Service
 from server.settings import ConnectionSettings, Settings
 from server.store import Space, StoreConfig, open_store
 from server.store.timed import TimedStore
+from server.triton.aggregation import Aggregator
 from server.triton.breaker import CircuitBreaker
-from server.triton.calls import TritonCalls, create_client
+from server.triton.calls import Inference, TritonCalls, create_client
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,16 @@ async def _start(settings: Settings, services: Sequence[Service],
     await check_models(triton, services, settings)
     store = TimedStore(await open_store(store_config(settings)))
     stack.push_async_callback(store.close)
+    detection_calls: Inference = triton
+    if settings.aggregation.enabled:
+        g = settings.aggregation
+        aggregator = Aggregator(triton, g.max_batch, g.max_delay_s, g.max_batches_in_flight)
+        stack.push_async_callback(aggregator.close)
+        detection_calls = aggregator
     resources = Resources(settings=settings, triton=triton, store=store,
                           upload_budget=UploadBudget(max(settings.limits.max_upload_buffer_bytes,
-                                                         settings.limits.max_image_bytes)))
+                                                         settings.limits.max_image_bytes)),
+                          detection_calls=detection_calls)
 
     in_flight = InFlight()
     a = settings.admission
@@ -104,15 +113,15 @@ async def _start(settings: Settings, services: Sequence[Service],
     stream_admission = Admission(dataclasses.replace(limits, max_in_flight=a.max_streams))
     # Refusals of auth and admission pass through the metrics and access-log interceptors, so
     # they are counted and logged.
-    server = grpc.aio.server(
-        interceptors=[in_flight, MalformedRequestInterceptor(), RequestIdInterceptor(),
-                      *operations.interceptors, AdmissionInterceptor(admission, stream_admission)],
-        options=server_options(settings.connection))
+    server = grpc.aio.server(options=server_options(settings.connection))
+    registry = InterceptedServer(server, [
+        in_flight, MalformedRequestInterceptor(), RequestIdInterceptor(), *operations.interceptors,
+        AdmissionInterceptor(admission, stream_admission)])
     for service in services:
-        service.add_to_server(service.build(resources), server)
+        service.add_to_server(service.build(resources), registry)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection((*(s.name for s in services), HEALTH_SERVICE), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
+    enable_reflection((*(s.name for s in services), HEALTH_SERVICE), registry)
     port = add_port(server, settings)
 
     watcher = TritonHealthWatcher(

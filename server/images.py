@@ -143,6 +143,9 @@ def _truncated(fmt: ImageFormat) -> InvalidArgumentError:
     return _invalid("IMAGE_TRUNCATED", f"the {fmt.value} data is truncated (upload incomplete?)")
 
 
+_LENGTHLESS = frozenset((0x01, *range(0xD0, 0xD8)))  # TEM and RSTn: no length field
+
+
 def _jpeg(content: bytes) -> ImageInfo:
     pos, size, n = 2, None, len(content)
     while pos + 4 <= n:
@@ -152,7 +155,7 @@ def _jpeg(content: bytes) -> ImageInfo:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+        if marker in _LENGTHLESS:  # markers without a length
             pos += 2
             continue
         (length,) = struct.unpack_from(">H", content, pos + 2)

@@ -18,6 +18,7 @@ from server import metrics
 from server.auth import KeyStore
 from server.interceptors.auth import AuthInterceptor
 from server.interceptors.metrics import MetricsInterceptor
+from server.interceptors.wrapping import Interceptor
 from server.settings import Settings
 from server.tls import check_exposure, server_credentials
 from server.triton.calls import TritonCalls
@@ -29,7 +30,7 @@ STATS_TIMEOUT_S = 5.0
 
 @dataclass
 class Operations:
-    interceptors: list[grpc.aio.ServerInterceptor]  # to run inside the request-id interceptor
+    interceptors: list[Interceptor]  # to run inside the request-id interceptor
     keys: KeyStore | None
     metrics_port: int
     triton_stats: metrics.TritonStatsPoller
@@ -40,7 +41,7 @@ async def start_operations(settings: Settings, triton: TritonCalls,
     """Checks exposure, loads the keys (a bad key file stops start-up) and starts the
     background work; everything started is stopped by `stack`."""
     check_exposure(settings)
-    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
+    interceptors: list[Interceptor] = [MetricsInterceptor()]
     keys = None
     if settings.auth.key_file is not None:
         keys = KeyStore(settings.auth.key_file, settings.auth.reload_interval_s)

@@ -9,10 +9,12 @@ from collections.abc import Iterable
 import grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from server.interceptors.wrapping import HandlerRegistry
+
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 
 
-def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
+def enable_reflection(service_names: Iterable[str], server: HandlerRegistry) -> None:
     """Registers reflection of service_names (plus both reflection services) on server."""
     names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE_NAME)
     servicer = reflection.aio.ReflectionServicer(names)

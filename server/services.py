@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from server.domain import Task
@@ -37,7 +36,7 @@ from server.triton import detection as triton_detection
 from server.triton import embedding as triton_embedding
 from server.triton import faces as triton_faces
 from server.triton import ocr as triton_ocr
-from server.triton.calls import TritonCalls
+from server.triton.calls import Inference, TritonCalls
 from server.triton.catalog import TritonCatalog
 from server.triton.tensors import ModelTensors
 from vision.v1 import (
@@ -70,12 +69,15 @@ class Resources:
     triton: TritonCalls
     store: VectorStore
     upload_budget: UploadBudget  # shared by every upload stream of the process
+    detection_calls: Inference  # triton, or its aggregator when aggregation is enabled
 
 
 @dataclass(frozen=True, slots=True)
 class Service:
     descriptor: ServiceDescriptor
-    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    # Called with an InterceptedServer; the generated stubs type it as the grpc server it
+    # stands in for, hence Any.
+    add_to_server: Callable[[Any, Any], None]
     build: Callable[[Resources], object]
     models: Callable[[Settings], list[str]]
     # What the service's adapter expects of each of `models`; None for services that only
@@ -96,7 +98,7 @@ def _detection_pipeline(resources: Resources) -> DetectionPipeline:
     settings = resources.settings
     task = settings.detection
     return DetectionPipeline(
-        triton_detection.TritonDetector(resources.triton),
+        triton_detection.TritonDetector(resources.detection_calls),
         DetectionConfig(
             models=_choice(task),
             default_score_threshold=task.default_score_threshold,

@@ -96,6 +96,20 @@ class BreakerSettings(BaseModel):
         2.0, gt=0, description="How long it stays open before one probe call is let through.")
 
 
+class AggregationSettings(BaseModel):
+    """Request aggregation for detection (server/triton/aggregation.py): concurrent calls for
+    one model go to Triton as one request. Off by default; bench/REPORT.md says when it pays."""
+
+    enabled: bool = Field(False, description="Aggregate concurrent detection calls.")
+    max_batch: int = Field(32, gt=0, le=32, description="Most images in one aggregated request "
+                           "(the models' max_batch_size is 32).")
+    max_delay_s: float = Field(
+        0.01, ge=0, description="Longest a call waits for others once batches are at Triton.")
+    max_batches_in_flight: int = Field(
+        2, gt=0, description="Batches per model at Triton at once before calls wait to be "
+        "batched; below it a call goes at once.")
+
+
 class ConnectionSettings(BaseModel):
     """HTTP/2 connection limits of the gRPC server (grpc.aio.server options)."""
 
@@ -231,6 +245,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    aggregation: AggregationSettings = Field(default_factory=AggregationSettings)
     connection: ConnectionSettings = Field(default_factory=ConnectionSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)

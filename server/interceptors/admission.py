@@ -15,7 +15,7 @@ import asyncio
 import functools
 import math
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +125,7 @@ class Admission:
                 break
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+class AdmissionInterceptor:
     """`calls` admits unary-request calls; `streams`, when given, admits streaming-request calls
     (uploads), which live long and are bounded by the upload budget rather than by CPU."""
 
@@ -133,14 +133,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.calls = calls
         self.streams = streams or calls
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method or ""
-        if handler is None or method.startswith(EXEMPT_PREFIXES):
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        if method.startswith(EXEMPT_PREFIXES):
             return handler
         admission = self.streams if handler.request_streaming else self.calls
         return wrap_handler(handler, functools.partial(_unary, admission),

@@ -5,7 +5,7 @@ Health and reflection may be left open (for probes and grpcurl) by settings."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -46,31 +46,27 @@ def _refusal(code: int, reason: str, message: str, service: str) -> status_pb2.S
     return status_pb2.Status(code=code, message=message, details=[info])
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor:
     def __init__(self, keys: KeyStore, open_services: frozenset[str]) -> None:
         self._keys = keys
         self._open = open_services
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        service = service_of(handler_call_details.method)
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        service = service_of(method)
         if service in self._open:
             return handler
-        outcome = self._check(handler_call_details.invocation_metadata, service)
+        return wrap_handler(handler, lambda b: _unary(self, b, service),
+                            lambda b: _streaming(self, b, service))
+
+    async def tenant_of(self, context: grpc.aio.ServicerContext[Any, Any], service: str) -> str:
+        """The tenant of the caller's key; aborts the call when the key is missing, unknown or
+        not allowed this service."""
+        outcome = self._check(context.invocation_metadata(), service)
         if isinstance(outcome, Grant):
-            tenant = outcome.tenant
-            return wrap_handler(handler, lambda b: _unary(b, tenant),
-                                lambda b: _streaming(b, tenant))
+            return outcome.tenant
         metrics.record_rejection(outcome[0])
-        refusal = rpc_status.to_status(outcome[1])
-        return wrap_handler(handler, lambda b: _refuse_unary(refusal),
-                            lambda b: _refuse_streaming(refusal))
+        await context.abort_with_status(rpc_status.to_status(outcome[1]))
+        raise AssertionError("abort_with_status returned")  # it always raises
 
     def _check(self, metadata: Any, service: str) -> Grant | tuple[str, status_pb2.Status]:
         key = presented_key(metadata)
@@ -91,8 +87,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return grant
 
 
-def _unary(behavior: Callable[..., Any], tenant: str) -> Callable[..., Any]:
+def _unary(auth: AuthInterceptor, behavior: Callable[..., Any], service: str
+           ) -> Callable[..., Any]:
     async def bound(request: Any, context: Any) -> Any:
+        tenant = await auth.tenant_of(context, service)
         token = tenants.bind(tenant)
         call_records.note_tenant(tenant)
         try:
@@ -103,8 +101,10 @@ def _unary(behavior: Callable[..., Any], tenant: str) -> Callable[..., Any]:
     return bound
 
 
-def _streaming(behavior: Callable[..., Any], tenant: str) -> Callable[..., Any]:
+def _streaming(auth: AuthInterceptor, behavior: Callable[..., Any], service: str
+               ) -> Callable[..., Any]:
     async def bound(request: Any, context: Any) -> AsyncIterator[Any]:
+        tenant = await auth.tenant_of(context, service)
         token = tenants.bind(tenant)
         call_records.note_tenant(tenant)
         try:
@@ -114,18 +114,3 @@ def _streaming(behavior: Callable[..., Any], tenant: str) -> Callable[..., Any]:
             tenants.unbind(token)
 
     return bound
-
-
-def _refuse_unary(refusal: grpc.Status) -> Callable[..., Any]:
-    async def refuse(request: Any, context: Any) -> Any:
-        await context.abort_with_status(refusal)
-
-    return refuse
-
-
-def _refuse_streaming(refusal: grpc.Status) -> Callable[..., Any]:
-    async def refuse(request: Any, context: Any) -> AsyncIterator[Any]:
-        await context.abort_with_status(refusal)
-        yield  # unreachable: makes this an async generator like the handler it replaces
-
-    return refuse

@@ -7,7 +7,7 @@ gRPC; the behaviour, or the request iterator of a streaming call, aborts when it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -59,15 +59,8 @@ def _checked(request: Any, context: Any) -> Any:
     return request
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+class MalformedRequestInterceptor:
+    def wrap(self, method: str, handler: Handler) -> Handler:
         return wrap_handler(handler, _unary, _streaming,
                             _tolerant(handler.request_deserializer))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -20,28 +20,38 @@ from server.interceptors.wrapping import Handler, responses, wrap_handler
 TIMING_KEY = "x-server-timing"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
-        return wrap_handler(handler, lambda b: _unary(b, service, method),
-                            lambda b: _streaming(b, service, method))
+class MetricsInterceptor:
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        series = _Series(*method.lstrip("/").partition("/")[::2])
+        return wrap_handler(handler, lambda b: _unary(b, series), lambda b: _streaming(b, series))
+
+
+class _Series:
+    """One method's metric series, looked up once rather than by labels on every call."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service, self.method = service, method
+        self.in_flight = metrics.IN_FLIGHT.labels(service, method)
+        self.latency = metrics.LATENCY.labels(service, method)
+        self.received = metrics.RECEIVED_BYTES.labels(service, method)
+        self._requests: dict[str, Any] = {}
+
+    def requests(self, code: str) -> Any:
+        counter = self._requests.get(code)
+        if counter is None:
+            counter = self._requests[code] = metrics.REQUESTS.labels(
+                self.service, self.method, code)
+        return counter
 
 
 class _Call:
     """One observed call, from its start to its log line."""
 
-    def __init__(self, service: str, method: str) -> None:
-        self.service, self.method = service, method
+    def __init__(self, series: _Series) -> None:
+        self.series = series
         self.record, self._token = call_records.open_record()
         self._start = time.perf_counter()
-        metrics.IN_FLIGHT.labels(service, method).inc()
+        series.in_flight.inc()
 
     def count(self, request: Any) -> Any:
         """The request as the behaviour should get it, its bytes counted (a stream of requests
@@ -61,13 +71,14 @@ class _Call:
     def finish(self, context: Any, error: BaseException | None) -> None:
         duration_s = time.perf_counter() - self._start
         code = _code(context, error)
-        metrics.IN_FLIGHT.labels(self.service, self.method).dec()
-        metrics.REQUESTS.labels(self.service, self.method, code).inc()
-        metrics.LATENCY.labels(self.service, self.method).observe(duration_s)
-        metrics.RECEIVED_BYTES.labels(self.service, self.method).inc(self.record.request_bytes)
+        series = self.series
+        series.in_flight.dec()
+        series.requests(code).inc()
+        series.latency.observe(duration_s)
+        series.received.inc(self.record.request_bytes)
         access_log.log_call({
             "request_id": request_ids.current(), "tenant": self.record.tenant,
-            "service": self.service, "method": self.method, "code": code,
+            "service": series.service, "method": series.method, "code": code,
             "duration_ms": round(duration_s * 1000, 2),
             "request_bytes": self.record.request_bytes,
             "inference_ms": round(self.record.inference_s * 1000, 2),
@@ -90,9 +101,9 @@ def _code(context: Any, error: BaseException | None) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK.name
 
 
-def _unary(behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+def _unary(behavior: Callable[..., Any], series: _Series) -> Callable[..., Any]:
     async def observed(request: Any, context: Any) -> Any:
-        call = _Call(service, method)
+        call = _Call(series)
         error: BaseException | None = None
         try:
             response = await behavior(call.count(request), context)
@@ -107,9 +118,9 @@ def _unary(behavior: Callable[..., Any], service: str, method: str) -> Callable[
     return observed
 
 
-def _streaming(behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+def _streaming(behavior: Callable[..., Any], series: _Series) -> Callable[..., Any]:
     async def observed(request: Any, context: Any) -> AsyncIterator[Any]:
-        call = _Call(service, method)
+        call = _Call(series)
         error: BaseException | None = None
         try:
             async for response in responses(behavior, call.count(request), context):

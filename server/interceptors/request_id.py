@@ -3,7 +3,7 @@ initial metadata; a malformed id fails the call with INVALID_ARGUMENT before any
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -36,14 +36,9 @@ async def _begin(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return request_id
 
 
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        return None if handler is None else wrap_handler(handler, _unary, _streaming)
+class RequestIdInterceptor:
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        return wrap_handler(handler, _unary, _streaming)
 
 
 def _unary(behavior: Callable[..., Any]) -> Callable[..., Any]:

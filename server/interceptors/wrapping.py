@@ -1,17 +1,39 @@
-"""Rebuilds a gRPC method handler around a wrapped behaviour, for every interceptor here: a
-unary-response wrapper and a streaming-response wrapper cover the four RPC kinds."""
+"""How the interceptors here run: each wraps a method's handler ONCE, when the services register
+with the server, instead of once per call as grpc.aio's ServerInterceptor does.
+
+A grpc.aio interceptor is awaited on every call and rebuilds the method handler and its closures
+each time; five of them cost ~0.2 ms of CPU per call, as much as the whole health check
+(bench/REPORT.md, the trivial-model section). What the interceptors here decide from the method
+alone (its service, whether it is exempt, whether it streams) is decided at registration; what
+depends on the call (metadata, peer, deadline) is read from the context inside the wrapped
+behaviour. `InterceptedServer` stands in for the grpc.aio.Server while services register."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 
 # The generic form exists only in the type stubs; at run time the alias must stay a string.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class HandlerRegistry(Protocol):
+    """Where services register their method handlers: a grpc.aio.Server or InterceptedServer."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None: ...
+
+    def add_registered_method_handlers(self, service: str,
+                                       handlers: Mapping[str, Handler]) -> None: ...
+
+
+class Interceptor(Protocol):
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """The handler of `method` ("/package.Service/Method") with this layer around it."""
+        ...
 
 
 def wrap_handler(handler: Handler, unary: Wrap, streaming: Wrap,
@@ -31,6 +53,53 @@ def wrap_handler(handler: Handler, unary: Wrap, streaming: Wrap,
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **codecs)
     return handler
+
+
+def intercepted(method: str, handler: Handler, interceptors: Sequence[Interceptor]) -> Handler:
+    """handler inside every interceptor, the first of the sequence outermost."""
+    for interceptor in reversed(interceptors):
+        handler = interceptor.wrap(method, handler)
+    return handler
+
+
+class _InterceptedHandlers(grpc.GenericRpcHandler):
+    """A generic handler's methods, each wrapped the first time it is looked up. The generic
+    handlers registered here (generated services, health, reflection) choose by method name
+    alone, so the wrapped handler is kept per name."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, interceptors: Sequence[Interceptor]) -> None:
+        self._inner = inner
+        self._interceptors = interceptors
+        self._wrapped: dict[str, Handler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        method: str = handler_call_details.method
+        handler = self._wrapped.get(method)
+        if handler is None:
+            found = self._inner.service(handler_call_details)
+            if found is None:
+                return None
+            handler = self._wrapped[method] = intercepted(method, found, self._interceptors)
+        return handler
+
+
+class InterceptedServer:
+    """What services register with (in place of the grpc.aio.Server): their method handlers
+    reach the real server already wrapped by the interceptors."""
+
+    def __init__(self, server: grpc.aio.Server, interceptors: Sequence[Interceptor]) -> None:
+        self._server = server
+        self._interceptors = tuple(interceptors)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_InterceptedHandlers(handler, self._interceptors) for handler in handlers))
+
+    def add_registered_method_handlers(self, service: str,
+                                       handlers: Mapping[str, Handler]) -> None:
+        self._server.add_registered_method_handlers(service, {
+            name: intercepted(f"/{service}/{name}", handler, self._interceptors)
+            for name, handler in handlers.items()})
 
 
 async def responses(behavior: Callable[..., Any], request: Any, context: Any

@@ -32,7 +32,7 @@ Response = TypeVar("Response")
 
 _DONE = object()
 # What an image costs the server while it is uploaded and sent on, in copies of its bytes: the
-# chunks, the joined image, tritonclient's serialized BYTES tensor, the gRPC request to Triton
+# chunks, the joined image, the serialized BYTES tensor, the gRPC request to Triton
 # and its send buffer (bench/overload.py: 100 x 10 MB uploads peaked at ~7x a budget that
 # counted the image once). The budget reserves that much per image.
 COPIES_PER_IMAGE = 5

@@ -1,4 +1,4 @@
-"""The one shared `tritonclient.grpc.aio` client per process and the one generic call path every
+"""The one shared channel to Triton per process and the one generic call path every
 adapter uses: deadline, request id, cancellation, error mapping, the circuit breaker and the
 per-image decode status. It knows models and tensors, never a task's options or a request's
 fields.
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
+import grpc
 import numpy as np
 import numpy.typing as npt
-from tritonclient.grpc import InferInput, InferRequestedOutput
-from tritonclient.grpc.aio import InferenceServerClient
-from tritonclient.utils import InferenceServerException
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from server import metrics
 from server.domain import (
@@ -36,34 +37,57 @@ from server.domain import (
     ModelRef,
     ResourceExhaustedError,
 )
+from server.triton import wire
 from server.triton.breaker import CircuitBreaker
 from server.triton.tensors import IMAGE_STATUS, STATUS_OK, STATUS_TOO_COMPLEX, ModelTensors
 
 log = logging.getLogger(__name__)
 
-Array = npt.NDArray[Any]
+Array = wire.Array
 
 # Triton reports both of its queue-policy rejections as UNAVAILABLE with no structured reason;
 # these messages (Triton core's scheduler) are the only way to tell them from a backend that is
 # down, and they are matched here and nowhere else.
 _QUEUE_FULL = "Exceeds maximum queue size"
 _TIMED_OUT = "Request timeout"
+# Images and results of any size the server accepts travel to and from Triton unlimited; the
+# server's own limits apply at its edge.
+_CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1),
+                    ("grpc.max_receive_message_length", -1)]
 
 
-def create_client(url: str) -> InferenceServerClient:
+class Inference(Protocol):
+    """What an adapter calls: TritonCalls, or the aggregator in front of it."""
+
+    async def infer(self, model: ModelRef, tensors: ModelTensors, inputs: Mapping[str, Array],
+                    request_id: str, timeout_s: float | None) -> dict[str, Array]: ...
+
+
+class TritonClient:
+    """The process's one channel to Triton and the generated stub over it."""
+
+    def __init__(self, url: str) -> None:
+        self.channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def create_client(url: str) -> TritonClient:
     """The process's one client; call inside the running event loop (its channel binds to it)."""
-    return InferenceServerClient(url=url)
+    return TritonClient(url)
 
 
 class TritonCalls:
     """Inference, readiness and metadata over the shared client."""
 
-    def __init__(self, client: InferenceServerClient, default_timeout_s: float,
+    def __init__(self, client: TritonClient, default_timeout_s: float,
                  breaker: CircuitBreaker | None = None) -> None:
         self._client = client
+        self._stub = client.stub
         self._default_timeout_s = default_timeout_s
         self.breaker = breaker or CircuitBreaker(failure_threshold=5, reset_after_s=2.0)
-        self._requested: dict[tuple[str, ...], list[InferRequestedOutput]] = {}
 
     async def infer(
         self,
@@ -76,25 +100,30 @@ class TritonCalls:
         """Runs one request; returns its outputs by name. An image the model could not decode
         raises IMAGE_DECODE_FAILED (IMAGE_TOO_COMPLEX past the decode budget); Triton's failures
         become domain errors; while the breaker is open it raises BackendUnavailableError."""
+        outputs = await self.infer_batch(model, tensors, inputs, request_id, timeout_s)
+        check_statuses(outputs)
+        return outputs
+
+    async def infer_batch(
+        self,
+        model: ModelRef,
+        tensors: ModelTensors,
+        inputs: Mapping[str, Array],
+        request_id: str,
+        timeout_s: float | None,
+    ) -> dict[str, Array]:
+        """Runs one request of any number of images and returns its outputs unchecked: the
+        per-image decode statuses are the callers' to check (check_statuses), one image each
+        when the request carries several callers' images (server.triton.aggregation)."""
         self.breaker.before_call()
         timeout = timeout_s if timeout_s is not None else self._default_timeout_s
-        infer_inputs = []
-        for spec in tensors.inputs:
-            tensor = InferInput(spec.name, list(inputs[spec.name].shape), spec.datatype)
-            tensor.set_data_from_numpy(inputs[spec.name])
-            infer_inputs.append(tensor)
+        request = wire.infer_request(
+            model.name, model.version, tensors.inputs, inputs, tensors.output_names, request_id,
+            max(1, int(timeout * 1_000_000)))  # Triton's timeout is in microseconds
         try:
             with metrics.time_inference(model.name):
-                result = await self._client.infer(
-                    model_name=model.name,
-                    model_version=model.version,
-                    inputs=infer_inputs,
-                    outputs=self._outputs(tensors.output_names),
-                    request_id=request_id,
-                    timeout=max(1, int(timeout * 1_000_000)),  # Triton's, in microseconds
-                    client_timeout=timeout,
-                )
-        except InferenceServerException as exc:
+                response = await self._stub.ModelInfer(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
             error = _domain_error(exc, model)
             if isinstance(error, BackendUnavailableError | BackendError):
                 self.breaker.failed()
@@ -105,98 +134,110 @@ class TritonCalls:
             self.breaker.settled()  # cancelled by the caller: nothing learnt about Triton
             raise
         self.breaker.succeeded()
-        outputs = {name: result.as_numpy(name) for name in tensors.output_names}
-        status = outputs.get(IMAGE_STATUS)
-        if status is not None and (status == STATUS_TOO_COMPLEX).any():
-            raise InvalidArgumentError.one(
-                "IMAGE_TOO_COMPLEX", Input.IMAGE, "",
-                "the image needs more decoding work than allowed (too many JPEG scans)")
-        if status is not None and (status != STATUS_OK).any():
-            raise InvalidArgumentError.one(
-                "IMAGE_DECODE_FAILED", Input.IMAGE, "", "the image data could not be decoded")
-        return outputs
-
-    def _outputs(self, names: tuple[str, ...]) -> list[InferRequestedOutput]:
-        requested = self._requested.get(names)
-        if requested is None:
-            requested = self._requested[names] = [InferRequestedOutput(n) for n in names]
-        return requested
+        return wire.response_outputs(response)
 
     async def server_ready(self, timeout_s: float) -> bool:
-        return await self._ask(self._client.is_server_ready(client_timeout=timeout_s))
+        return await self._ready(self._stub.ServerReady(
+            service_pb2.ServerReadyRequest(), timeout=timeout_s))
 
     async def model_ready(self, name: str, timeout_s: float) -> bool:
-        return await self._ask(self._client.is_model_ready(name, client_timeout=timeout_s))
+        return await self._ready(self._stub.ModelReady(
+            service_pb2.ModelReadyRequest(name=name), timeout=timeout_s))
 
     async def model_metadata(self, name: str, timeout_s: float) -> dict[str, Any]:
-        metadata: dict[str, Any] = await self._client.get_model_metadata(
-            name, as_json=True, client_timeout=timeout_s)
-        return metadata
+        return _as_json(await self._stub.ModelMetadata(
+            service_pb2.ModelMetadataRequest(name=name), timeout=timeout_s))
 
     async def repository_index(self, timeout_s: float) -> list[dict[str, Any]]:
         """Triton's repository index: one entry per model version with its state."""
         try:
-            index = await self._client.get_model_repository_index(
-                as_json=True, client_timeout=timeout_s)
-        except InferenceServerException as exc:
+            index = await self._stub.RepositoryIndex(
+                service_pb2.RepositoryIndexRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
             raise _unavailable_or_backend(exc) from exc
-        models: list[dict[str, Any]] = index.get("models", [])
+        models: list[dict[str, Any]] = _as_json(index).get("models", [])
         return models
 
     async def model_config(self, name: str, timeout_s: float) -> dict[str, Any] | None:
         """The model's configuration as Triton loaded it; None when Triton has none loaded."""
         try:
-            answer = await self._client.get_model_config(
-                name, as_json=True, client_timeout=timeout_s)
-        except InferenceServerException as exc:
-            if str(exc.status() or "").endswith(("NOT_FOUND", "UNAVAILABLE")):
+            answer = await self._stub.ModelConfig(
+                service_pb2.ModelConfigRequest(name=name), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
                 return None
             raise _unavailable_or_backend(exc) from exc
-        config: dict[str, Any] = answer.get("config", {})
+        config: dict[str, Any] = _as_json(answer).get("config", {})
         return config
 
     async def inference_statistics(self, timeout_s: float) -> dict[str, Any]:
         """Triton's cumulative per-model statistics ({"model_stats": [...]}, counts as strings)."""
-        stats: dict[str, Any] = await self._client.get_inference_statistics(
-            as_json=True, client_timeout=timeout_s)
-        return stats
+        return _as_json(await self._stub.ModelStatistics(
+            service_pb2.ModelStatisticsRequest(), timeout=timeout_s))
 
     @staticmethod
-    async def _ask(probe: Any) -> bool:
+    async def _ready(probe: Any) -> bool:
         try:
-            return bool(await probe)
-        except (InferenceServerException, OSError) as exc:
-            log.warning("triton readiness check failed: %s", exc)
+            return bool((await probe).ready)
+        except (grpc.aio.AioRpcError, OSError) as exc:
+            log.warning("triton readiness check failed: %s", _describe(exc))
             return False
 
     async def close(self) -> None:
         await self._client.close()
 
 
-def _domain_error(exc: InferenceServerException, model: ModelRef) -> Exception:
-    status = str(exc.status() or "")
-    text = str(exc.message() or "")
+def check_statuses(outputs: Mapping[str, Array]) -> None:
+    """Raises IMAGE_TOO_COMPLEX or IMAGE_DECODE_FAILED when the decode step could not read an
+    image of these outputs (IMAGE_STATUS)."""
+    status = outputs.get(IMAGE_STATUS)
+    if status is None or not status.any():  # STATUS_OK is 0: the common case in one reduction
+        return
+    if (status == STATUS_TOO_COMPLEX).any():
+        raise InvalidArgumentError.one(
+            "IMAGE_TOO_COMPLEX", Input.IMAGE, "",
+            "the image needs more decoding work than allowed (too many JPEG scans)")
+    if (status != STATUS_OK).any():
+        raise InvalidArgumentError.one(
+            "IMAGE_DECODE_FAILED", Input.IMAGE, "", "the image data could not be decoded")
+
+
+def _as_json(message: Message) -> dict[str, Any]:
+    """A Triton answer as JSON-like dicts (proto field names; 64-bit integers as strings, as in
+    Triton's own JSON)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
+
+
+def _domain_error(exc: grpc.aio.AioRpcError, model: ModelRef) -> Exception:
+    code = exc.code()
+    text = exc.details() or ""
     if _QUEUE_FULL in text:
         return ResourceExhaustedError("BACKEND_QUEUE_FULL", retry_after_s=0.5)
     if _TIMED_OUT in text:
         return DeadlineExceededError()
-    if status.endswith("NOT_FOUND"):
+    if code == grpc.StatusCode.NOT_FOUND:
         # The pipeline only lets through names the service is configured for, so a NOT_FOUND
         # for a pinned version means that version; otherwise the model itself is missing.
         return ModelNotFoundError(model, "model.version" if model.version else "model.name")
-    if status.endswith("DEADLINE_EXCEEDED"):
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError()
-    if status.endswith("UNAVAILABLE"):
+    if code == grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailableError()
-    log.error("triton call to %s failed: status=%s message=%s", model.name, status, exc.message())
-    return BackendError(f"{status}: {exc.message()}")
+    log.error("triton call to %s failed: status=%s message=%s", model.name, code.name, text)
+    return BackendError(f"{code.name}: {text}")
 
 
-def _unavailable_or_backend(exc: InferenceServerException) -> Exception:
-    if str(exc.status() or "").endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+def _unavailable_or_backend(exc: grpc.aio.AioRpcError) -> Exception:
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return BackendUnavailableError()
-    log.error("triton request failed: status=%s message=%s", exc.status(), exc.message())
-    return BackendError(f"{exc.status()}: {exc.message()}")
+    log.error("triton request failed: %s", _describe(exc))
+    return BackendError(_describe(exc))
 
 
 def scalar(value: float | int | bool | bytes, dtype: npt.DTypeLike) -> Array:

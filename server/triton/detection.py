@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from server.domain import Box, Detection, DetectionResult, DetectOptions
-from server.triton.calls import Array, TritonCalls, scalar
+from server.triton.calls import Array, Inference, scalar
 from server.triton.tensors import IMAGE, IMAGE_SIZE, IMAGE_STATUS, ModelTensors, TensorSpec
 
 SCORE_THRESHOLD = "SCORE_THRESHOLD"
@@ -36,7 +36,7 @@ TENSORS = ModelTensors(
 class TritonDetector:
     """Runs a detection model on Triton for one image."""
 
-    def __init__(self, calls: TritonCalls) -> None:
+    def __init__(self, calls: Inference) -> None:
         self._calls = calls
 
     async def detect(

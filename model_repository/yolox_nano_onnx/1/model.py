@@ -43,6 +43,9 @@ class TritonPythonModel:
         options.intra_op_num_threads = intra_op_threads(json.loads(args["model_config"]))
         # Triton already serialises calls to this instance; extra inter-op threads only contend.
         options.inter_op_num_threads = 1
+        # Idle onnxruntime threads spin by default, burning a core the other steps and processes
+        # of a CPU box need (bench/REPORT.md, CPU path: intra_op 2 cost twice the CPU per image).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]

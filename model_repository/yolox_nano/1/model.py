@@ -1,0 +1,84 @@
+"""Triton Python model for CPU runs: the whole yolox_nano ensemble as one step.
+
+Used only with configs/cpu.pbtxt; on GPU the ensemble (config.pbtxt) chains the three steps and
+the network runs on Triton's native onnxruntime backend. On a CPU every Python-backend step is
+a stub process of its own, and each hop between steps copies a 2 MB letterboxed tensor through
+shared memory and waits for another scheduler; one step that decodes, runs the network and
+postprocesses in the same process removes two hops per image (bench/REPORT.md, "CPU path").
+
+The functions are the steps' own (yolox_preprocess, yolox_nano_onnx, yolox_postprocess), loaded
+from their folders, so the two configurations cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+# fused_steps.py is linked into each fused model's folder; Triton loads model.py on its own.
+sys.path.insert(0, str(Path(__file__).parent))
+from fused_steps import REPOSITORY, cpu_session, load_step  # noqa: E402
+
+preprocess = load_step("yolox_preprocess")
+network = load_step("yolox_nano_onnx")
+postprocess = load_step("yolox_postprocess")
+
+
+def thresholds(request: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The request's per-image thresholds; ValueError when one is out of range."""
+    scores = postprocess.read_input(request, "SCORE_THRESHOLD").reshape(-1)
+    ious = postprocess.read_input(request, "IOU_THRESHOLD").reshape(-1)
+    for score, iou in zip(scores, ious, strict=True):
+        postprocess.check_threshold("SCORE_THRESHOLD", float(score))
+        postprocess.check_threshold("IOU_THRESHOLD", float(iou))
+    return scores, ious
+
+
+class TritonPythonModel:
+    """Every image of every request Triton hands over goes through one onnxruntime call."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.session = cpu_session("yolox_nano_onnx", network.intra_op_threads(config))
+        self.labels = postprocess.read_labels(REPOSITORY / "yolox_postprocess" / "labels.txt")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        accepted: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        for index, request in enumerate(requests):
+            try:
+                scores, ious = thresholds(request)
+            except ValueError as err:
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG))
+                continue
+            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            accepted.append((index, images, scores, ious))
+        if not accepted:
+            return responses
+        tensors, scales, sizes, statuses = preprocess.preprocess_batch(
+            np.concatenate([images.reshape(-1) for _, images, _, _ in accepted]))
+        predictions = self.session.run(["output"], {"images": tensors})[0]
+        row = 0
+        for index, images, scores, ious in accepted:
+            rows = range(row, row + images.shape[0])
+            results = [
+                postprocess.postprocess_image(
+                    predictions[i], float(scales[i, 0]), int(sizes[i, 0]), int(sizes[i, 1]),
+                    float(scores[i - row]), float(ious[i - row]))
+                if statuses[i, 0] == postprocess.STATUS_OK else postprocess.NO_DETECTIONS
+                for i in rows
+            ]
+            boxes, found, class_ids, names = postprocess.pack_detections(results, self.labels)
+            responses[index] = pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("BOXES", boxes), pb_utils.Tensor("SCORES", found),
+                pb_utils.Tensor("CLASS_IDS", class_ids), pb_utils.Tensor("LABELS", names),
+                pb_utils.Tensor("IMAGE_SIZE", sizes[rows.start:rows.stop]),
+                pb_utils.Tensor("IMAGE_STATUS", statuses[rows.start:rows.stop])])
+            row = rows.stop
+        return responses

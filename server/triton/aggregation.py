@@ -1,0 +1,173 @@
+"""Request aggregation in the gateway (opt-in, `aggregation.enabled`): concurrent one-image
+calls for the same model go to Triton as one request of several images, and each caller gets
+its own row of the outputs back, with its own decode status.
+
+Why: every Triton call costs the server a gRPC client call (~0.1–0.2 ms of CPU) and Triton a
+request of its own through its scheduler; one request of n images pays that once. Triton's
+dynamic batcher still batches these requests with others (bench/REPORT.md has the measurements
+and the rule for when this is on).
+
+When a batch goes: at once while fewer than `max_batches_in_flight` batches of that model are
+at Triton (so a lone call never waits), else when it holds `max_batch` images or its oldest
+call has waited `max_delay_s`. Each caller keeps its own deadline: the batch carries the latest
+of them to Triton, and a caller whose deadline passes or who cancels leaves the batch (before it
+is sent: it is not sent at all; after: its row is dropped; when every caller of a sent batch is
+gone, the Triton call is cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server import call_records
+from server.domain import ModelRef
+from server.triton.calls import Array, TritonCalls, check_statuses
+from server.triton.tensors import ModelTensors
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    inputs: Mapping[str, Array]
+    deadline: float | None  # time.monotonic() instant
+    request_id: str
+    result: asyncio.Future[tuple[dict[str, Array], float]]
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    calls: list[_Call]
+    task: asyncio.Task[None] | None = None
+    live: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    """The calls for one model (name, version and tensors) waiting to go, and its batches out."""
+
+    model: ModelRef
+    tensors: ModelTensors
+    waiting: list[_Call] = field(default_factory=list)
+    in_flight: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class Aggregator:
+    """Has TritonCalls.infer's signature, so an adapter takes either."""
+
+    def __init__(self, calls: TritonCalls, max_batch: int, max_delay_s: float,
+                 max_batches_in_flight: int) -> None:
+        self._calls = calls
+        self._max_batch = max_batch
+        self._max_delay_s = max_delay_s
+        self._max_batches_in_flight = max_batches_in_flight
+        self._lanes: dict[tuple[str, str, ModelTensors], _Lane] = {}
+        self._batches: set[_Batch] = set()
+
+    async def infer(
+        self,
+        model: ModelRef,
+        tensors: ModelTensors,
+        inputs: Mapping[str, Array],
+        request_id: str,
+        timeout_s: float | None,
+    ) -> dict[str, Array]:
+        """One image's outputs ([1, ...] each), computed in a batch with concurrent calls."""
+        key = (model.name, model.version, tensors)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(model, tensors)
+        loop = asyncio.get_running_loop()
+        call = _Call(inputs, None if timeout_s is None else time.monotonic() + timeout_s,
+                     request_id, loop.create_future())
+        lane.waiting.append(call)
+        if len(lane.waiting) >= self._max_batch or lane.in_flight < self._max_batches_in_flight:
+            self._send(lane)
+        elif lane.timer is None:
+            lane.timer = loop.call_later(self._max_delay_s, self._send, lane)
+        try:
+            outputs, inference_s = await call.result
+        except asyncio.CancelledError:
+            self._leave(lane, call)
+            raise
+        call_records.add_inference(inference_s)
+        check_statuses(outputs)
+        return outputs
+
+    def _leave(self, lane: _Lane, call: _Call) -> None:
+        if call in lane.waiting:
+            lane.waiting.remove(call)
+            if not lane.waiting and lane.timer is not None:
+                lane.timer.cancel()
+                lane.timer = None
+            return
+        for batch in self._batches:
+            if call in batch.calls:
+                batch.live -= 1
+                if batch.live == 0 and batch.task is not None:
+                    batch.task.cancel()
+                return
+
+    def _send(self, lane: _Lane) -> None:
+        if lane.timer is not None:
+            lane.timer.cancel()
+            lane.timer = None
+        if not lane.waiting:
+            return
+        calls, lane.waiting = lane.waiting[:self._max_batch], lane.waiting[self._max_batch:]
+        batch = _Batch(calls, live=len(calls))
+        lane.in_flight += 1
+        self._batches.add(batch)
+        # A context of its own: the batch serves several calls, so no one call's request id or
+        # record may see its work (each caller records the inference time itself).
+        batch.task = asyncio.get_running_loop().create_task(
+            self._run(lane, batch), context=contextvars.Context())
+        if lane.waiting:
+            if len(lane.waiting) >= self._max_batch \
+                    or lane.in_flight < self._max_batches_in_flight:
+                self._send(lane)
+            else:
+                lane.timer = asyncio.get_running_loop().call_later(
+                    self._max_delay_s, self._send, lane)
+
+    async def _run(self, lane: _Lane, batch: _Batch) -> None:
+        calls = batch.calls
+        try:
+            inputs = {spec.name: np.concatenate([c.inputs[spec.name] for c in calls])
+                      for spec in lane.tensors.inputs}
+            deadlines = [c.deadline for c in calls]
+            timeout_s = None if None in deadlines else \
+                max(0.0, max(d for d in deadlines if d is not None) - time.monotonic())
+            request_id = calls[0].request_id + (f"+{len(calls) - 1}" if len(calls) > 1 else "")
+            began = time.perf_counter()
+            outputs = await self._calls.infer_batch(lane.model, lane.tensors, inputs,
+                                                    request_id, timeout_s)
+            inference_s = time.perf_counter() - began
+            for row, call in enumerate(calls):
+                if not call.result.done():
+                    call.result.set_result(
+                        ({name: value[row:row + 1] for name, value in outputs.items()},
+                         inference_s))
+        except asyncio.CancelledError:
+            for call in calls:
+                call.result.cancel()
+        except Exception as exc:  # noqa: BLE001 (every caller of the batch gets Triton's error)
+            for call in calls:
+                if not call.result.done():
+                    call.result.set_exception(exc)
+        finally:
+            self._batches.discard(batch)
+            lane.in_flight -= 1
+            if lane.waiting and lane.in_flight < self._max_batches_in_flight:
+                self._send(lane)
+
+    async def close(self) -> None:
+        """Waits for the batches already at Triton (their callers are being drained)."""
+        tasks = [batch.task for batch in self._batches if batch.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
