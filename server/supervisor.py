@@ -124,9 +124,9 @@ class Supervisor:
     count: int
     metrics_dir: str
     stop: asyncio.Event
-    failed: bool = False
-    _start_failures: int = 0
-    _slots: list[_Slot] = field(default_factory=list)
+    failed: bool = field(default=False, init=False)  # workers kept failing at start
+    _start_failures: int = field(default=0, init=False)  # in a row, over all slots
+    _slots: list[_Slot] = field(default_factory=list, init=False)
 
     async def run(self) -> int:
         """Returns the exit status: 0 after a requested stop, 1 when workers kept failing."""

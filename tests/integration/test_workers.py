@@ -35,6 +35,8 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.app import server_options
+from server.settings import ConnectionSettings
 from tests.images import photo
 from tests.integration.conftest import ROOT
 from vision.v1 import detection_service_pb2 as det_pb2
@@ -193,6 +195,22 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         text = answer.read().decode()
     return {(sample.name, frozenset(sample.labels.items())): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def test_server_options_let_several_servers_bind_one_port() -> None:
+    # grpc core sets SO_REUSEPORT on Linux by default; server_options says so explicitly, and
+    # with the option off a second bind of the port fails.
+    options = server_options(ConnectionSettings())
+    assert ("grpc.so_reuseport", 1) in options
+    first, second = grpc.aio.server(options=options), grpc.aio.server(options=options)
+    port = first.add_insecure_port("127.0.0.1:0")
+    assert second.add_insecure_port(f"127.0.0.1:{port}") == port
+    exclusive = grpc.aio.server(options=[*(o for o in options if o[0] != "grpc.so_reuseport"),
+                                         ("grpc.so_reuseport", 0)])
+    with pytest.raises(RuntimeError):
+        exclusive.add_insecure_port(f"127.0.0.1:{port}")
+    for server in (first, second, exclusive):
+        await server.stop(None)
 
 
 async def test_calls_spread_over_both_workers_and_metrics_add_up(
