@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +26,13 @@ def log_call(fields: Mapping[str, Any]) -> None:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id, and the record's
-    fields (access records) or its exception (errors)."""
+    fields (access records) or its exception (errors); with `process` (one of several server
+    processes) also that name and the pid."""
+
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self._process: dict[str, Any] = (
+            {} if process is None else {"process": process, "pid": os.getpid()})
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -33,6 +40,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
+            **self._process,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", request_ids.current()),
         }
@@ -43,10 +51,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The human format; access records get their fields appended as key=value."""
+    """The human format; access records get their fields appended as key=value. With
+    `process` (one of several server processes) each line names it and its pid."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    def __init__(self, process: str | None = None) -> None:
+        who = "" if process is None else f"{process}/%(process)d "
+        super().__init__(f"%(asctime)s %(levelname)s {who}%(name)s [%(request_id)s] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -57,9 +67,11 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure(level: str, log_format: str) -> None:
-    """Root logging for `python -m server`: one stderr handler with the chosen format."""
+def configure(level: str, log_format: str, process: str | None = None) -> None:
+    """Root logging for `python -m server`: one stderr handler with the chosen format; `process`
+    names this process when it is one of several (the supervisor, worker-0, ...)."""
     handler = logging.StreamHandler()
     handler.addFilter(request_ids.LogFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(process) if log_format == "json"
+                         else TextFormatter(process))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

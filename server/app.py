@@ -152,6 +152,9 @@ def server_options(connection: ConnectionSettings) -> list[tuple[str, int]]:
         return int(seconds * 1000)
 
     return [
+        # grpc core's default on Linux, made explicit: the workers of `--workers N` all bind
+        # the same port and the kernel spreads connections over them.
+        ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", connection.max_receive_message_bytes),
         ("grpc.max_concurrent_streams", connection.max_concurrent_streams),
         ("grpc.keepalive_time_ms", ms(connection.keepalive_time_s)),

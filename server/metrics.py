@@ -6,8 +6,13 @@ what was refused and why (`record_rejection`), the Triton circuit breaker's stat
 (`time_store`), and, per Triton model, what Triton itself counts (batch sizes, queue and compute
 time) from its statistics API, polled in the background (`TritonStatsPoller`).
 
-The metric objects are process-wide, as Prometheus clients expect: one server per process in
-production; tests that start several servers read differences.
+The metric objects are process-wide, as Prometheus clients expect; tests that start several
+servers in one process read differences. With several server processes (`--workers N`,
+server/supervisor.py) each worker runs in prometheus_client's multiprocess mode: the supervisor
+sets PROMETHEUS_MULTIPROC_DIR before a worker imports prometheus_client, the worker's figures go
+to files there, and the supervisor alone serves /metrics from them (`serve_workers`) with
+Triton's statistics, which it polls itself. Counters and histograms add up across workers;
+each gauge says how (`multiprocess_mode`, ignored in a single process).
 """
 
 from __future__ import annotations
@@ -15,11 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -34,13 +48,16 @@ REQUESTS = Counter("vision_requests", "RPCs finished, by service, method and sta
                    ("service", "method", "code"))
 LATENCY = Histogram("vision_request_duration_seconds", "RPC duration in the server, seconds.",
                     ("service", "method"), buckets=_LATENCY_BUCKETS)
-IN_FLIGHT = Gauge("vision_requests_in_flight", "RPCs being served now.", ("service", "method"))
+IN_FLIGHT = Gauge("vision_requests_in_flight", "RPCs being served now.", ("service", "method"),
+                  multiprocess_mode="livesum")
 RECEIVED_BYTES = Counter("vision_request_bytes", "Request message bytes received (serialized).",
                          ("service", "method"))
 REJECTIONS = Counter("vision_rejections", "Calls refused before any work, by reason "
                      "(auth_*, admission_*, limits_*).", ("reason",))
+# Each worker has its own breaker: the worst state of the live workers is what alerts need.
 BREAKER_STATE = Gauge("vision_triton_breaker_state",
-                      "Triton circuit breaker: 0 closed, 1 half-open, 2 open.")
+                      "Triton circuit breaker: 0 closed, 1 half-open, 2 open.",
+                      multiprocess_mode="livemax")
 INFERENCE = Histogram("vision_triton_call_duration_seconds",
                       "One Triton inference call as the server sees it, seconds.", ("model",),
                       buckets=_LATENCY_BUCKETS)
@@ -48,6 +65,14 @@ STORE = Histogram("vision_store_duration_seconds", "One vector-store operation, 
                   ("operation",), buckets=_LATENCY_BUCKETS)
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it at import
+
+
+def in_worker_files() -> bool:
+    """True in one of several server processes: its figures go to the multiprocess files and
+    the supervisor serves /metrics, so this process binds no metrics port."""
+    return MULTIPROCESS_DIR_ENV in os.environ
 
 
 def record_rejection(reason: str) -> None:
@@ -88,6 +113,23 @@ def serve(host: str, port: int) -> tuple[int, Any]:
     httpd, _thread = start_http_server(port, addr=host)
     bound: int = httpd.server_port
     return bound, httpd
+
+
+def serve_workers(host: str, port: int, directory: str) -> tuple[int, Any]:
+    """For the supervisor: /metrics summed over the workers' multiprocess files in `directory`,
+    plus Triton's statistics (TRITON_STATS); returns the bound port and the server."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(TRITON_STATS)
+    httpd, _thread = start_http_server(port, addr=host, registry=registry)
+    bound: int = httpd.server_port
+    return bound, httpd
+
+
+def forget_worker(pid: int, directory: str) -> None:
+    """A worker exited: its live gauges (in flight, breaker state) stop counting; its counters
+    and histograms stay in the sums."""
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def stop_serving(httpd: Any) -> None:

@@ -52,11 +52,15 @@ async def start_operations(settings: Settings, triton: TritonCalls,
             | (REFLECTION_SERVICES if settings.auth.open_reflection else set()))
         interceptors.append(AuthInterceptor(keys, open_services))
 
+    poller = metrics.TritonStatsPoller(
+        lambda: triton.inference_statistics(STATS_TIMEOUT_S), settings.triton_stats_interval_s)
+    if metrics.in_worker_files():
+        # One of several workers: the supervisor serves /metrics (on the port it bound and put
+        # in these settings) and polls Triton's statistics once for all of them.
+        return Operations(interceptors, keys, settings.metrics_port, poller)
     metrics_port, httpd = metrics.serve(settings.metrics_host or settings.host,
                                         settings.metrics_port)
     stack.callback(metrics.stop_serving, httpd)
-    poller = metrics.TritonStatsPoller(
-        lambda: triton.inference_statistics(STATS_TIMEOUT_S), settings.triton_stats_interval_s)
     _background(stack, poller.run())
     return Operations(interceptors, keys, metrics_port, poller)
 

@@ -221,6 +221,10 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
     port: int = Field(4603, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    workers: int = Field(
+        1, ge=1, description="Server processes sharing the port (SO_REUSEPORT), each with its "
+        "own event loop and Triton client, under one supervisor (server/supervisor.py); 1 runs "
+        "the server in this process.")
     grace_period_s: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight calls may finish, seconds."
     )

@@ -1,7 +1,8 @@
-"""The fused CPU models (yolox_nano, mobilenet_v2 under configs/cpu.pbtxt) answer exactly what
-the ensembles of config.pbtxt answer — the shape the GPU configuration keeps — for the same
-images, a batch mixing good and undecodable images included. The ensembles run here on the
-steps' CPU configurations, in a Triton of their own."""
+"""The CPU configurations of the top-level models (configs/cpu.pbtxt: yolox_nano and
+mobilenet_v2 fused into one step, yunet_mobilefacenet and ppocr_v6 running their network steps
+in their own process) answer exactly what config.pbtxt answers — the ensembles and BLS calls
+the GPU configuration keeps — for the same images, a batch mixing good and undecodable images
+included. config.pbtxt runs here on the steps' CPU configurations, in a Triton of its own."""
 
 from __future__ import annotations
 
@@ -19,22 +20,24 @@ from tests.integration.conftest import ROOT, free_port
 from tools.local_triton import start_triton
 
 MODELS = ROOT / "model_repository"
-ENSEMBLES = {"yolox_nano": ("yolox_preprocess", "yolox_nano_onnx", "yolox_postprocess"),
-             "mobilenet_v2": ("mobilenet_v2_preprocess", "mobilenet_v2_onnx",
-                              "mobilenet_v2_postprocess")}
-IMAGES = [photo("astronaut.png"), CORRUPT_PNG, photo("coffee.png"), photo("motorcycle_left.png")]
+STEPS = {"yolox_nano": ("yolox_preprocess", "yolox_nano_onnx", "yolox_postprocess"),
+         "mobilenet_v2": ("mobilenet_v2_preprocess", "mobilenet_v2_onnx",
+                          "mobilenet_v2_postprocess"),
+         "yunet_mobilefacenet": ("yunet_onnx", "mobilefacenet_onnx"),
+         "ppocr_v6": ("ppocr_v6_det", "ppocr_v6_cls", "ppocr_v6_rec")}
+IMAGES = [photo("obama.jpg"), CORRUPT_PNG, photo("coffee.png"), photo("synthetic_text.png")]
 
 
 @pytest.fixture(scope="module")
 def ensemble_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     repository = tmp_path_factory.mktemp("ensembles")
-    for model, steps in ENSEMBLES.items():
+    for model, steps in STEPS.items():
         for name in (model, *steps):
             shutil.copytree(MODELS / name, repository / name, symlinks=True,
                             ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
-        for onnx in (MODELS / steps[1]).glob("*/*.onnx"):
-            (repository / onnx.relative_to(MODELS)).symlink_to(onnx.resolve())
-        (repository / model / "configs" / "cpu.pbtxt").unlink()  # the ensemble loads instead
+            for onnx in (MODELS / name).glob("*/*.onnx"):
+                (repository / onnx.relative_to(MODELS)).symlink_to(onnx.resolve())
+        (repository / model / "configs" / "cpu.pbtxt").unlink()  # config.pbtxt loads instead
     triton = start_triton(http_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port(), log_path=Path(repository) / "triton.log",
                           model_repository=repository)
@@ -50,8 +53,9 @@ def _infer(url: str, model: str, extra: dict[str, np.ndarray]) -> dict[str, np.n
     image.set_data_from_numpy(np.array([[data] for data in IMAGES], dtype=np.object_))
     inputs = [image]
     for name, value in extra.items():
-        tensor = InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32
-                            else "INT32")
+        datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32",
+                    np.dtype(np.bool_): "BOOL"}[value.dtype]
+        tensor = InferInput(name, list(value.shape), datatype)
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
     with InferenceServerClient(url) as client:
@@ -64,8 +68,11 @@ def _infer(url: str, model: str, extra: dict[str, np.ndarray]) -> dict[str, np.n
     ("yolox_nano", {"SCORE_THRESHOLD": np.full((4, 1), 0.25, np.float32),
                     "IOU_THRESHOLD": np.full((4, 1), 0.45, np.float32)}),
     ("mobilenet_v2", {"TOP_K": np.full((4, 1), 5, np.int32)}),
+    ("yunet_mobilefacenet", {"SCORE_THRESHOLD": np.full((4, 1), 0.6, np.float32),
+                             "INCLUDE_EMBEDDINGS": np.ones((4, 1), np.bool_)}),
+    ("ppocr_v6", {}),
 ])
-def test_fused_equals_ensemble(triton_url: str, ensemble_url: str, model: str,
+def test_cpu_configuration_equals_config_pbtxt(triton_url: str, ensemble_url: str, model: str,
                                extra: dict[str, np.ndarray]) -> None:
     fused, ensemble = _infer(triton_url, model, extra), _infer(ensemble_url, model, extra)
     assert fused.keys() == ensemble.keys()

@@ -223,12 +223,11 @@ async def _deltas_once_counted(
 
 
 async def test_a_burst_of_requests_is_batched(triton: InferenceServerClient) -> None:
-    steps = (MODEL, "yunet_onnx", "mobilefacenet_onnx")
-    before = {step: await _counts(triton, step) for step in steps}
+    # On the CPU configuration the BLS model runs its network steps in its own process
+    # (configs/cpu.pbtxt, steps_in_process), so its own executions are what batching shows in.
+    before = {MODEL: await _counts(triton, MODEL)}
     results = await asyncio.gather(*(find_faces(triton, photo("obama.jpg")) for _ in range(16)))
     assert [len(result.scores) for result in results] == [1] * 16
-    # 16 images, one face each: every step sees 16 items, in fewer executions than that.
     deltas = await _deltas_once_counted(triton, before, 16)
-    for step in (MODEL, "mobilefacenet_onnx"):
-        inferences, executions = deltas[step]
-        assert executions < inferences, deltas
+    inferences, executions = deltas[MODEL]
+    assert executions < inferences, deltas

@@ -380,7 +380,8 @@ def monkeypatch_module() -> Any:
 @pytest.fixture(scope="module")
 def model(onnx_steps: list[tuple[str, tuple[int, ...]]]) -> Any:
     instance = ocr.TritonPythonModel()
-    instance.initialize({"model_repository": str(MODELS / "ppocr_v6"), "model_version": "1"})
+    instance.initialize({"model_repository": str(MODELS / "ppocr_v6"), "model_version": "1",
+                         "model_config": "{}"})  # no steps_in_process: steps via run_step
     return instance
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-# fused_steps.py is linked into each fused model's folder; Triton loads model.py on its own.
+# cpu_steps.py is linked into each fused model's folder; Triton loads model.py on its own.
 sys.path.insert(0, str(Path(__file__).parent))
-from fused_steps import REPOSITORY, cpu_session, load_step  # noqa: E402
+from cpu_steps import REPOSITORY, cpu_session, load_step  # noqa: E402
 
 preprocess = load_step("mobilenet_v2_preprocess")
 network = load_step("mobilenet_v2_onnx")

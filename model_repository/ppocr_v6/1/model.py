@@ -9,6 +9,7 @@ text; every numpy/OpenCV step is a module function that tests import without Tri
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ import triton_python_backend_utils as pb_utils
 # The decode budget is one file linked into each decoding step's folder (decode_budget.py). Triton
 # loads model.py on its own, so its folder is put on the import path here, for tests alike.
 sys.path.insert(0, str(Path(__file__).parent))
+from cpu_steps import InProcessSteps, in_process_steps  # noqa: E402
 from decode_budget import (  # noqa: E402
     STATUS_OK,
     STATUS_TOO_COMPLEX,
@@ -489,8 +491,16 @@ def chunks(indices: Sequence[int], size: int) -> Iterator[list[int]]:
 # --- Triton --------------------------------------------------------------------------------------
 
 
+# Set by initialize when the config runs the network steps in this process (configs/cpu.pbtxt).
+_in_process: InProcessSteps | None = None
+
+
 def run_step(model_name: str, batch: FloatArray, output_name: str) -> FloatArray:
-    """One BLS call into a network step."""
+    """One network step's output: a BLS call, or on the CPU configuration the step's ONNX file
+    run here."""
+    if _in_process is not None:
+        return np.asarray(
+            _in_process.run(model_name, {NETWORK_INPUT: batch}, [output_name])[output_name])
     request = pb_utils.InferenceRequest(
         model_name=model_name,
         requested_output_names=[output_name],
@@ -576,6 +586,8 @@ class TritonPythonModel:
     """Reads every image of every request in the Triton batch through shared step calls."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        global _in_process
+        _in_process = in_process_steps(json.loads(args["model_config"]))
         # The recogniser's file sits beside this model in the repository on CPU and on GPU.
         path = Path(args["model_repository"]).parent / REC_MODEL / "1" / "model.onnx"
         self.charset = ctc_charset(read_onnx_metadata(path.read_bytes()))

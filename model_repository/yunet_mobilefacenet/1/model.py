@@ -15,6 +15,7 @@ matching the order of the ArcFace template points.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections import defaultdict
@@ -30,6 +31,7 @@ import triton_python_backend_utils as pb_utils
 # The decode budget is one file linked into each decoding step's folder (decode_budget.py). Triton
 # loads model.py on its own, so its folder is put on the import path here, for tests alike.
 sys.path.insert(0, str(Path(__file__).parent))
+from cpu_steps import InProcessSteps, in_process_steps  # noqa: E402
 from decode_budget import (  # noqa: E402
     STATUS_OK,
     STATUS_TOO_COMPLEX,
@@ -267,8 +269,15 @@ class StepError(RuntimeError):
     """A step model called from this BLS model answered with an error."""
 
 
+# Set by initialize when the config runs the network steps in this process (configs/cpu.pbtxt).
+_in_process: InProcessSteps | None = None
+
+
 def call_step(model_name: str, inputs: dict[str, FloatArray], outputs: list[str]) -> dict[str, Any]:
-    """One synchronous BLS call; its outputs as CPU numpy arrays by name."""
+    """One network step's outputs as CPU numpy arrays by name: a synchronous BLS call, or on
+    the CPU configuration the step's ONNX file run here."""
+    if _in_process is not None:
+        return _in_process.run(model_name, inputs, outputs)
     request = pb_utils.InferenceRequest(
         model_name=model_name,
         inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
@@ -351,6 +360,10 @@ def read_input(request: Any, name: str) -> Any:
 
 class TritonPythonModel:
     """Faces for every image of every request; a bad threshold fails only its request."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        global _in_process
+        _in_process = in_process_steps(json.loads(args["model_config"]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         items: list[Item] = []

@@ -1,0 +1,1 @@
+../../yolox_nano/1/cpu_steps.py
