@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -22,6 +22,7 @@ from google.rpc import code_pb2, status_pb2
 from google.rpc import error_details_pb2 as details_pb2
 from grpc_status import rpc_status
 
+from server import request_ids
 from server.domain import (
     BackendError,
     BackendUnavailableError,
@@ -145,6 +146,16 @@ Response = TypeVar("Response")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+async def abort(context: grpc.aio.ServicerContext[Any, Any],
+                status: status_pb2.Status) -> NoReturn:
+    """Ends the call with status, its details in the trailing metadata beside the call's request
+    id (server.request_ids; none before the id is read)."""
+    ending = rpc_status.to_status(status)
+    await context.abort(ending.code, ending.details,
+                        (*ending.trailing_metadata, *request_ids.trailer()))
+    raise AssertionError("abort returned")  # grpc's abort always raises
+
+
 def unary(
     paths: RequestPaths | Callable[[Any], RequestPaths],
 ) -> Callable[
@@ -166,8 +177,7 @@ def unary(
                 raise
             except Exception as exc:  # noqa: BLE001 (every error becomes a status)
                 placed = paths if isinstance(paths, RequestPaths) else paths(request)
-                await context.abort_with_status(rpc_status.to_status(to_status(exc, placed)))
-                raise  # unreachable: abort_with_status raises
+                await abort(context, to_status(exc, placed))
 
         return handled
 

@@ -13,7 +13,8 @@ MAX_LENGTH = 128
 # Printable ASCII without spaces: safe in logs, metadata and Triton's request id alike.
 _VALID = re.compile(rf"[\x21-\x7e]{{1,{MAX_LENGTH}}}")
 
-_current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_NONE = "-"
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default=_NONE)
 
 
 def is_valid(request_id: str) -> bool:
@@ -22,6 +23,12 @@ def is_valid(request_id: str) -> bool:
 
 def new() -> str:
     return uuid.uuid4().hex
+
+
+def trailer() -> tuple[tuple[str, str], ...]:
+    """The call's id as response metadata; empty outside a call or before the id is read."""
+    request_id = _current.get()
+    return () if request_id == _NONE else ((METADATA_KEY, request_id),)
 
 
 def current() -> str:

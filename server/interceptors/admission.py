@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_status import rpc_status
 
 from server import metrics
 from server.domain import DeadlineExceededError, ResourceExhaustedError, VisionError
-from server.errors import RequestPaths, to_status
+from server.errors import RequestPaths, abort, to_status
 from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 _PATHS = RequestPaths(image="", options="")
@@ -147,7 +146,7 @@ async def _admit(admission: Admission, context: grpc.aio.ServicerContext[Any, An
         await admission.acquire(peer, context.time_remaining())
     except VisionError as exc:
         metrics.record_rejection(f"admission_{exc.reason.lower()}")
-        await context.abort_with_status(rpc_status.to_status(to_status(exc, _PATHS)))
+        await abort(context, to_status(exc, _PATHS))
     return peer
 
 

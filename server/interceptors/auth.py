@@ -11,11 +11,10 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from server import call_records, metrics, tenants
 from server.auth import Grant, KeyStore
-from server.errors import DOMAIN
+from server.errors import DOMAIN, abort
 from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 AUTHORIZATION = "authorization"
@@ -65,8 +64,7 @@ class AuthInterceptor:
         if isinstance(outcome, Grant):
             return outcome.tenant
         metrics.record_rejection(outcome[0])
-        await context.abort_with_status(rpc_status.to_status(outcome[1]))
-        raise AssertionError("abort_with_status returned")  # it always raises
+        await abort(context, outcome[1])
 
     def _check(self, metadata: Any, service: str) -> Grant | tuple[str, status_pb2.Status]:
         key = presented_key(metadata)

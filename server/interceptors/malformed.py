@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from grpc_status import rpc_status
 
 from server.domain import Input, InvalidArgumentError
-from server.errors import RequestPaths, to_status
+from server.errors import RequestPaths, abort, to_status
 from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 _PATHS = RequestPaths(image="", options="")
@@ -43,7 +42,7 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort_with_status(rpc_status.to_status(to_status(_MALFORMED_ERROR, _PATHS)))
+    await abort(context, to_status(_MALFORMED_ERROR, _PATHS))
 
 
 def _checked(request: Any, context: Any) -> Any:

@@ -1,5 +1,7 @@
-"""Reads, checks and binds each call's request id (server.request_ids) and sends it back in the
-initial metadata; a malformed id fails the call with INVALID_ARGUMENT before any work."""
+"""Reads, checks and binds each call's request id (server.request_ids) and returns it in the
+trailing metadata (errors too: server.errors.abort adds it), where it travels with the response
+instead of costing a send of its own; a streamed response also gets it in the initial metadata,
+before its first result. A malformed id fails the call with INVALID_ARGUMENT before any work."""
 
 from __future__ import annotations
 
@@ -7,11 +9,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from grpc_status import rpc_status
 
 from server import request_ids
 from server.domain import FieldViolation, Input, InvalidArgumentError
-from server.errors import RequestPaths, to_status
+from server.errors import RequestPaths, abort, to_status
 from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 _PATHS = RequestPaths(image="", options="")
@@ -30,10 +31,14 @@ def _given(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 async def _begin(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     given = _given(context)
     if given is not None and not request_ids.is_valid(given):
-        await context.abort_with_status(rpc_status.to_status(to_status(_BAD_ID, _PATHS)))
-    request_id = given or request_ids.new()
-    await context.send_initial_metadata(((request_ids.METADATA_KEY, request_id),))
-    return request_id
+        await abort(context, to_status(_BAD_ID, _PATHS))
+    return given or request_ids.new()
+
+
+def _trail(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Adds the call's id to the trailing metadata set so far (the timing trailer, say)."""
+    context.set_trailing_metadata((*(context.trailing_metadata() or ()),
+                                   *request_ids.trailer()))
 
 
 class RequestIdInterceptor:
@@ -45,7 +50,9 @@ def _unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def bound(request: Any, context: Any) -> Any:
         token = request_ids.bind(await _begin(context))
         try:
-            return await behavior(request, context)
+            response = await behavior(request, context)
+            _trail(context)
+            return response
         finally:
             request_ids.unbind(token)
 
@@ -54,10 +61,13 @@ def _unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 def _streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def bound(request: Any, context: Any) -> AsyncIterator[Any]:
-        token = request_ids.bind(await _begin(context))
+        request_id = await _begin(context)
+        await context.send_initial_metadata(((request_ids.METADATA_KEY, request_id),))
+        token = request_ids.bind(request_id)
         try:
             async for response in responses(behavior, request, context):
                 yield response
+            _trail(context)
         finally:
             request_ids.unbind(token)
 

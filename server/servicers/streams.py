@@ -22,10 +22,9 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from google.rpc import status_pb2
-from grpc_status import rpc_status
 
 from server.domain import DeadlineExceededError, Input, InvalidArgumentError, VisionError
-from server.errors import RequestPaths, to_status
+from server.errors import RequestPaths, abort, to_status
 from server.servicers.uploads import CompletedUpload, FailedUpload, UploadAssembler, UploadMessage
 
 Response = TypeVar("Response")
@@ -105,8 +104,7 @@ class UploadStream(Generic[Response]):
                 await reader  # re-raises what ended the reader, if anything did
             except* VisionError as group:
                 error = group.exceptions[0]
-                await context.abort_with_status(
-                    rpc_status.to_status(to_status(error, self._paths)))
+                await abort(context, to_status(error, self._paths))
         finally:
             reader.cancel()
 

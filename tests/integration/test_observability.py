@@ -173,7 +173,7 @@ async def test_every_call_logs_its_request_id(stub: det_grpc.DetectionServiceAsy
     for _ in range(2):
         call = stub.DetectObjects(request("coffee.png"), timeout=60)
         await call
-        returned.append(dict(await call.initial_metadata() or ())["x-request-id"])
+        returned.append(dict(await call.trailing_metadata() or ())["x-request-id"])
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.DetectObjects(det_pb2.DetectObjectsRequest(), timeout=60,
                                  metadata=(("x-request-id", "caller-id-bad-input"),))

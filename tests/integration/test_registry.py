@@ -61,11 +61,20 @@ async def test_request_id_is_returned_and_a_malformed_one_is_refused(
 ) -> None:
     call = stub.DetectObjects(DETECT, metadata=(("x-request-id", "abc-123"),), timeout=30)
     await call
-    assert ("x-request-id", "abc-123") in tuple(await call.initial_metadata())
+    assert ("x-request-id", "abc-123") in tuple(await call.trailing_metadata())
     made_up = stub.DetectObjects(DETECT, timeout=30)
     await made_up
-    ids = [value for key, value in await made_up.initial_metadata() if key == "x-request-id"]
+    ids = [value for key, value in await made_up.trailing_metadata() if key == "x-request-id"]
     assert len(ids) == 1 and len(str(ids[0])) == 32
+    failed = stub.DetectObjects(det_pb2.DetectObjectsRequest(), timeout=30,
+                                metadata=(("x-request-id", "failing-call"),))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await failed
+    assert ("x-request-id", "failing-call") in tuple(refused.value.trailing_metadata())
+    stream = stub.StreamDetectObjects(iter(()), metadata=(("x-request-id", "a-stream"),),
+                                      timeout=30)
+    assert ("x-request-id", "a-stream") in tuple(await stream.initial_metadata())
+    assert [r async for r in stream] == []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.DetectObjects(DETECT, metadata=(("x-request-id", "has space"),), timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

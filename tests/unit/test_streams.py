@@ -27,10 +27,10 @@ class FakeContext:
     def __init__(self) -> None:
         self.status: status_pb2.Status | None = None
 
-    async def abort_with_status(self, status: Any) -> None:
+    async def abort(self, code: Any, details: str, trailing_metadata: Any) -> None:
         """Keeps the google.rpc.Status that grpc_status packed into the trailing metadata."""
         self.status = status_pb2.Status.FromString(
-            dict(status.trailing_metadata)["grpc-status-details-bin"])
+            dict(trailing_metadata)["grpc-status-details-bin"])
         raise Aborted
 
 
