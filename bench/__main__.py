@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import machine, plots, report
+from bench import cpu_path, machine, plots, report
 from bench.load import LoadGenerator, RunSpec
 from bench.payloads import ROOT
 from bench.procs import ServerProcess, launch_triton
@@ -61,7 +61,7 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 PHASES = ("warm_up", "ceiling", "gateway", "in_process", "streaming", "profile", "batching",
-          "server_cost", "trivial")
+          "cpu_path", "server_cost", "trivial")
 
 
 def run_phases(env: Env, budget: Budget, results: Json, scratch: Path,
@@ -92,6 +92,9 @@ def run_phases(env: Env, budget: Budget, results: Json, scratch: Path,
             per_stream=max(2, int(budget.profile_s)))),
     })
     phase("batching", "4: Triton batching variants", lambda: batching(env, budget, scratch))
+    phase("cpu_path", "CPU path: Triton's time per step and the CPU configuration variants",
+          lambda: cpu_path.run(budget.reps, budget.run_s,
+                               (4,) if budget == QUICK else (1, 4, 16), scratch / "cpu-path"))
     phase("server_cost", "6: server CPU and RSS (fresh server process)",
           lambda: server_cost(env, budget))
     phase("trivial", "gateway with a trivial model (header_detector) vs direct and a FastAPI peer",

@@ -131,7 +131,8 @@ def breakdown(before: dict[str, Json], after: dict[str, Json]) -> dict[str, Json
 
 def _spread_json(values: list[float]) -> Json:
     s = spread(values)
-    return {"median": round(s.median, 3), "low": round(s.low, 3), "high": round(s.high, 3)}
+    return {"median": round(s.median, 3), "low": round(s.low, 3), "high": round(s.high, 3),
+            "n": s.n}
 
 
 def measure(generator: LoadGenerator, tritons: dict[str, LocalTriton], server: ServerProcess,
@@ -169,7 +170,7 @@ def measure(generator: LoadGenerator, tritons: dict[str, LocalTriton], server: S
 def _ratios(arm: list[Measured], reference: list[Measured]) -> Json:
     ratio = paired_ratio([m.throughput for m in arm], [m.throughput for m in reference])
     return {"median": round(ratio.median, 3), "low": round(ratio.low, 3),
-            "high": round(ratio.high, 3)}
+            "high": round(ratio.high, 3), "n": ratio.n}
 
 
 def _median_table(per_round: list[dict[str, Json]]) -> dict[str, Json]:

@@ -11,8 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 
+from bench.procs import STEPS  # noqa: E402
+
 Json = dict[str, Any]
-STEPS = ("yolox_preprocess", "yolox_nano_onnx", "yolox_postprocess")
 
 
 def _errors(values: list[Json]) -> list[list[float]]:
@@ -84,12 +85,12 @@ def batching(results: Json, out: Path) -> Path:
         throughput = [s["throughput"] for s in summaries]
         left.errorbar(concurrencies, _medians(throughput), yerr=_errors(throughput),
                       marker="o", capsize=3, label=name)
-        onnx = [s["batches"].get("yolox_nano_onnx", {"median": 0, "low": 0, "high": 0})
+        onnx = [s["batches"].get(STEPS[0], {"median": 0, "low": 0, "high": 0})
                 for s in summaries]
         right.errorbar(concurrencies, _medians(onnx), yerr=_errors(onnx), marker="o",
                        capsize=3, label=name)
     for ax, label in ((left, "images / s (direct Triton)"),
-                      (right, "average executed batch, yolox_nano_onnx")):
+                      (right, f"average executed batch, {STEPS[0]}")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("calls in flight")
         ax.set_ylabel(label)

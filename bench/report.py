@@ -6,9 +6,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import cpu_path
+from bench.procs import STEPS
+
 Json = dict[str, Any]
 
-STEPS = ("yolox_preprocess", "yolox_nano_onnx", "yolox_postprocess")
 
 
 def fig(value: Json | None, digits: int = 1, unit: str = "") -> str:
@@ -137,7 +139,7 @@ def gateway_section(results: Json) -> list[str]:
         "seconds per wall second, out of 2):", "",
         *table(["in flight", "server", "Triton (service arm)", "Triton (direct arm)",
                 "generator (service arm)", "generator (direct arm)", "cores busy (service arm)",
-                "avg batch pre / onnx / post (service arm)"], cpu_rows),
+                "avg Triton batch (service arm)"], cpu_rows),
     ]
 
 
@@ -245,13 +247,13 @@ def batching_section(results: Json) -> list[str]:
         "Average executed batch size per step (inference_count ÷ execution_count deltas from "
         "Triton's statistics) with the repository's defaults, during the service runs of "
         "section 1:", "",
-        *table(["in flight", "avg batch pre / onnx / post"], default_rows),
+        *table(["in flight", "avg Triton batch"], default_rows),
         "Variants: temporary copies of model_repository with every step's dynamic_batching "
         "block (config.pbtxt and configs/cpu.pbtxt) edited, each served by its own Triton, "
         "started together and measured in interleaved rounds with the direct shared client; "
         "ratios are against the current defaults (`delay2000_pref8`) in the same rounds.", "",
         *table(["variant", "delay µs", "preferred", "in flight", "img/s", "÷ current",
-                "p50 / p99 ms", "avg batch pre / onnx / post"], rows),
+                "p50 / p99 ms", "avg Triton batch"], rows),
         f"Rule: {rec['rule']}.", "", verdict, "",
     ]
 
@@ -471,6 +473,33 @@ def _native_ranking(name: str, p: Json) -> list[str]:
     ]
 
 
+def cpu_path_summary(results: Json) -> list[str]:
+    section = results.get("cpu_path")
+    if not section:
+        return []
+    runs = section["service"]["runs"]
+    return ["- CPU path: service ÷ in-process (2 workers) " + ", ".join(
+        f"{c} in flight {fig(runs[str(c)]['over_in_process'], 3)}"
+        for c in section["concurrencies"]) + f"; best CPU configuration by the rule: "
+        f"`{section['winner']}` (committed: `{cpu_path.COMMITTED}`)."]
+
+
+def cpu_path_section(results: Json) -> list[str]:
+    section = results.get("cpu_path")
+    if not section:
+        return []
+    return [
+        "## CPU path: where Triton's time goes, and the CPU configuration", "",
+        "Every variant is a copy of the detection models served by a Triton of its own, all "
+        "measured in the same interleaved rounds with one shared direct client, next to the "
+        "in-process reference (the steps' own functions around onnxruntime, intra_op 1, one "
+        "image at a time in each of 2 worker processes: section 2's best) and the service in "
+        "front of the committed configuration. Ratios are per round against the in-process "
+        "arm of the same round and concurrency. Command: "
+        f"`{section.get('command', '.venv/bin/python -m bench.cpu_path')}`.", "",
+        cpu_path.markdown(section), ""]
+
+
 def markdown(results: Json, images: list[Path]) -> str:
     g = results["gateway"]
     s = results["streaming"]
@@ -496,7 +525,7 @@ def markdown(results: Json, images: list[Path]) -> str:
         f"RSS {c['rss_after_first_mib']:.0f} MiB after {c['chunk_requests']}, "
         f"{c['rss_after_last_mib']:.0f} MiB after {c['requests_total']}.",
         f"- batching: {batching_verdict} (section 4).",
-        *trivial_summary(results), "",
+        *cpu_path_summary(results), *trivial_summary(results), "",
     ]
     figures = ["## Figures", "", *[f"![{p.stem}]({p.as_posix()})" for p in images], ""]
     not_measured = [
@@ -509,7 +538,7 @@ def markdown(results: Json, images: list[Path]) -> str:
         *ceiling_section(results), *gateway_section(results), *in_process_section(results),
         *per_request_section(results), *batching_section(results),
         *streaming_section(results), *cost_section(results), *profile_section(results),
-        *trivial_section(results), *not_measured, *figures])
+        *cpu_path_section(results), *trivial_section(results), *not_measured, *figures])
 
 
 def console_table(results: Json) -> str:
