@@ -59,6 +59,9 @@ class ServerArm:
 #   ServerArm("vision-grpc 2 workers", ("--workers", "2"), profiled=False),
 SERVER_ARMS: tuple[ServerArm, ...] = (
     ServerArm("vision-grpc"),
+    ServerArm("vision-grpc aggregated", ("--aggregation.enabled", "true")),
+    ServerArm("vision-grpc aggregated, 2 workers",
+              ("--aggregation.enabled", "true", "--workers", "2"), profiled=False),
 )
 DIRECT = "Triton direct (shared client)"
 PER_REQUEST = "Triton direct (client per request)"
