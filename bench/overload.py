@@ -407,10 +407,15 @@ def markdown(results: dict[str, Any], command: str) -> str:
     if "overload" in results:
         heavy, light = results["overload"]["heavy"], results["overload"]["light"]
         lines += [
-            f"| heavy caller, {results['heavy']} in flight, 5 s deadlines | {heavy['calls']} "
+            f"| heavy caller, {results['heavy']} in flight, 5 s deadlines, backing off after "
+            f"refusals | {heavy['calls']} "
             f"calls, codes {heavy['codes']}, refusals p50/p99 {heavy['refused_p50_ms']}/"
             f"{heavy['refused_p99_ms']} ms, OK p50/p99 {heavy['ok_p50_ms']}/"
             f"{heavy['ok_p99_ms']} ms |",
+            f"| the same refusals in the server's access log | "
+            f"{results['overload']['server_refusals']['count']} refusals, p50/p99 "
+            f"{results['overload']['server_refusals']['p50_ms']}/"
+            f"{results['overload']['server_refusals']['p99_ms']} ms |",
             f"| light caller, 1 in flight, meanwhile | success {light['success_rate']}, "
             f"codes {light['codes']}, p50/p99 {light['ok_p50_ms']}/{light['ok_p99_ms']} ms |",
             f"| RSS server idle / overload peak / 10 s after | {mem['idle']['server']} / "
