@@ -12,7 +12,8 @@ Phases, one after another on the same processes:
    step refuses them); server and Triton CPU seconds spent on them.
 3. uploads: 100 streams each uploading a 10 MB image at once; the server's peak RSS against
    the upload budget (limits.max_upload_buffer_bytes), and RSS after.
-RSS of the server and of Triton (with its Python-backend stubs) is sampled every 0.5 s; written
+RSS of the server and PSS of Triton with its Python-backend stubs (PSS: the shared-memory
+regions they share are counted once) are sampled every 0.5 s; written
 to <out>/overload.json, overload.png and overload.md.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import struct
 import tempfile
 import time
@@ -34,6 +36,8 @@ from typing import Any
 import grpc
 import numpy as np
 import psutil
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from tritonclient.grpc import InferInput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
@@ -52,6 +56,12 @@ DEADLINE_S = 5.0
 # share a subchannel (one connection, one peer for the server's fair share).
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 SAMPLE_EVERY_S = 0.5
+UPLOAD_CONNECTIONS = 4
+# The heavy callers start within the first second, as a fleet of clients would, rather than in
+# one instant from one process (whose own 512 call set-ups would then be measured).
+RAMP_S = 1.0
+INITIAL_BACKOFF_S = 0.2
+MAX_BACKOFF_S = 10.0
 
 
 @dataclass
@@ -81,7 +91,7 @@ class Calls:
 
 
 class Sampler:
-    """RSS of the server and of Triton with its stubs, over time."""
+    """RSS of the server and PSS of Triton with its stubs, over time."""
 
     def __init__(self, server_pid: int, triton_pid: int) -> None:
         self.server = psutil.Process(server_pid)
@@ -91,10 +101,12 @@ class Sampler:
         self.phase = "idle"
 
     def triton_rss(self) -> int:
+        """Triton's and its stubs' memory as PSS: their shared-memory regions are mapped by
+        both Triton and a stub, and summing RSS would count those pages twice."""
         total = 0
         for process in [self.triton, *self.triton.children(recursive=True)]:
             try:
-                total += int(process.memory_info().rss)
+                total += int(process.memory_full_info().pss)
             except psutil.NoSuchProcess:
                 continue
         return total
@@ -116,18 +128,57 @@ class Sampler:
         return max(float(row[column]) for row in self.rows if row[3] == phase)
 
 
+def retry_delay_s(error: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay the server sent with a refusal (0 without one)."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    return 0.0
+
+
+def backoff_s(error: grpc.aio.AioRpcError, refusals: int, rng: random.Random) -> float:
+    """What a polite client waits after its `refusals`-th refusal in a row: the SDK's policy
+    (clients/python/vision_client/retry.py), exponential backoff with full jitter from 0.2 s up
+    to 10 s, never sooner than the server's RetryInfo."""
+    ceiling = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2 ** (refusals - 1))
+    return max(rng.uniform(0, ceiling), retry_delay_s(error))
+
+
 async def detect_loop(stub: det_grpc.DetectionServiceAsyncStub,
-                      request: det_pb2.DetectObjectsRequest, calls: Calls, until: float) -> None:
-    while time.monotonic() < until:
-        start = time.monotonic()
+                      request: det_pb2.DetectObjectsRequest, calls: Calls, until: float,
+                      rng: random.Random, ramp_s: float = 0.0) -> None:
+    """One caller with one call in flight until `until`, starting within the first `ramp_s`;
+    after a refusal (RESOURCE_EXHAUSTED or UNAVAILABLE) it backs off as a real client would.
+    A flood that does not would measure mostly how fast the load generator spins, on the same
+    2 cores as the server."""
+    await asyncio.sleep(rng.uniform(0, ramp_s))
+    refusals = 0
+    while (now := time.monotonic()) < until:
         try:
             await stub.DetectObjects(request, timeout=DEADLINE_S)
-            calls.add("OK", time.monotonic() - start)
+            calls.add("OK", time.monotonic() - now)
+            refusals = 0
         except grpc.aio.AioRpcError as error:
-            calls.add(error.code().name, time.monotonic() - start)
-            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                await asyncio.sleep(0.05)  # a polite client would honour RetryInfo; a flood
-                # that does not is the point, but without a pause this loop only spins
+            calls.add(error.code().name, time.monotonic() - now)
+            if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                refusals += 1
+                pause = backoff_s(error, refusals, rng)
+                await asyncio.sleep(min(pause, max(0.0, until - time.monotonic())))
+
+
+def logged_refusals_ms(log_path: Path, skip_lines: int) -> list[float]:
+    """Durations the server's access log gives its RESOURCE_EXHAUSTED answers after the first
+    skip_lines lines: the refusal as the server sees it, without the client's own delays."""
+    lines = log_path.read_text(errors="replace").splitlines()[skip_lines:]
+    return [float(line.rsplit("duration_ms=", 1)[1].split()[0]) for line in lines
+            if " RESOURCE_EXHAUSTED " in line and "duration_ms=" in line]
+
+
+def log_lines(log_path: Path) -> int:
+    return len(log_path.read_text(errors="replace").splitlines())
 
 
 async def overload(address: str, heavy: int, seconds: float) -> dict[str, Any]:
@@ -140,9 +191,11 @@ async def overload(address: str, heavy: int, seconds: float) -> dict[str, Any]:
             heavy_channel)
         light_stub: det_grpc.DetectionServiceAsyncStub = det_grpc.DetectionServiceStub(
             light_channel)
+        rng = random.Random(1)
         await asyncio.gather(
-            *(detect_loop(heavy_stub, request, heavy_calls, until) for _ in range(heavy)),
-            detect_loop(light_stub, request, light_calls, until))
+            *(detect_loop(heavy_stub, request, heavy_calls, until, rng, RAMP_S)
+              for _ in range(heavy)),
+            detect_loop(light_stub, request, light_calls, until, rng))
     return {"heavy": heavy_calls.summary(), "light": light_calls.summary()}
 
 
@@ -196,7 +249,7 @@ async def bombs(address: str, triton_url: str, server_pid: int, triton_pid: int,
             until = time.monotonic() + 10.0
             await asyncio.gather(
                 *(via_server() for _ in range(count)), *(via_triton() for _ in range(count)),
-                detect_loop(light_stub, good, light, until))
+                detect_loop(light_stub, good, light, until, random.Random(2)))
         finally:
             await client.close()
     return {
@@ -209,16 +262,21 @@ async def bombs(address: str, triton_url: str, server_pid: int, triton_pid: int,
 
 
 def large_png_bytes(size: int) -> bytes:
-    """A PNG header (2000x2000) with `size` bytes of stored data and IEND: passes the header
-    check, so the whole upload is buffered; Triton then fails to decode it (cheaply)."""
-    ihdr = struct.pack(">IIBBBBB", 2000, 2000, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(
-        ">I", zlib.crc32(chunk))
-    tail = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-    body = np.random.default_rng(1).integers(0, 256, size - len(head) - len(tail),
-                                             dtype=np.uint8).tobytes()
-    return head + body + tail
+    """A real PNG of about `size` bytes: square RGB noise stored without compression, so it
+    is as large as its pixels and decodes in milliseconds (a memcpy, not an inflate): the
+    upload scenario measures the server's buffering, not Triton's decoding."""
+    side = max(1, int((size / 3) ** 0.5))
+    pixels = np.random.default_rng(1).integers(0, 256, (side, side * 3), dtype=np.uint8)
+    rows = np.hstack([np.zeros((side, 1), dtype=np.uint8), pixels])  # filter byte 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    data = zlib.compress(rows.tobytes(), 0)
+    idat = b"".join(chunk(b"IDAT", data[i:i + (1 << 16)]) for i in range(0, len(data), 1 << 16))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
 
 
 async def uploads(address: str, streams: int, size: int) -> dict[str, Any]:
@@ -240,12 +298,21 @@ async def uploads(address: str, streams: int, size: int) -> dict[str, Any]:
         except grpc.aio.AioRpcError as error:
             codes[error.code().name] += 1
 
-    async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
-        stub: det_grpc.DetectionServiceAsyncStub = det_grpc.DetectionServiceStub(channel)
-        start = time.monotonic()
-        await asyncio.gather(*(one(i, stub) for i in range(streams)))
-    return {"streams": streams, "bytes_each": size, "codes": dict(codes),
-            "seconds": round(time.monotonic() - start, 1)}
+    # Several connections, as many clients would have: one connection may hold only
+    # admission.peer_share of the server's streams (96 of 128), and the Python asyncio client
+    # reports a stream refused while it is still writing as INTERNAL (grpc/grpc#36066).
+    channels = [grpc.aio.insecure_channel(address, options=OWN_CONNECTION)
+                for _ in range(UPLOAD_CONNECTIONS)]
+    stubs: list[det_grpc.DetectionServiceAsyncStub] = [
+        det_grpc.DetectionServiceStub(channel) for channel in channels]
+    start = time.monotonic()
+    try:
+        await asyncio.gather(*(one(i, stubs[i % len(stubs)]) for i in range(streams)))
+    finally:
+        for channel in channels:
+            await channel.close()
+    return {"streams": streams, "bytes_each": len(content), "codes": dict(codes),
+            "connections": UPLOAD_CONNECTIONS, "seconds": round(time.monotonic() - start, 1)}
 
 
 def plot(rows: list[tuple[float, float, float, str]], out: Path) -> Path:
@@ -256,7 +323,7 @@ def plot(rows: list[tuple[float, float, float, str]], out: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.plot([r[0] for r in rows], [r[1] for r in rows], label="server RSS")
-    ax.plot([r[0] for r in rows], [r[2] for r in rows], label="Triton + stubs RSS")
+    ax.plot([r[0] for r in rows], [r[2] for r in rows], label="Triton + stubs PSS")
     phase_starts: dict[str, float] = {}
     for t, _, _, phase in rows:
         phase_starts.setdefault(phase, t)
@@ -291,7 +358,13 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         memory: dict[str, Any] = {"idle": {"server": idle_server, "triton": idle_triton}}
         if "overload" in args.phases:
             sampler.phase = "overload"
+            skip = log_lines(server.log_path)
             results["overload"] = await overload(server.address, args.heavy, args.seconds)
+            logged = logged_refusals_ms(server.log_path, skip)
+            results["overload"]["server_refusals"] = {
+                "count": len(logged),
+                "p50_ms": round(percentile(logged, 50), 2) if logged else None,
+                "p99_ms": round(percentile(logged, 99), 2) if logged else None}
             sampler.phase = "after overload"
             await asyncio.sleep(10)
             after_server, after_triton = sampler.sample()
@@ -334,15 +407,20 @@ def markdown(results: dict[str, Any], command: str) -> str:
     if "overload" in results:
         heavy, light = results["overload"]["heavy"], results["overload"]["light"]
         lines += [
-            f"| heavy caller, {results['heavy']} in flight, 5 s deadlines | {heavy['calls']} "
+            f"| heavy caller, {results['heavy']} in flight, 5 s deadlines, backing off after "
+            f"refusals | {heavy['calls']} "
             f"calls, codes {heavy['codes']}, refusals p50/p99 {heavy['refused_p50_ms']}/"
             f"{heavy['refused_p99_ms']} ms, OK p50/p99 {heavy['ok_p50_ms']}/"
             f"{heavy['ok_p99_ms']} ms |",
+            f"| the same refusals in the server's access log | "
+            f"{results['overload']['server_refusals']['count']} refusals, p50/p99 "
+            f"{results['overload']['server_refusals']['p50_ms']}/"
+            f"{results['overload']['server_refusals']['p99_ms']} ms |",
             f"| light caller, 1 in flight, meanwhile | success {light['success_rate']}, "
             f"codes {light['codes']}, p50/p99 {light['ok_p50_ms']}/{light['ok_p99_ms']} ms |",
             f"| RSS server idle / overload peak / 10 s after | {mem['idle']['server']} / "
             f"{mem['overload_peak']['server']} / {mem['after_overload']['server']} MiB |",
-            f"| RSS Triton idle / overload peak / 10 s after | {mem['idle']['triton']} / "
+            f"| PSS Triton + stubs idle / overload peak / 10 s after | {mem['idle']['triton']} / "
             f"{mem['overload_peak']['triton']} / {mem['after_overload']['triton']} MiB |",
         ]
     if "scan_bombs" in results:
@@ -363,7 +441,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"{up['codes']} in {up['seconds']} s; server peak {mem['uploads_peak_server']} MiB "
             f"(idle {mem['idle']['server']}; budget {mem['upload_budget']:.0f} MiB → "
             f"{mem['uploads_peak_over_budget']} x budget above idle) |")
-    lines += [f"| RSS at the end (server / Triton) | {mem['end']['server']} / "
+    lines += [f"| RSS server / PSS Triton at the end | {mem['end']['server']} / "
               f"{mem['end']['triton']} MiB |", "", "![RSS over time](overload.png)", ""]
     return "\n".join(lines)
 

@@ -165,6 +165,7 @@ def server_options(connection: ConnectionSettings) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", ms(connection.max_connection_idle_s)),
         ("grpc.max_connection_age_ms", ms(connection.max_connection_age_s)),
         ("grpc.max_connection_age_grace_ms", ms(connection.max_connection_age_grace_s)),
+        ("grpc.http2.bdp_probe", int(connection.http2_bdp_probe)),
     ]
 
 

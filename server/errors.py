@@ -1,6 +1,8 @@
 """The one table from domain errors to `google.rpc.Status` (AIP-193): a code, a message safe to
 show, ErrorInfo(reason, domain) and the detail each kind needs (BadRequest, ResourceInfo,
-RetryInfo). Unknown exceptions become INTERNAL with a generic message and a logged traceback.
+RetryInfo). Unknown exceptions become INTERNAL with a generic message and a logged traceback,
+except in a call whose deadline has passed: its caller has already been told DEADLINE_EXCEEDED
+by gRPC, so whatever failed is logged in one line and the call ends as DEADLINE_EXCEEDED.
 
 Field paths: domain errors name fields relative to the pipeline's inputs (domain.Input); the
 `RequestPaths` of the RPC at hand says where each input sits in its request, so the same error
@@ -9,6 +11,7 @@ reads `image.content` in a unary call and `chunk.data` in a stream.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -176,9 +179,36 @@ def unary(
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 (every error becomes a status)
+                if past_deadline(context):
+                    await end_after_deadline(context, method.__name__, exc)
                 placed = paths if isinstance(paths, RequestPaths) else paths(request)
                 await abort(context, to_status(exc, placed))
 
         return handled
 
     return decorate
+
+
+def past_deadline(context: Context) -> bool:
+    """The call had a deadline and it has passed (gRPC reports the time left as 0 then)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+async def end_after_deadline(context: Context, what: str, exc: BaseException) -> NoReturn:
+    """Ends a call whose deadline passed while `what` failed with exc: one log line, no
+    traceback (the failure is the deadline's doing, and the caller already has its status).
+    When gRPC has already finished the call and refuses the status, the call ends as
+    cancelled, which gRPC does not log either."""
+    if not isinstance(exc, DeadlineExceededError):  # that one is the deadline itself
+        log.warning("%s failed after its deadline had passed: %s", what,
+                    exc.message if isinstance(exc, VisionError) else type(exc).__name__)
+    error = DeadlineExceededError()
+    try:
+        await context.abort_with_status(rpc_status.to_status(_status(code_pb2.DEADLINE_EXCEEDED,
+                                                                     error)))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # noqa: BLE001 (the call is over; nothing is left to tell anyone)
+        pass
+    raise asyncio.CancelledError

@@ -131,6 +131,13 @@ class ConnectionSettings(BaseModel):
         1800.0, gt=0, description="Connections are recycled after this long (rebalancing).")
     max_connection_age_grace_s: float = Field(
         30.0, ge=0, description="Calls on a recycled connection get this long to finish.")
+    http2_bdp_probe: bool = Field(
+        False, description="Let gRPC grow each stream's HTTP/2 receive window from bandwidth-"
+        "delay probes (up to megabytes per stream). Off, a stream's window stays at 64 KiB "
+        "beyond the message the server is reading, so data the server has not asked for (an "
+        "upload waiting for the upload budget) stays with the sender: 100 unread 10 MB "
+        "uploads cost the server ~0.8 GB with it on, ~40 MB off (bench/overload.py). Turn it "
+        "on only for high-latency links where throughput matters more than that bound.")
 
 
 class TaskSettings(BaseModel):

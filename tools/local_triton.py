@@ -116,6 +116,11 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
     # it must be the Triton venv (numpy < 2, OpenCV, onnxruntime), not the server's venv.
     env["PATH"] = os.pathsep.join([str(install.venv / "bin"), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(install.venv)
+    # glibc: allocations of 128 KiB and more get mappings of their own, returned when freed,
+    # instead of a threshold that rises after the first large free and leaves later batch
+    # tensors in heaps that are never given back (tritonserver's own memory after an overload:
+    # 52 -> 20 MiB; a model whose onnxruntime arena is off then returns to idle too).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 << 10))
     env.pop("PYTHONPATH", None)
     env.pop("PYTHONHOME", None)
     return env

@@ -11,11 +11,17 @@ ready, protocol failures included. Everything a stream holds is bounded:
 - silence: no message for `idle_timeout_s` ends the stream with DEADLINE_EXCEEDED (STREAM_IDLE);
 - mistakes: after `max_protocol_errors` failed images the stream ends with INVALID_ARGUMENT
   (TOO_MANY_PROTOCOL_ERRORS), so endless bare end markers cannot make endless results.
+
+An image's bytes are let go when its reservation ends (nothing the reader or a finished task
+keeps refers to them), and large buffers are returned to the OS when freed
+(`return_large_buffers_to_os`), so what the budget releases leaves the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -31,10 +37,32 @@ Response = TypeVar("Response")
 
 _DONE = object()
 # What an image costs the server while it is uploaded and sent on, in copies of its bytes: the
-# chunks, the joined image, the serialized BYTES tensor, the gRPC request to Triton
-# and its send buffer (bench/overload.py: 100 x 10 MB uploads peaked at ~7x a budget that
-# counted the image once). The budget reserves that much per image.
+# chunks, the joined image, the serialized BYTES tensor, the protobuf request to Triton
+# and its serialized form (bench/overload.py, tracemalloc: 100 x 10 MB uploads with 5 images
+# under way peaked ~250 MiB above idle, 5 copies each). The budget reserves that much per image.
 COPIES_PER_IMAGE = 5
+# glibc's mallopt parameter (malloc.h) and the size from which an allocation gets a mapping of its
+# own: glibc's initial value, kept fixed.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 << 10
+
+
+def return_large_buffers_to_os() -> bool:
+    """Makes every allocation of 128 KiB or more (image bytes and their copies) a mapping of its
+    own, returned to the OS when freed; glibc only, returns whether it applied.
+
+    By default glibc raises that threshold after the first large free (up to 32 MiB), so later
+    10 MB images are carved from the heap, where a small object allocated after one keeps its
+    pages from going back: 100 x 10 MB uploads left the server ~330 MiB above idle and peaked
+    ~90 MiB higher than with the threshold fixed (bench/overload.py). Process-wide and
+    idempotent."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None)
+    if mallopt is None:  # not glibc (musl, macOS): their allocators return memory their way
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
 
 
 class UploadBudget:
@@ -44,6 +72,7 @@ class UploadBudget:
         self.max_bytes = max_bytes
         self.used = 0
         self._changed = asyncio.Condition()
+        return_large_buffers_to_os()
 
     async def reserve(self, size: int) -> None:
         """Waits until size bytes fit (size is at most max_bytes: the image limit is lower)."""
@@ -131,14 +160,10 @@ class UploadStream(Generic[Response]):
                 async for message in self._messages(requests):
                     if message.WhichOneof("kind") == "header":
                         await self._reserve(message.header.size_bytes)
-                    events = self._assembler.feed(message)
-                    await self._settle(events)
-                    for event in events:
-                        await self._dispatch(event, group)
-                events = self._assembler.close()
-                await self._settle(events)
-                for event in events:
-                    await self._dispatch(event, group)
+                    # Events are handled in a call of their own, so that no variable here
+                    # keeps a finished image alive while the next message is awaited.
+                    await self._handle(self._assembler.feed(message), group)
+                await self._handle(self._assembler.close(), group)
         finally:
             await self._limits.budget.release(self._reserved)
             self._reserved = 0
@@ -150,6 +175,12 @@ class UploadStream(Generic[Response]):
             reserved = min(size * COPIES_PER_IMAGE, self._limits.budget.max_bytes)
             await self._limits.budget.reserve(reserved)
             self._reserved = reserved
+
+    async def _handle(self, events: list[CompletedUpload | FailedUpload],
+                      group: asyncio.TaskGroup) -> None:
+        await self._settle(events)
+        while events:
+            await self._dispatch(events.pop(0), group)
 
     async def _settle(self, events: list[CompletedUpload | FailedUpload]) -> None:
         """After a message: a reservation stays with the open image or goes to the completed
@@ -176,13 +207,18 @@ class UploadStream(Generic[Response]):
 
     async def _one(self, upload: CompletedUpload, reserved: int) -> None:
         try:
-            result: object = await self._process(upload)
-        except Exception as exc:  # noqa: BLE001 (each image carries its own status)
-            result = self._failure(upload.request_id, to_status(exc, self._paths))
+            result = await self._outcome(upload)
+            del upload  # its bytes go with its reservation, not when the caller reads the result
         finally:
             self._slots.release()
             await self._limits.budget.release(reserved)
         await self._emit(result)
+
+    async def _outcome(self, upload: CompletedUpload) -> object:
+        try:
+            return await self._process(upload)
+        except Exception as exc:  # noqa: BLE001 (each image carries its own status)
+            return self._failure(upload.request_id, to_status(exc, self._paths))
 
     async def _emit(self, result: object) -> None:
         await self._room.acquire()

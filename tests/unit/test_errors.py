@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.domain import (
@@ -15,7 +21,7 @@ from server.domain import (
     ModelRef,
     ResourceExhaustedError,
 )
-from server.errors import DOMAIN, MAX_VIOLATIONS, RequestPaths, to_status
+from server.errors import DOMAIN, MAX_VIOLATIONS, RequestPaths, to_status, unary
 
 UNARY = RequestPaths(image="image.content", options="options")
 STREAM = RequestPaths(image="chunk.data", options="header.detection")
@@ -113,3 +119,60 @@ def test_internal_errors_never_leak_their_text() -> None:
     assert backend.code == code_pb2.INTERNAL and "secret" not in backend.message
     unknown = to_status(RuntimeError("password=hunter2"), UNARY)
     assert (unknown.code, unknown.message) == (code_pb2.INTERNAL, "internal error")
+
+
+class Aborted(Exception):
+    pass
+
+
+class PastDeadlineContext:
+    """A call whose deadline has passed; `finished`: gRPC has already ended it and refuses a
+    status (as grpc.aio does with UsageError once the RPC is over)."""
+
+    def __init__(self, finished: bool = False) -> None:
+        self.finished = finished
+        self.status: status_pb2.Status | None = None
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    async def abort_with_status(self, status: Any) -> None:
+        if self.finished:
+            raise grpc.aio.UsageError("RPC already finished.")
+        self.status = status_pb2.Status.FromString(
+            dict(status.trailing_metadata)["grpc-status-details-bin"])
+        raise grpc.aio.AbortError
+
+
+class Servicer:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    @unary(RequestPaths(image="image.content", options="options"))
+    async def Detect(self, request: object, context: Any) -> None:  # noqa: N802
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("socket closed"), BackendUnavailableError()])
+async def test_a_failure_after_the_deadline_is_logged_in_one_line(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = PastDeadlineContext()
+    with caplog.at_level(logging.INFO, logger="server.errors"), \
+            pytest.raises(grpc.aio.AbortError):
+        await Servicer(error).Detect(object(), context)  # type: ignore[arg-type]
+    assert context.status is not None and context.status.code == code_pb2.DEADLINE_EXCEEDED
+    assert [(r.levelname, r.exc_info) for r in caplog.records] == [("WARNING", None)]
+    assert caplog.records[0].getMessage().startswith(
+        "Detect failed after its deadline had passed: ")
+    assert "\n" not in caplog.text.strip()
+
+
+async def test_a_call_grpc_already_ended_ends_as_cancelled_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="server.errors"), \
+            pytest.raises(asyncio.CancelledError):
+        await Servicer(DeadlineExceededError()).Detect(
+            object(), PastDeadlineContext(True))  # type: ignore[arg-type]
+    assert caplog.records == []  # the deadline itself is no news

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from server.settings import load_settings
+from server.app import server_options
+from server.settings import ConnectionSettings, load_settings
 
 
 def test_defaults_match_the_documented_ports(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,3 +35,13 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VISION_DETECTION__DEFAULT_SCORE_THRESHOLD", "1.5")
     with pytest.raises(ValidationError):
         load_settings([])
+
+
+def test_unread_upload_data_stays_with_the_sender_by_default() -> None:
+    """Without BDP probing a stream's HTTP/2 window stays at 64 KiB beyond the message being
+    read, so a stream waiting for the upload budget is held back by flow control instead of
+    buffered by gRPC (bench/overload.py measures the memory this saves)."""
+    options = dict(server_options(ConnectionSettings()))
+    assert options["grpc.http2.bdp_probe"] == 0
+    probing = dict(server_options(ConnectionSettings(http2_bdp_probe=True)))
+    assert probing["grpc.http2.bdp_probe"] == 1

@@ -1,21 +1,33 @@
 """The stream runner's bounds without a server: protocol-error cap, idle timeout and the
-process-wide upload budget (reservation per image, waiting when full, nothing held after)."""
+process-wide upload budget (reservation per image, waiting when full, nothing held after: no
+image bytes kept once its reservation ends, and large buffers returned to the OS)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+import gc
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from google.rpc import status_pb2
 
 from server.errors import RequestPaths
-from server.servicers.streams import StreamLimits, UploadBudget, UploadStream
+from server.servicers.streams import (
+    StreamLimits,
+    UploadBudget,
+    UploadStream,
+    return_large_buffers_to_os,
+)
 from server.servicers.uploads import CompletedUpload, UploadAssembler
 from tests.unit.test_uploads import END, chunk, header
 from vision.v1 import detection_service_pb2 as det_pb2
 
+ROOT = Path(__file__).resolve().parents[2]
 PATHS = RequestPaths(image="chunk.data", options="header.detection")
 
 
@@ -116,3 +128,67 @@ async def test_a_full_budget_holds_the_next_header_until_an_image_is_done() -> N
     with pytest.raises(StopAsyncIteration):
         await anext(responses)
     assert budget.used == 0
+
+
+def live_uploads() -> int:
+    return sum(isinstance(item, CompletedUpload) for item in gc.get_objects())
+
+
+async def test_a_finished_image_is_not_kept_while_the_next_message_is_awaited() -> None:
+    budget = UploadBudget(1000)
+    upload = stream(limits(budget))
+    responses = cast(AsyncGenerator[str, None], upload.run(
+        messages(header("a", 80), chunk(b"x" * 80), END, hang=True),
+        FakeContext()))  # type: ignore[arg-type]
+    assert await anext(responses) == "a:80"
+    for _ in range(20):  # the reader is now waiting for a message that never comes
+        await asyncio.sleep(0)
+    assert (live_uploads(), budget.used) == (0, 0)
+    await responses.aclose()
+
+
+async def test_results_the_caller_has_not_read_keep_no_image_bytes() -> None:
+    budget = UploadBudget(10_000)
+    upload = stream(limits(budget, max_in_flight=1))  # room for 2 unread results
+    images = [message for name in "abcde"
+              for message in (header(name, 80), chunk(b"x" * 80), END)]
+    responses = cast(AsyncGenerator[str, None], upload.run(
+        messages(*images, hang=True), FakeContext()))  # type: ignore[arg-type]
+    first = asyncio.ensure_future(anext(responses))
+    for _ in range(50):  # every image processed; three results wait for room
+        await asyncio.sleep(0)
+    assert (live_uploads(), budget.used) == (0, 0)
+    assert await first == "a:80"
+    await responses.aclose()
+
+
+def test_freed_large_buffers_go_back_to_the_os() -> None:
+    """In a fresh interpreter: ten 10 MiB buffers, each followed by a small survivor, are
+    freed. glibc's default (a threshold that rises after the first large free) keeps them in
+    the heap behind the survivors; with return_large_buffers_to_os they are returned."""
+    if not return_large_buffers_to_os():
+        pytest.skip("not glibc")
+    script = textwrap.dedent("""
+        import os, sys, psutil
+        from server.servicers.streams import return_large_buffers_to_os
+        if sys.argv[1] == "fixed":
+            return_large_buffers_to_os()
+        rss = lambda: psutil.Process().memory_info().rss
+        first = bytes(10 << 20)
+        del first  # glibc's dynamic threshold rises to 10 MiB here
+        big, small = [], []
+        for _ in range(10):
+            big.append(os.urandom(10 << 20))
+            small.append(os.urandom(300 << 10))
+        before = rss()
+        del big
+        print((before - rss()) >> 20)
+    """)
+
+    def returned_mib(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True,
+                              text=True, check=True, cwd=ROOT)
+        return int(done.stdout)
+
+    assert returned_mib("default") < 20  # the behaviour the function exists to change
+    assert returned_mib("fixed") >= 95
