@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from functools import cache
 from pathlib import Path
 
@@ -78,3 +80,25 @@ def scan_bomb(width: int = 6000, height: int = 6000, scans: int = 10_000) -> byt
     last_start, last_end = sos[-1]
     repeated = jpeg[last_start:last_end] * (scans - len(sos))
     return jpeg[:last_end] + repeated + jpeg[last_end:]
+
+
+def png_length_bomb() -> bytes:
+    """A ~120-byte PNG (valid signature and IHDR, then an IDAT chunk claiming 0xF0000000 bytes,
+    then IEND) that OpenCV 4.11 spent 10 s and 4 GB decoding: it trusts the declared length."""
+    header = b"IHDR" + struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + header
+            + struct.pack(">I", zlib.crc32(header)) + struct.pack(">I", 0xF0000000) + b"IDAT"
+            + bytes(64) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+def corrupt_png(name: str = "chelsea.png") -> bytes:
+    """The photo's PNG with every IDAT chunk's data zeroed: chunk structure, sizes and header
+    intact (it passes every header check), the compressed pixels undecodable."""
+    data = bytearray(photo(name))
+    pos = 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            data[pos + 8:pos + 8 + length] = bytes(length)
+        pos += 12 + length
+    return bytes(data)

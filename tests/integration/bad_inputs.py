@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from tests.images import encode, photo, scan_bomb
+from tests.images import corrupt_png, encode, photo, png_length_bomb, scan_bomb
 from vision.v1 import (
     analysis_pb2,
     detection_pb2,
@@ -38,7 +38,7 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 JPEG = photo("obama.jpg")
 PNG = photo("chelsea.png")
-CORRUPT_PNG = PNG[:5000] + bytes(100_000) + PNG[105_000:]
+CORRUPT_PNG = corrupt_png()  # passes every header check; its pixels do not decode
 # A PNG whose header claims 10 000 x 10 000 pixels (100 MP, over the 40 MP limit).
 HUGE_PNG = PNG[:16] + struct.pack(">II", 10_000, 10_000) + PNG[24:]
 
@@ -146,6 +146,8 @@ CASES: tuple[Case, ...] = (
     unary("truncated jpeg", DETECT, detect(JPEG[: len(JPEG) * 2 // 3]), IA, "IMAGE_TRUNCATED",
           "image.content"),
     unary("truncated png", DETECT, detect(PNG[:2000]), IA, "IMAGE_TRUNCATED", "image.content"),
+    unary("png chunk claiming 4 GB", DETECT, detect(png_length_bomb()), IA, "IMAGE_TRUNCATED",
+          "image.content"),
     unary("gif", DETECT, detect(encode("chelsea.png", ".gif")), IA, "UNSUPPORTED_IMAGE_FORMAT",
           "image.content"),
     unary("tiff", DETECT, detect(encode("chelsea.png", ".tiff")), IA, "UNSUPPORTED_IMAGE_FORMAT",

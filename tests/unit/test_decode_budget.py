@@ -16,7 +16,7 @@ import pytest
 
 from server.domain import ImageLimits, InvalidArgumentError
 from server.images import inspect_image
-from tests.images import encode, photo, scan_bomb
+from tests.images import encode, photo, png_length_bomb, scan_bomb
 
 MODELS = Path(__file__).resolve().parents[2] / "model_repository"
 DECODERS = ("yolox_preprocess", "mobilenet_v2_preprocess", "yunet_mobilefacenet", "ppocr_v6")
@@ -87,3 +87,21 @@ def test_every_step_reports_status_2_for_the_bomb_and_decodes_the_rest() -> None
     assert mobilenet_statuses.reshape(-1).tolist() == [2, 0]
     assert ocr_statuses == [2, 0]
     assert [item.status for item in face_items] == [2, 0]
+
+
+def test_a_png_whose_chunk_outruns_its_bytes_is_neither_decoded_nor_served() -> None:
+    bomb, cut = png_length_bomb(), photo("chelsea.png")[:-20]
+    items = np.array([[bomb], [cut], [photo("chelsea.png")]], dtype=np.object_)
+    *_, yolox_statuses = STEPS["yolox_preprocess"].preprocess_batch(items)
+    *_, mobilenet_statuses = STEPS["mobilenet_v2_preprocess"].preprocess_batch(items)
+    _, ocr_statuses = STEPS["ppocr_v6"].decode_all(items)
+    face_items = [STEPS["yunet_mobilefacenet"].decode_item(bytes(data), 0.6, False)
+                  for data in items.reshape(-1)]
+    assert yolox_statuses.reshape(-1).tolist() == [1, 1, 0]
+    assert mobilenet_statuses.reshape(-1).tolist() == [1, 1, 0]
+    assert ocr_statuses == [1, 1, 0]
+    assert [item.status for item in face_items] == [1, 1, 0]
+    for content in (bomb, cut):
+        with pytest.raises(InvalidArgumentError) as refused:
+            inspect_image(content, LIMITS)
+        assert refused.value.reason == "IMAGE_TRUNCATED"

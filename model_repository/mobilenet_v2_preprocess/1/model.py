@@ -25,6 +25,7 @@ from decode_budget import (  # noqa: E402
     STATUS_TOO_COMPLEX,
     STATUS_UNDECODABLE,
     jpeg_too_complex,
+    png_chunks_broken,
 )
 
 RESIZE_SHORTER = 256
@@ -102,6 +103,8 @@ def preprocess_batch(
         if jpeg_too_complex(data):
             statuses[index, 0] = STATUS_TOO_COMPLEX
             continue
+        if png_chunks_broken(data):
+            continue  # STATUS_UNDECODABLE
         image = decode_image(data)
         if image is None:
             continue

@@ -32,6 +32,7 @@ from decode_budget import (  # noqa: E402
     STATUS_TOO_COMPLEX,
     STATUS_UNDECODABLE,
     jpeg_too_complex,
+    png_chunks_broken,
 )
 
 FloatArray = npt.NDArray[np.float32]
@@ -121,6 +122,8 @@ def decode_image(data: bytes) -> ImageArray:
         raise ImageDecodeError("empty image")
     if jpeg_too_complex(data):
         raise ImageTooComplexError("too many JPEG scans")
+    if png_chunks_broken(data):
+        raise ImageDecodeError("a PNG chunk runs past the end of the data")
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     except cv2.error as err:

@@ -4,6 +4,9 @@ link this file). The budget is the server's header check (server/images.py, sett
 limits.max_jpeg_scans / max_jpeg_scan_pixels) again, because Triton may be called directly: the
 decoder passes over every block once per scan, so a 100 KB file of thousands of empty scans would
 hold a step for seconds. tests/unit/test_decode_budget.py keeps it in agreement with the server.
+
+PNG: OpenCV trusts a chunk's declared length, so a ~120-byte file whose chunk claims 4 GB held a
+step for 10 s and 4 GB of memory; a PNG whose chunks do not fit its bytes is not decoded.
 """
 
 from __future__ import annotations
@@ -18,6 +21,24 @@ MAX_JPEG_SCANS = 100
 MAX_JPEG_SCAN_PIXELS = 640_000_000
 _JPEG_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunks_broken(data: bytes) -> bool:
+    """True for a PNG whose chunks do not fit its bytes (a length running past the end, or no
+    IEND chunk after them); False for any other data."""
+    if not data.startswith(_PNG_MAGIC):
+        return False
+    pos, n = len(_PNG_MAGIC), len(data)
+    while pos + 12 <= n:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        end = pos + 12 + length  # length, type, data, CRC
+        if end > n:
+            return True
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return False
+        pos = end
+    return True
 
 
 def jpeg_too_complex(data: bytes) -> bool:

@@ -26,6 +26,7 @@ from decode_budget import (  # noqa: E402
     STATUS_TOO_COMPLEX,
     STATUS_UNDECODABLE,
     jpeg_too_complex,
+    png_chunks_broken,
 )
 
 INPUT_SIZE = 416
@@ -47,6 +48,8 @@ def decode_image(data: bytes) -> npt.NDArray[np.uint8]:
         raise ImageDecodeError("empty image")
     if jpeg_too_complex(data):
         raise ImageTooComplexError("too many JPEG scans")
+    if png_chunks_broken(data):
+        raise ImageDecodeError("a PNG chunk runs past the end of the data")
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     except cv2.error as err:

@@ -37,6 +37,7 @@ from decode_budget import (  # noqa: E402
     STATUS_TOO_COMPLEX,
     STATUS_UNDECODABLE,
     jpeg_too_complex,
+    png_chunks_broken,
 )
 
 DETECTOR = "yunet_onnx"
@@ -307,6 +308,8 @@ def decode_item(data: bytes, threshold: float, include_embeddings: bool) -> Item
     """The image decoded, or no image with the status that says why."""
     if jpeg_too_complex(data):
         return Item(None, threshold, include_embeddings, status=STATUS_TOO_COMPLEX)
+    if png_chunks_broken(data):
+        return Item(None, threshold, include_embeddings, status=STATUS_UNDECODABLE)
     image = decode_image(data)
     status = STATUS_OK if image is not None else STATUS_UNDECODABLE
     return Item(image, threshold, include_embeddings, status=status)
