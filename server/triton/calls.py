@@ -51,9 +51,14 @@ Array = wire.Array
 _QUEUE_FULL = "Exceeds maximum queue size"
 _TIMED_OUT = "Request timeout"
 # Images and results of any size the server accepts travel to and from Triton unlimited; the
-# server's own limits apply at its edge.
+# server's own limits apply at its edge. Reconnecting is retried at least every second: with
+# gRPC's default back-off (up to 120 s) a server took 12 s to notice a restarted Triton
+# (bench/soak.py); Triton is one local peer, so frequent attempts cost nothing.
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1),
-                    ("grpc.max_receive_message_length", -1)]
+                    ("grpc.max_receive_message_length", -1),
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 class Inference(Protocol):
