@@ -244,15 +244,30 @@ async def test_hnsw_cache_is_rebuilt_or_caught_up_with_identical_answers(tmp_pat
     await store.close()
 
 
-async def test_a_store_directory_has_one_owner(tmp_path: Path) -> None:
-    store = await EmbeddedStore.open(tmp_path, small_options())
+async def test_only_the_lock_holder_writes_the_cache_files(tmp_path: Path) -> None:
+    cache_file = tmp_path / "hnsw-images.usearch"
+    first = await EmbeddedStore.open(tmp_path, small_options())
+    second = await EmbeddedStore.open(tmp_path, small_options())
     try:
-        with pytest.raises(StoreUnavailableError):
-            await EmbeddedStore.open(tmp_path, small_options())
+        assert first.holds_lock and not second.holds_lock
+        await second.upsert(durable_record(1))
+        await second.save_caches()
+        assert not cache_file.exists()
+        await first.save_caches()
+        assert cache_file.exists()
+        await first.close()
+        # The lock is free now: the second store takes it at its next save.
+        await second.upsert(durable_record(2))
     finally:
-        await store.close()
+        await first.close()
+        await second.close()
+    assert second.holds_lock is False  # released at close
     reopened = await EmbeddedStore.open(tmp_path, small_options())
-    await reopened.close()
+    try:
+        assert reopened.caches[Space.IMAGES].opened_as == "loaded"
+        assert reopened.caches[Space.IMAGES].size == 2
+    finally:
+        await reopened.close()
     with pytest.raises(StoreUnavailableError):
         await reopened.get("acme", "x")
 
