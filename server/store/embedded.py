@@ -436,7 +436,7 @@ class EmbeddedStore:
     def _save_sync(self) -> None:
         if self._write_conn is None or not self._take_lock(retry_now=True):
             return
-        self._save([c for c in self.caches.values() if c.changes_since_save or not c.path.exists()])
+        self._save([cache for cache in self.caches.values() if cache.needs_save])
 
     async def close(self) -> None:
         if self._closed:
@@ -507,9 +507,13 @@ def rank(
     keep = np.arange(len(candidates))
     shortlist = need + max(need, 32)
     if len(candidates) > shortlist:
-        approx = (matrix @ query) / np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+        # Each row divided by its largest component first, so that no finite vector
+        # overflows or underflows in float32 (a store takes any magnitude).
+        scaled = matrix / np.abs(matrix).max(axis=1, keepdims=True)
+        q32 = query / np.abs(query).max()
+        approx = (scaled @ q32) / np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
         floor = np.partition(approx, len(approx) - shortlist)[len(approx) - shortlist]
-        keep = np.flatnonzero(approx >= floor - 1e-4 * float(np.linalg.norm(query)))
+        keep = np.flatnonzero(approx >= floor - 1e-4 * float(np.linalg.norm(q32)))
     kept = matrix[keep].astype(np.float64)
     q = query.astype(np.float64)
     cosine = (kept @ q) / (np.linalg.norm(kept, axis=1) * np.linalg.norm(q))
