@@ -379,7 +379,8 @@ async def test_exact_answers_hold_where_the_cache_cannot_tell_vectors_apart(
 def cosines(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
     wide = matrix.astype(np.float64)
     q = query.astype(np.float64)
-    return (wide @ q) / (np.linalg.norm(wide, axis=1) * np.linalg.norm(q))
+    scores: np.ndarray = (wide @ q) / (np.linalg.norm(wide, axis=1) * np.linalg.norm(q))
+    return scores
 
 
 def rounded_top(scores: np.ndarray, ids: list[str], k: int) -> list[str]:
