@@ -295,7 +295,7 @@ class HnswCache:
         present = np.asarray([i for i, _ in held], dtype=np.intp)
         if not held:
             return present, np.zeros(0, dtype=np.float64)
-        matrix = np.stack([vector for _, vector in held])
+        matrix = np.concatenate([vector for _, vector in held]).reshape(len(held), self.ndim)
         q = unit(query).astype(matrix.dtype)
         matches = exact_search(matrix, q, len(held), "cos", exact=True, threads=1)
         similarity = np.empty(present.size, dtype=np.float64)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -131,9 +132,9 @@ _COUNT_SQL = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A vector that matched a query's tenant and filters: what a hit needs."""
+class Candidate(NamedTuple):
+    """A vector that matched a query's tenant and filters: what a hit needs (a tuple, built
+    straight from each result row: a query may return thousands)."""
 
     vector_id: int
     image_id: str
@@ -446,7 +447,7 @@ def filter_sql(
     clauses = [f"{alias}.tenant = ?"]
     params: list[object] = [tenant]
     for condition in conditions(filters):
-        if condition is not skip:
+        if condition != skip:  # equal, not identical: conditions() builds new ones
             clauses.append(condition.exists(alias))
             params.extend(condition.params)
     return " AND ".join(clauses), params
@@ -498,7 +499,7 @@ def matching_rows(
             f" WHERE {where}"
         )
         args = [space.value, *params]
-    return [Candidate(*row) for row in conn.execute(sql, args)]
+    return list(map(Candidate._make, conn.execute(sql, args)))
 
 
 def with_vectors(conn: sqlite3.Connection, rows: Sequence[Candidate]) -> Candidates:
