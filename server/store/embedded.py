@@ -326,7 +326,6 @@ class EmbeddedStore:
         try:
             cache.catch_up(conn)
             rows = self._candidates(conn, cache, tenant, query, need, filters)
-            rows = shortlist(cache, query, rows, need)
             ranked = rank(query, records.with_vectors(conn, rows), need)[offset:]
             boxes = (
                 records.face_boxes(conn, (c.vector_id for c, _ in ranked))
@@ -356,39 +355,92 @@ class EmbeddedStore:
         need: int,
         filters: Filters,
     ) -> list[records.Candidate]:
-        """Rows to rank exactly: all matching ones when few can match, else HNSW's best.
+        """Rows to read and rank exactly: the matching ones that can be among the best `need`
+        when few can match, else HNSW's best re-checked.
 
         Few can match when the tenant has few vectors in the space (counted in memory) or one
         filter condition selects few images (counted in SQLite up to the threshold); the exact
-        query then starts from those rows. Otherwise HNSW is over-fetched and re-checked.
+        path then starts from those rows. Otherwise HNSW is over-fetched and re-checked.
         """
         space = cache.space
         threshold = max(self.options.exact_threshold, need)
         tenant_vectors = cache.counts.get(tenant, 0)
         if tenant_vectors <= threshold:
-            return records.matching_rows(conn, tenant, space, filters)
+            return self._exact(conn, cache, tenant, query, need, filters)
         for condition in records.conditions(filters):
             if records.condition_size(conn, condition, threshold + 1) <= threshold:
-                return records.matching_rows(conn, tenant, space, filters, drive=condition)
+                return self._exact(conn, cache, tenant, query, need, filters, condition)
         size = cache.size
         # One candidate in size/tenant_vectors is the tenant's: ask for four times the share
         # that holds `need` of them. The filter conditions each select more than `threshold`
         # rows, but together may select few: widen until enough candidates match.
         fetch = max(64, math.ceil(4 * need * size / tenant_vectors))
         if fetch > self.options.max_fetch:
-            return records.matching_rows(conn, tenant, space, filters)
+            return self._exact(conn, cache, tenant, query, need, filters)
         fetch = min(size, fetch)
         while True:
             keys = cache.search(query, fetch)
             found = records.matching_rows(conn, tenant, space, filters, keys.tolist())
             if len(found) >= need:
-                return found
+                return shortlist(cache, query, found, need)
             if fetch >= size or fetch >= self.options.max_fetch:
                 break
             shortfall = need / max(len(found), 1)
             fetch = min(size, self.options.max_fetch, int(fetch * max(4.0, 2 * shortfall)))
         _log.debug("hnsw %s over-fetch came up short; answering exactly", space)
-        return records.matching_rows(conn, tenant, space, filters)
+        return self._exact(conn, cache, tenant, query, need, filters)
+
+    def _exact(
+        self,
+        conn: sqlite3.Connection,
+        cache: HnswCache,
+        tenant: str,
+        query: Vector,
+        need: int,
+        filters: Filters,
+        drive: records.Condition | None = None,
+    ) -> list[records.Candidate]:
+        """Every matching row that can be among the best `need`, reached from the images
+        `drive` selects (else from the tenant's).
+
+        Checking a row against the tenant and filters costs SQLite a lookup per row, so rows
+        are checked in the order of the cache's similarities and only as far as the bound of
+        `shortlist` needs: until `keep` rows passed, then on to the floor they set, less twice
+        the cache's error. Rows the cache lacks are checked first and always kept.
+        """
+        space = cache.space
+        keep = need + max(need, 32)
+        ids = records.vector_ids(conn, tenant, space, drive)
+        error = cache.cosine_error
+        if len(ids) <= _SHORTLIST_FROM * keep or error is None:
+            return records.matching_rows(conn, tenant, space, filters, drive=drive)
+        present, similarity = cache.similarities(query, ids)
+        held = np.zeros(len(ids), dtype=bool)
+        held[present] = True
+        order = [*np.flatnonzero(~held).tolist(), *present[np.argsort(-similarity)].tolist()]
+        of_id = dict(zip((ids[i] for i in present.tolist()), similarity.tolist(), strict=True))
+        passed: list[records.Candidate] = []
+        passed_scores: list[float] = []  # of the passed rows the cache holds, best first
+        floor: float | None = None
+        done = 0
+        step = 2 * keep
+        while done < len(order):
+            batch = [ids[i] for i in order[done : done + step]]
+            done += len(batch)
+            for row in records.matching_rows(conn, tenant, space, filters, batch):
+                passed.append(row)
+                if row.vector_id in of_id:
+                    passed_scores.append(of_id[row.vector_id])
+            if floor is None and len(passed_scores) >= keep:
+                floor = sorted(passed_scores, reverse=True)[keep - 1]
+            last = of_id.get(batch[-1])
+            if floor is not None and last is not None and last < floor - 2 * error - _ROUNDING:
+                break  # every row after this one scores lower still on the cache
+            step *= 2
+        if floor is None:
+            return passed
+        cut = floor - 2 * error - _ROUNDING
+        return [row for row in passed if of_id.get(row.vector_id, math.inf) >= cut]
 
     async def search_text(
         self,

@@ -502,6 +502,26 @@ def matching_rows(
     return list(map(Candidate._make, conn.execute(sql, args)))
 
 
+def vector_ids(
+    conn: sqlite3.Connection, tenant: str, space: Space, drive: Condition | None = None
+) -> list[int]:
+    """The space's vector ids of the images `drive` selects (any tenant: the caller checks),
+    or else of the tenant's images; read from covering indexes only."""
+    if drive is not None:
+        sql = (
+            f"SELECT v.id FROM (SELECT DISTINCT image FROM ({drive.images_sql})) d"
+            " CROSS JOIN vectors v ON v.image = d.image AND v.space = ?"
+        )
+        args: list[object] = [*drive.params, space.value]
+    else:
+        sql = (
+            "SELECT v.id FROM images i CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
+            " WHERE i.tenant = ?"
+        )
+        args = [space.value, tenant]
+    return [row[0] for row in conn.execute(sql, args)]
+
+
 def with_vectors(conn: sqlite3.Connection, rows: Sequence[Candidate]) -> Candidates:
     """The rows with their exact float32 vectors read from SQLite."""
     if not rows:
