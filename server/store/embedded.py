@@ -14,12 +14,13 @@ lookup when nothing changed) and applies the vectors added and the tombstones wr
 one holding the directory's lock file (taken without waiting, tried again when a save is due
 and at close), writes the cache files; the others never do, so no two processes write one file.
 
-A k-NN ranks exactly: whatever path found the candidates (all the rows a selective filter
-matches, or HNSW's over-fetched best re-checked against the filters), their cosine is first
-judged on the cache's in-memory f16 vectors, which are within a known bound of the exact one;
-only the rows that this bound cannot rule out of the best k are read from SQLite as float32
-and scored exactly (measured at 1 000 matching rows of 1280-d: decoding every BLOB dominated
-the query; see bench/store.py).
+A k-NN ranks exactly. When few rows can match (a selective filter, a small tenant) they are
+all candidates: their ids come from covering indexes, their cosines are first judged on the
+cache's in-memory f16 vectors (within a known bound of the exact ones), and only the rows that
+this bound cannot rule out of the best k are checked against the tenant and filters, read from
+SQLite as float32 and scored exactly. Otherwise HNSW is over-fetched and its candidates are
+re-checked and scored the same way. Measured (bench/store.py, 1 000 matching rows of 100 000):
+reading, checking and decoding every matching row was most of a selective query's time.
 """
 
 from __future__ import annotations
@@ -427,7 +428,7 @@ class EmbeddedStore:
         while done < len(order):
             batch = [ids[i] for i in order[done : done + step]]
             done += len(batch)
-            for row in records.matching_rows(conn, tenant, space, filters, batch):
+            for row in records.matching_rows(conn, tenant, space, filters, batch, drive):
                 passed.append(row)
                 if row.vector_id in of_id:
                     passed_scores.append(of_id[row.vector_id])

@@ -470,14 +470,15 @@ def matching_rows(
     drive: Condition | None = None,
 ) -> list[Candidate]:
     """The vectors of the space that match, without their values: among the ids `among` when
-    given, else reached from the images `drive` selects when given (a selective condition), else
-    from the tenant's images. CROSS JOIN fixes that order: SQLite keeps the tables in the order
-    written. Without `among` the vectors table is read through its covering index only."""
+    given (known to meet `drive` if that is given too), else reached from the images `drive`
+    selects when given (a selective condition), else from the tenant's images. CROSS JOIN fixes
+    that order: SQLite keeps the tables in the order written. Without `among` the vectors table
+    is read through its covering index only."""
     columns = "SELECT v.id, i.image_id, v.sub"
     if among is not None:
         if not among:
             return []
-        where, params = filter_sql(tenant, filters)
+        where, params = filter_sql(tenant, filters, skip=drive)
         sql = (
             f"{columns} FROM vectors v CROSS JOIN images i ON i.id = v.image"
             f" WHERE v.id IN ({', '.join('?' * len(among))}) AND v.space = ? AND {where}"
