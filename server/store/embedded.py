@@ -326,8 +326,8 @@ class EmbeddedStore:
         conn.execute("BEGIN")
         try:
             cache.catch_up(conn)
-            rows = self._candidates(conn, cache, tenant, query, need, filters)
-            ranked = rank(query, records.with_vectors(conn, rows), need)[offset:]
+            candidates = self._candidates(conn, cache, tenant, query, need, filters)
+            ranked = rank(query, candidates, need)[offset:]
             boxes = (
                 records.face_boxes(conn, (c.vector_id for c, _ in ranked))
                 if space is Space.FACES
@@ -355,9 +355,9 @@ class EmbeddedStore:
         query: Vector,
         need: int,
         filters: Filters,
-    ) -> list[records.Candidate]:
-        """Rows to read and rank exactly: the matching ones that can be among the best `need`
-        when few can match, else HNSW's best re-checked.
+    ) -> records.Candidates:
+        """Vectors to rank exactly: the matching ones that can be among the best `need` when
+        few can match, else HNSW's best re-checked.
 
         Few can match when the tenant has few vectors in the space (counted in memory) or one
         filter condition selects few images (counted in SQLite up to the threshold); the exact
@@ -367,29 +367,35 @@ class EmbeddedStore:
         threshold = max(self.options.exact_threshold, need)
         tenant_vectors = cache.counts.get(tenant, 0)
         if tenant_vectors <= threshold:
-            return self._exact(conn, cache, tenant, query, need, filters)
+            return self._exact(conn, cache, tenant, query, need, filters, tenant_vectors)
         for condition in records.conditions(filters):
-            if records.condition_size(conn, condition, threshold + 1) <= threshold:
-                return self._exact(conn, cache, tenant, query, need, filters, condition)
+            selected = records.condition_size(conn, condition, threshold + 1)
+            if selected <= threshold:
+                return self._exact(conn, cache, tenant, query, need, filters, selected, condition)
         size = cache.size
         # One candidate in size/tenant_vectors is the tenant's: ask for four times the share
         # that holds `need` of them. The filter conditions each select more than `threshold`
         # rows, but together may select few: widen until enough candidates match.
         fetch = max(64, math.ceil(4 * need * size / tenant_vectors))
         if fetch > self.options.max_fetch:
-            return self._exact(conn, cache, tenant, query, need, filters)
+            return self._exact(conn, cache, tenant, query, need, filters, tenant_vectors)
         fetch = min(size, fetch)
         while True:
-            keys = cache.search(query, fetch)
-            found = records.matching_rows(conn, tenant, space, filters, keys.tolist())
+            keys = cache.search(query, fetch).tolist()
+            if len(keys) <= _SHORTLIST_FROM * (need + max(need, 32)):
+                # A few dozen: checked and read in one pass (the cache would save little).
+                found = records.matching_vectors(conn, tenant, space, filters, keys)
+            else:
+                rows = records.matching_rows(conn, tenant, space, filters, keys)
+                found = records.with_vectors(conn, shortlist(cache, query, rows, need))
             if len(found) >= need:
-                return shortlist(cache, query, found, need)
+                return found
             if fetch >= size or fetch >= self.options.max_fetch:
                 break
             shortfall = need / max(len(found), 1)
             fetch = min(size, self.options.max_fetch, int(fetch * max(4.0, 2 * shortfall)))
         _log.debug("hnsw %s over-fetch came up short; answering exactly", space)
-        return self._exact(conn, cache, tenant, query, need, filters)
+        return self._exact(conn, cache, tenant, query, need, filters, tenant_vectors)
 
     def _exact(
         self,
@@ -399,10 +405,12 @@ class EmbeddedStore:
         query: Vector,
         need: int,
         filters: Filters,
+        reachable: int,
         drive: records.Condition | None = None,
-    ) -> list[records.Candidate]:
-        """Every matching row that can be among the best `need`, reached from the images
-        `drive` selects (else from the tenant's).
+    ) -> records.Candidates:
+        """Every matching vector that can be among the best `need`, reached from the images
+        `drive` selects (else from the tenant's), read from SQLite; `reachable` says about how
+        many rows that start reaches (images the condition selects, or the tenant's vectors).
 
         Checking a row against the tenant and filters costs SQLite a lookup per row, so rows
         are checked in the order of the cache's similarities and only as far as the bound of
@@ -411,10 +419,12 @@ class EmbeddedStore:
         """
         space = cache.space
         keep = need + max(need, 32)
-        ids = records.vector_ids(conn, tenant, space, drive)
         error = cache.cosine_error
-        if len(ids) <= _SHORTLIST_FROM * keep or error is None:
-            return records.matching_rows(conn, tenant, space, filters, drive=drive)
+        if reachable <= _SHORTLIST_FROM * keep or error is None:
+            return records.matching_vectors(conn, tenant, space, filters, drive=drive)
+        ids = records.vector_ids(conn, tenant, space, drive)
+        if len(ids) <= _SHORTLIST_FROM * keep:
+            return records.matching_vectors(conn, tenant, space, filters, ids, drive)
         present, similarity = cache.similarities(query, ids)
         held = np.zeros(len(ids), dtype=bool)
         held[present] = True
@@ -438,10 +448,10 @@ class EmbeddedStore:
             if floor is not None and last is not None and last < floor - 2 * error - _ROUNDING:
                 break  # every row after this one scores lower still on the cache
             step *= 2
-        if floor is None:
-            return passed
-        cut = floor - 2 * error - _ROUNDING
-        return [row for row in passed if of_id.get(row.vector_id, math.inf) >= cut]
+        if floor is not None:
+            cut = floor - 2 * error - _ROUNDING
+            passed = [row for row in passed if of_id.get(row.vector_id, math.inf) >= cut]
+        return records.with_vectors(conn, passed)
 
     async def search_text(
         self,

@@ -461,6 +461,39 @@ def condition_size(conn: sqlite3.Connection, condition: Condition, limit: int) -
     return int(row[0])
 
 
+def _matching_sql(
+    columns: str,
+    tenant: str,
+    space: Space,
+    filters: Filters,
+    among: Sequence[int] | None,
+    drive: Condition | None,
+) -> tuple[str, list[object]]:
+    """The query behind `matching_rows` and `matching_vectors`: see there."""
+    if among is not None:
+        where, params = filter_sql(tenant, filters, skip=drive)
+        sql = (
+            f"SELECT {columns} FROM vectors v CROSS JOIN images i ON i.id = v.image"
+            f" WHERE v.id IN ({', '.join('?' * len(among))}) AND v.space = ? AND {where}"
+        )
+        return sql, [*among, space.value, *params]
+    if drive is not None:
+        where, params = filter_sql(tenant, filters, skip=drive)
+        sql = (
+            f"SELECT {columns} FROM (SELECT DISTINCT image FROM ({drive.images_sql})) d"
+            " CROSS JOIN images i ON i.id = d.image"
+            " CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
+            f" WHERE {where}"
+        )
+        return sql, [*drive.params, space.value, *params]
+    where, params = filter_sql(tenant, filters)
+    sql = (
+        f"SELECT {columns} FROM images i CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
+        f" WHERE {where}"
+    )
+    return sql, [space.value, *params]
+
+
 def matching_rows(
     conn: sqlite3.Connection,
     tenant: str,
@@ -474,33 +507,36 @@ def matching_rows(
     selects when given (a selective condition), else from the tenant's images. CROSS JOIN fixes
     that order: SQLite keeps the tables in the order written. Without `among` the vectors table
     is read through its covering index only."""
-    columns = "SELECT v.id, i.image_id, v.sub"
-    if among is not None:
-        if not among:
-            return []
-        where, params = filter_sql(tenant, filters, skip=drive)
-        sql = (
-            f"{columns} FROM vectors v CROSS JOIN images i ON i.id = v.image"
-            f" WHERE v.id IN ({', '.join('?' * len(among))}) AND v.space = ? AND {where}"
-        )
-        args: list[object] = [*among, space.value, *params]
-    elif drive is not None:
-        where, params = filter_sql(tenant, filters, skip=drive)
-        sql = (
-            f"{columns} FROM (SELECT DISTINCT image FROM ({drive.images_sql})) d"
-            " CROSS JOIN images i ON i.id = d.image"
-            " CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
-            f" WHERE {where}"
-        )
-        args = [*drive.params, space.value, *params]
-    else:
-        where, params = filter_sql(tenant, filters)
-        sql = (
-            f"{columns} FROM images i CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
-            f" WHERE {where}"
-        )
-        args = [space.value, *params]
+    if among is not None and not among:
+        return []
+    sql, args = _matching_sql("v.id, i.image_id, v.sub", tenant, space, filters, among, drive)
     return list(map(Candidate._make, conn.execute(sql, args)))
+
+
+def matching_vectors(
+    conn: sqlite3.Connection,
+    tenant: str,
+    space: Space,
+    filters: Filters,
+    among: Sequence[int] | None = None,
+    drive: Condition | None = None,
+) -> Candidates:
+    """`matching_rows` with the vectors' values, in the same pass: for a few dozen or hundred
+    rows, cheaper than reading ids first and values after."""
+    if among is not None and not among:
+        return Candidates([], np.zeros((0, 0), dtype=np.float32))
+    sql, args = _matching_sql(
+        "v.id, i.image_id, v.sub, v.vec", tenant, space, filters, among, drive
+    )
+    rows: list[Candidate] = []
+    blobs: list[bytes] = []
+    for vector_id, image_id, sub, blob in conn.execute(sql, args):
+        rows.append(Candidate(vector_id, image_id, sub))
+        blobs.append(blob)
+    if not rows:
+        return Candidates([], np.zeros((0, 0), dtype=np.float32))
+    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(rows), -1)
+    return Candidates(rows, matrix.astype(np.float32, copy=False))
 
 
 def vector_ids(
