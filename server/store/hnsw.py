@@ -85,6 +85,7 @@ class HnswCache:
         self.opened_as = "new"
         self.changes_since_save = 0
         self._file_current = False
+        self._diverged = False
         self.marks = records.ChangeMarks(0, 0)
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -156,6 +157,9 @@ class HnswCache:
                 return False
             try:
                 self._follow(conn)
+            except sqlite3.Error:  # partly applied, maybe: compare whole id sets next time
+                self._diverged = True
+                raise
             except Exception:  # a cache that may have missed a change is rebuilt from SQLite
                 _log.exception("following the vectors table failed; rebuilding hnsw %s", self.space)
                 self._rebuild(conn)
@@ -166,9 +170,10 @@ class HnswCache:
     def _follow(self, conn: sqlite3.Connection) -> None:
         old = self.marks
         tombstones = records.tombstones_since(conn, self.space, old.tombstones)
-        if tombstones is None:  # pruned past our mark: compare the whole id sets
+        if tombstones is None or self._diverged:  # pruned past our mark, or half-applied
             self._compare(conn)
             self.counts = records.tenant_counts(conn, self.space)
+            self._diverged = False
             return
         # Only vectors the cache held: one added and deleted since its snapshot is in neither.
         gone = [(key, tenant) for key, tenant in tombstones if key <= old.vectors]
