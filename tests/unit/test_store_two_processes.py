@@ -1,4 +1,6 @@
-"""Two processes on one embedded store directory, as N server processes on one port run it.
+"""Two processes on one embedded store directory, as N server processes on one port run it
+(a contract test of the embedded store alone; it lives with the unit tests because importing
+usearch before onnxruntime crashes this environment, and tests/integration imports the latter).
 
 What one process writes, the other finds by k-NN, text, get and count; what one deletes or
 replaces is gone from the other; filtered k-NN stays equal to the exact answer in both; and
