@@ -3,7 +3,9 @@
 For 1280-d (image embeddings) and 128-d (face embeddings) clustered vectors: insert rate
 (batched, and one fsynced upsert at a time), k=10 query latency p50/p95 through the async API,
 and recall@10 against the exact answer, unfiltered, with a 50 % filter (HNSW over-fetch) and a
-1 % filter (exact path). Writes bench/report/store.json (store-quick.json with --quick).
+1 % filter (exact path); and what the check each k-NN makes for other processes' writes costs
+when there are none (the change-marks lookup, timed alone). Writes bench/report/store.json
+(store-quick.json with --quick).
 Goal (DESIGN.md §4): p50 <= 5 ms at recall@10 >= 0.95.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from server.store import Filters, ImageRecord, Space
+from server.store import Filters, ImageRecord, Space, records
 from server.store.embedded import EmbeddedOptions, EmbeddedStore
 from tests.contract.store_data import clustered, record
 
@@ -117,6 +119,9 @@ async def run_space(n: int, dim: int, queries: int, seed: int) -> Json:
             }
             log(f"  {dim}-d {name}: {result[name]}")
 
+        result["catch_up_check_us"] = catch_up_check_us(store, Path(tmp))
+        log(f"  {dim}-d catch-up check: {result['catch_up_check_us']:.1f} us per k-NN")
+
         start = time.perf_counter()
         await store.close()
         result["close_with_cache_save_s"] = time.perf_counter() - start
@@ -127,6 +132,24 @@ async def run_space(n: int, dim: int, queries: int, seed: int) -> Json:
         await store.close()
         result["disk_mb"] = directory_mb(Path(tmp))
     return result
+
+
+def catch_up_check_us(store: EmbeddedStore, path: Path, calls: int = 5_000) -> float:
+    """The per-k-NN check for other processes' writes when there were none, in microseconds:
+    the cache compares its change marks with a read snapshot's (one lookup in SQLite)."""
+    cache = store.caches[Space.IMAGES]
+    conn = records.connect(path / "store.sqlite3")
+    try:
+        conn.execute("BEGIN")
+        cache.catch_up(conn)
+        start = time.perf_counter()
+        for _ in range(calls):
+            cache.catch_up(conn)
+        elapsed = time.perf_counter() - start
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return elapsed / calls * 1e6
 
 
 async def main_async(quick: bool) -> Json:
@@ -168,6 +191,7 @@ def main() -> None:
                 f"  {name:15s} p50 {case['p50_ms']:.2f} ms  p95 {case['p95_ms']:.2f} ms"
                 f"  recall@10 {case['recall_at_10']:.3f}"
             )
+        log(f"  catch-up check   {space['catch_up_check_us']:.1f} us per k-NN")
 
 
 if __name__ == "__main__":

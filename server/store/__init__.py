@@ -6,8 +6,9 @@ One interface (`VectorStore`, base.py), two backends:
   is the record of truth: records, metadata, an FTS5 table for OCR text and labels ranked with
   bm25(), and the exact float32 vectors as BLOBs. Beside it one usearch HNSW index per embedding
   space (images, faces) is a derived cache, saved by write-then-rename with the vector-table
-  version it covers and caught up (or rebuilt) from SQLite at open.
-- opensearch (production, several server processes): one index per kind behind aliases,
+  version it covers and caught up (or rebuilt) from SQLite at open. Several processes may open
+  one directory: each one's caches follow the vectors table (embedded.py says how).
+- opensearch (production, a cluster shared by many servers): one index per kind behind aliases,
   `knn_vector` fields on the Lucene HNSW engine with efficient filtering, `_bulk` ingest.
 
 Why the embedded store has this shape, from the measurements in DESIGN.md §4 (100k x 512-d
@@ -24,12 +25,15 @@ answers fast, and nothing is lost when the cache is. usearch has no filter predi
 filtered query that matches few rows is answered exactly from SQLite (numpy over the matching
 vectors), otherwise HNSW is over-fetched, each candidate re-checked against the tenant and
 filters in SQLite, and the survivors re-scored exactly; an over-fetch that comes up short falls
-back to the exact answer. Either way k hits come back whenever k matching vectors exist.
+back to the exact answer. Either way k hits come back whenever k matching vectors exist. The
+exact scoring reads from SQLite only the candidates that the cache's in-memory f16 vectors,
+within a known error of the exact cosine, cannot rule out of the top k.
 
 This store as built, measured by `python -m bench.store` (bench/report/store.json; 100k clustered
-vectors, k=10, 2 cores shared with other work): 1280-d unfiltered p50 2.5 ms at recall@10 0.998,
-50 % filter 2.6 ms / 0.998, 1 % filter (exact path, 1 000 rows) 12 ms / 1.0; 128-d 1.3 ms,
-1.4 ms, 7.6 ms at recall 1.0, 0.999, 1.0; batched inserts 1 240/s (1280-d), 3 600/s (128-d).
+vectors, k=10, 2 cores shared with other work): 1280-d unfiltered p50 2.1 ms at recall@10 0.998,
+50 % filter 1.9 ms / 0.998, 1 % filter (exact path, 1 000 rows) 5.7 ms / 1.0; 128-d 1.1 ms,
+1.5 ms, 3.3 ms at recall 1.0, 0.999, 1.0; batched inserts 1 340/s (1280-d), 3 800/s (128-d);
+the per-k-NN catch-up check 3 µs.
 """
 
 from __future__ import annotations

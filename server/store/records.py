@@ -4,7 +4,10 @@ Blocking functions over one `sqlite3.Connection` each; the async store decides w
 them. One image is one row in `images`; its labels, objects, faces, OCR lines and metadata are
 child rows deleted with it (ON DELETE CASCADE); its vectors are rows of `vectors` whose ids,
 never reused (AUTOINCREMENT), are the keys of the HNSW caches; its OCR text and label names are
-one row of the FTS5 table `text_index` with the image's row id.
+one row of the FTS5 table `text_index` with the image's row id. Deleting a vector leaves a row
+in `vector_tombstones`, so that every process's HNSW caches can follow the vectors table: what
+changed since they last looked is the vectors above the id they last saw plus the tombstones
+above the sequence number they last saw.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +37,9 @@ from server.store.base import (
     metadata_number,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 lacked `vector_tombstones` and `vectors_image_sub`; the schema script adds both.
+_MIGRATES_FROM = {1}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -96,8 +102,17 @@ CREATE TABLE IF NOT EXISTS vectors (
     sub INTEGER NOT NULL,
     vec BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image, space);
+-- Covering for the exact k-NN path: an image's vector ids and sub-record numbers without
+-- reading the rows (and their BLOBs).
+CREATE INDEX IF NOT EXISTS vectors_image_sub ON vectors (image, space, sub);
+DROP INDEX IF EXISTS vectors_image;
 CREATE INDEX IF NOT EXISTS vectors_space ON vectors (space, id);
+CREATE TABLE IF NOT EXISTS vector_tombstones (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    vector INTEGER NOT NULL,
+    space TEXT NOT NULL,
+    tenant TEXT NOT NULL
+);
 CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING fts5 (
     ocr, labels, objects, tokenize = 'unicode61 remove_diacritics 2'
 );
@@ -117,19 +132,9 @@ _COUNT_SQL = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class VectorRow:
-    """A vector as the HNSW cache and the per-tenant counts see it."""
-
-    id: int
-    space: Space
-    sub: int
-    tenant: str
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A vector that matched a query's tenant and filters: what a hit needs."""
+class Candidate(NamedTuple):
+    """A vector that matched a query's tenant and filters: what a hit needs (a tuple, built
+    straight from each result row: a query may return thousands)."""
 
     vector_id: int
     image_id: str
@@ -148,12 +153,15 @@ class Candidates:
 
 
 @dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What an upsert or delete changed in the vectors table, for the HNSW caches."""
+class ChangeMarks:
+    """How far the vectors table has come: the highest vector id and tombstone number ever
+    issued. Both only grow, and a snapshot with equal marks holds the same vectors."""
 
-    existed: bool
-    removed: tuple[VectorRow, ...]
-    added: tuple[tuple[VectorRow, Vector], ...]
+    vectors: int
+    tombstones: int
+
+    def covers(self, other: ChangeMarks) -> bool:
+        return self.vectors >= other.vectors and self.tombstones >= other.tombstones
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -179,7 +187,7 @@ def connect(path: Path) -> sqlite3.Connection:
 def create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(_SCHEMA)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0:
+    if version == 0 or version in _MIGRATES_FROM:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     elif version != SCHEMA_VERSION:
         raise RuntimeError(f"store schema version {version}, this code reads {SCHEMA_VERSION}")
@@ -194,16 +202,14 @@ def _vector(blob: bytes) -> Vector:
     return array
 
 
-def _delete_image(conn: sqlite3.Connection, image_rowid: int, tenant: str) -> tuple[VectorRow, ...]:
-    removed = tuple(
-        VectorRow(row[0], Space(row[1]), row[2], tenant)
-        for row in conn.execute(
-            "SELECT id, space, sub FROM vectors WHERE image = ?", (image_rowid,)
-        )
+def _delete_image(conn: sqlite3.Connection, image_rowid: int, tenant: str) -> None:
+    conn.execute(
+        "INSERT INTO vector_tombstones (vector, space, tenant)"
+        " SELECT id, space, ? FROM vectors WHERE image = ? ORDER BY id",
+        (tenant, image_rowid),
     )
     conn.execute("DELETE FROM text_index WHERE rowid = ?", (image_rowid,))
     conn.execute("DELETE FROM images WHERE id = ?", (image_rowid,))
-    return removed
 
 
 def _find(conn: sqlite3.Connection, tenant: str, image_id: str) -> int | None:
@@ -213,28 +219,24 @@ def _find(conn: sqlite3.Connection, tenant: str, image_id: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def upsert(conn: sqlite3.Connection, batch: Sequence[ImageRecord]) -> WriteResult:
+def upsert(conn: sqlite3.Connection, batch: Sequence[ImageRecord]) -> None:
     """Replace each record and all its sub-records, the batch in one transaction (committed,
     and so durable, on return)."""
     conn.execute("BEGIN IMMEDIATE")
-    removed: list[VectorRow] = []
-    added: list[tuple[VectorRow, Vector]] = []
     try:
         for record in batch:
-            removed.extend(_replace(conn, record, added))
+            _replace(conn, record)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return WriteResult(bool(batch), tuple(removed), tuple(added))
 
 
-def _replace(
-    conn: sqlite3.Connection, record: ImageRecord, added: list[tuple[VectorRow, Vector]]
-) -> tuple[VectorRow, ...]:
-    """Delete the record's old rows (returning its old vectors) and insert it anew."""
+def _replace(conn: sqlite3.Connection, record: ImageRecord) -> None:
+    """Delete the record's old rows and insert it anew."""
     old = _find(conn, record.tenant, record.image_id)
-    removed = _delete_image(conn, old, record.tenant) if old is not None else ()
+    if old is not None:
+        _delete_image(conn, old, record.tenant)
     created_us = (record.created_at - _EPOCH) // _MICROSECOND
     cursor = conn.execute(
         "INSERT INTO images (tenant, image_id, created_us, width, height, ocr_text)"
@@ -286,26 +288,24 @@ def _replace(
     if record.embedding is not None:
         wanted.append((Space.IMAGES, -1, record.embedding))
     wanted.extend((Space.FACES, i, f.embedding) for i, f in enumerate(record.faces))
-    for space, sub, vector in wanted:
-        cursor = conn.execute(
-            "INSERT INTO vectors (image, space, sub, vec) VALUES (?, ?, ?, ?)",
-            (rowid, space.value, sub, _blob(vector)),
-        )
-        assert cursor.lastrowid is not None
-        added.append((VectorRow(cursor.lastrowid, space, sub, record.tenant), vector))
-    return removed
+    conn.executemany(
+        "INSERT INTO vectors (image, space, sub, vec) VALUES (?, ?, ?, ?)",
+        [(rowid, space.value, sub, _blob(vector)) for space, sub, vector in wanted],
+    )
 
 
-def delete(conn: sqlite3.Connection, tenant: str, image_id: str) -> WriteResult:
+def delete(conn: sqlite3.Connection, tenant: str, image_id: str) -> bool:
+    """Delete the record and everything under it; False when there was none."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         old = _find(conn, tenant, image_id)
-        removed = _delete_image(conn, old, tenant) if old is not None else ()
+        if old is not None:
+            _delete_image(conn, old, tenant)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return WriteResult(old is not None, removed, ())
+    return old is not None
 
 
 def _box(box: Box) -> tuple[float, float, float, float]:
@@ -447,7 +447,7 @@ def filter_sql(
     clauses = [f"{alias}.tenant = ?"]
     params: list[object] = [tenant]
     for condition in conditions(filters):
-        if condition is not skip:
+        if condition != skip:  # equal, not identical: conditions() builds new ones
             clauses.append(condition.exists(alias))
             params.extend(condition.params)
     return " AND ".join(clauses), params
@@ -461,6 +461,58 @@ def condition_size(conn: sqlite3.Connection, condition: Condition, limit: int) -
     return int(row[0])
 
 
+def _matching_sql(
+    columns: str,
+    tenant: str,
+    space: Space,
+    filters: Filters,
+    among: Sequence[int] | None,
+    drive: Condition | None,
+) -> tuple[str, list[object]]:
+    """The query behind `matching_rows` and `matching_vectors`: see there."""
+    if among is not None:
+        where, params = filter_sql(tenant, filters, skip=drive)
+        sql = (
+            f"SELECT {columns} FROM vectors v CROSS JOIN images i ON i.id = v.image"
+            f" WHERE v.id IN ({', '.join('?' * len(among))}) AND v.space = ? AND {where}"
+        )
+        return sql, [*among, space.value, *params]
+    if drive is not None:
+        where, params = filter_sql(tenant, filters, skip=drive)
+        sql = (
+            f"SELECT {columns} FROM (SELECT DISTINCT image FROM ({drive.images_sql})) d"
+            " CROSS JOIN images i ON i.id = d.image"
+            " CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
+            f" WHERE {where}"
+        )
+        return sql, [*drive.params, space.value, *params]
+    where, params = filter_sql(tenant, filters)
+    sql = (
+        f"SELECT {columns} FROM images i CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
+        f" WHERE {where}"
+    )
+    return sql, [space.value, *params]
+
+
+def matching_rows(
+    conn: sqlite3.Connection,
+    tenant: str,
+    space: Space,
+    filters: Filters,
+    among: Sequence[int] | None = None,
+    drive: Condition | None = None,
+) -> list[Candidate]:
+    """The vectors of the space that match, without their values: among the ids `among` when
+    given (known to meet `drive` if that is given too), else reached from the images `drive`
+    selects when given (a selective condition), else from the tenant's images. CROSS JOIN fixes
+    that order: SQLite keeps the tables in the order written. Without `among` the vectors table
+    is read through its covering index only."""
+    if among is not None and not among:
+        return []
+    sql, args = _matching_sql("v.id, i.image_id, v.sub", tenant, space, filters, among, drive)
+    return list(map(Candidate._make, conn.execute(sql, args)))
+
+
 def matching_vectors(
     conn: sqlite3.Connection,
     tenant: str,
@@ -469,57 +521,127 @@ def matching_vectors(
     among: Sequence[int] | None = None,
     drive: Condition | None = None,
 ) -> Candidates:
-    """The vectors of the space that match: among the ids `among` when given, else reached
-    from the images `drive` selects when given (a selective condition), else from the tenant's
-    images. CROSS JOIN fixes that order: SQLite keeps the tables in the order written."""
-    columns = "SELECT v.id, i.image_id, v.sub, v.vec"
-    if among is not None:
-        if not among:
-            return _candidates([], [])
-        where, params = filter_sql(tenant, filters)
-        sql = (
-            f"{columns} FROM vectors v CROSS JOIN images i ON i.id = v.image"
-            f" WHERE v.id IN ({', '.join('?' * len(among))}) AND v.space = ? AND {where}"
-        )
-        args: list[object] = [*among, space.value, *params]
-    elif drive is not None:
-        where, params = filter_sql(tenant, filters, skip=drive)
-        sql = (
-            f"{columns} FROM (SELECT DISTINCT image FROM ({drive.images_sql})) d"
-            " CROSS JOIN images i ON i.id = d.image"
-            " CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
-            f" WHERE {where}"
-        )
-        args = [*drive.params, space.value, *params]
-    else:
-        where, params = filter_sql(tenant, filters)
-        sql = (
-            f"{columns} FROM images i CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
-            f" WHERE {where}"
-        )
-        args = [space.value, *params]
+    """`matching_rows` with the vectors' values, in the same pass: for a few dozen or hundred
+    rows, cheaper than reading ids first and values after."""
+    if among is not None and not among:
+        return Candidates([], np.zeros((0, 0), dtype=np.float32))
+    sql, args = _matching_sql(
+        "v.id, i.image_id, v.sub, v.vec", tenant, space, filters, among, drive
+    )
     rows: list[Candidate] = []
     blobs: list[bytes] = []
     for vector_id, image_id, sub, blob in conn.execute(sql, args):
         rows.append(Candidate(vector_id, image_id, sub))
         blobs.append(blob)
-    return _candidates(rows, blobs)
-
-
-def _candidates(rows: list[Candidate], blobs: list[bytes]) -> Candidates:
     if not rows:
         return Candidates([], np.zeros((0, 0), dtype=np.float32))
     matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(rows), -1)
     return Candidates(rows, matrix.astype(np.float32, copy=False))
 
 
-def vector_counts(conn: sqlite3.Connection) -> dict[tuple[str, Space], int]:
-    """Vectors per (tenant, space), read once at open; the writer keeps them current."""
-    rows = conn.execute(
-        "SELECT i.tenant, v.space, COUNT(*) FROM vectors v JOIN images i ON i.id = v.image"
-        " GROUP BY i.tenant, v.space"
+def vector_ids(
+    conn: sqlite3.Connection, tenant: str, space: Space, drive: Condition | None = None
+) -> list[int]:
+    """The space's vector ids of the images `drive` selects (any tenant: the caller checks),
+    or else of the tenant's images; read from covering indexes only."""
+    if drive is not None:
+        sql = (
+            f"SELECT v.id FROM (SELECT DISTINCT image FROM ({drive.images_sql})) d"
+            " CROSS JOIN vectors v ON v.image = d.image AND v.space = ?"
+        )
+        args: list[object] = [*drive.params, space.value]
+    else:
+        sql = (
+            "SELECT v.id FROM images i CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
+            " WHERE i.tenant = ?"
+        )
+        args = [space.value, tenant]
+    return [row[0] for row in conn.execute(sql, args)]
+
+
+def with_vectors(conn: sqlite3.Connection, rows: Sequence[Candidate]) -> Candidates:
+    """The rows with their exact float32 vectors read from SQLite."""
+    if not rows:
+        return Candidates([], np.zeros((0, 0), dtype=np.float32))
+    keys, matrix = vectors_by_id(conn, [row.vector_id for row in rows])
+    position = {key: i for i, key in enumerate(keys.tolist())}
+    # A row's vector is gone only if it was deleted after the rows were read: in another
+    # transaction, which the caller's open read transaction rules out.
+    order = [position[row.vector_id] for row in rows]
+    return Candidates(list(rows), matrix[order])
+
+
+def change_marks(conn: sqlite3.Connection) -> ChangeMarks:
+    """The marks of the caller's snapshot (one lookup in a three-row table)."""
+    seqs = dict(
+        conn.execute(
+            "SELECT name, seq FROM sqlite_sequence WHERE name IN ('vectors', 'vector_tombstones')"
+        ).fetchall()
     )
-    return {(tenant, Space(space)): int(n) for tenant, space, n in rows}
+    return ChangeMarks(int(seqs.get("vectors", 0)), int(seqs.get("vector_tombstones", 0)))
+
+
+def vectors_since(
+    conn: sqlite3.Connection, space: Space, after: int, limit: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], list[str]]:
+    """Up to `limit` vectors of the space with ids above `after`, in id order: their ids,
+    values and tenants."""
+    keys: list[int] = []
+    tenants: list[str] = []
+    blobs: list[bytes] = []
+    for vector_id, tenant, blob in conn.execute(
+        "SELECT v.id, i.tenant, v.vec FROM vectors v CROSS JOIN images i ON i.id = v.image"
+        " WHERE v.id > ? AND v.space = ? ORDER BY v.id LIMIT ?",
+        (after, space.value, limit),
+    ):
+        keys.append(vector_id)
+        tenants.append(tenant)
+        blobs.append(blob)
+    if not keys:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), []
+    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(keys), -1)
+    return np.asarray(keys, dtype=np.int64), matrix.astype(np.float32, copy=False), tenants
+
+
+def tombstones_since(
+    conn: sqlite3.Connection, space: Space, after: int
+) -> list[tuple[int, str]] | None:
+    """(vector id, tenant) of the space's vectors deleted after tombstone number `after`, or
+    None when some of those tombstones were already pruned (the caller must then compare
+    whole id sets)."""
+    oldest = conn.execute("SELECT MIN(seq) FROM vector_tombstones").fetchone()[0]
+    newest = change_marks(conn).tombstones
+    if newest > after and (oldest is None or oldest > after + 1):
+        return None
+    rows = conn.execute(
+        "SELECT vector, tenant FROM vector_tombstones WHERE seq > ? AND space = ?",
+        (after, space.value),
+    )
+    return [(int(vector_id), str(tenant)) for vector_id, tenant in rows]
+
+
+def prune_tombstones(conn: sqlite3.Connection, keep: int) -> int:
+    """Delete all but the newest `keep` tombstones; a cache further behind than that is
+    compared id by id with the vectors table instead. Returns how many were deleted."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        newest = change_marks(conn).tombstones
+        cursor = conn.execute("DELETE FROM vector_tombstones WHERE seq <= ?", (newest - keep,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(cursor.rowcount)
+
+
+def tenant_counts(conn: sqlite3.Connection, space: Space) -> dict[str, int]:
+    """Vectors per tenant in the space; a cache keeps them current as it follows the table."""
+    rows = conn.execute(
+        "SELECT i.tenant, COUNT(*) FROM vectors v CROSS JOIN images i ON i.id = v.image"
+        " WHERE v.space = ? GROUP BY i.tenant",
+        (space.value,),
+    )
+    return {tenant: int(n) for tenant, n in rows}
 
 
 def face_boxes(conn: sqlite3.Connection, vector_ids: Iterable[int]) -> dict[int, Box]:

@@ -244,15 +244,30 @@ async def test_hnsw_cache_is_rebuilt_or_caught_up_with_identical_answers(tmp_pat
     await store.close()
 
 
-async def test_a_store_directory_has_one_owner(tmp_path: Path) -> None:
-    store = await EmbeddedStore.open(tmp_path, small_options())
+async def test_only_the_lock_holder_writes_the_cache_files(tmp_path: Path) -> None:
+    cache_file = tmp_path / "hnsw-images.usearch"
+    first = await EmbeddedStore.open(tmp_path, small_options())
+    second = await EmbeddedStore.open(tmp_path, small_options())
     try:
-        with pytest.raises(StoreUnavailableError):
-            await EmbeddedStore.open(tmp_path, small_options())
+        assert first.holds_lock and not second.holds_lock
+        await second.upsert(durable_record(1))
+        await second.save_caches()
+        assert not cache_file.exists()
+        await first.save_caches()
+        assert cache_file.exists()
+        await first.close()
+        # The lock is free now: the second store takes it at its next save.
+        await second.upsert(durable_record(2))
     finally:
-        await store.close()
+        await first.close()
+        await second.close()
+    assert second.holds_lock is False  # released at close
     reopened = await EmbeddedStore.open(tmp_path, small_options())
-    await reopened.close()
+    try:
+        assert reopened.caches[Space.IMAGES].opened_as == "loaded"
+        assert reopened.caches[Space.IMAGES].size == 2
+    finally:
+        await reopened.close()
     with pytest.raises(StoreUnavailableError):
         await reopened.get("acme", "x")
 
@@ -317,3 +332,59 @@ async def test_a_small_tenant_in_a_big_graph_gets_its_exact_neighbours(tmp_path:
                 assert [h.image_id for h in hits] == exact_top(small, small_ids, query, 10)
         finally:
             await store.close()
+
+
+async def test_exact_answers_hold_where_the_cache_cannot_tell_vectors_apart(
+    tmp_path: Path,
+) -> None:
+    """The exact path first judges candidates on the cache's f16 vectors. 300 near-duplicates
+    whose cosines differ by less than f16 can resolve, at magnitudes from 1e-30 to 1e30, still
+    come back in exact order (scores rounded to 6 places, ties by id), and the cache's
+    similarities stay within the error it states."""
+    rng = np.random.default_rng(15)
+    dim = DIMS[Space.IMAGES]
+    base = rng.standard_normal(dim).astype(np.float32)
+    near = base + rng.standard_normal((300, dim)).astype(np.float32) * 3e-5
+    far = clustered(rng, 1_200, dim, clusters=10)
+    scales = 10.0 ** rng.integers(-30, 31, 1_500)
+    vectors = (np.concatenate([near, far]) * scales[:, None]).astype(np.float32)
+    ids = [f"v-{i:04d}" for i in range(len(vectors))]
+    store = await EmbeddedStore.open(tmp_path, small_options())
+    try:
+        await store.upsert_many(
+            [record("acme", i, v, labels=("near",) if n < 300 else ("far",))
+             for n, (i, v) in enumerate(zip(ids, vectors, strict=True))]
+        )  # fmt: skip
+        cache = store.caches[Space.IMAGES]
+        error = cache.cosine_error
+        assert error is not None
+        for query in (base, near[7] * 1e20, far[0]):
+            exact = cosines(vectors, query)
+            # 1 500 vectors, under the exact threshold: every row is a candidate.
+            hits = await store.knn("acme", Space.IMAGES, query, 20)
+            assert [h.image_id for h in hits] == rounded_top(exact, ids, 20)
+            near_only = Filters(labels=frozenset({"near"}))
+            hits = await store.knn("acme", Space.IMAGES, query, 20, near_only)
+            assert [h.image_id for h in hits] == rounded_top(exact[:300], ids[:300], 20)
+            present, similarity = cache.similarities(query, list(range(1, len(ids) + 1)))
+            assert present.size == len(ids)
+            assert float(np.abs(similarity - exact[present]).max()) <= error
+        # The near-duplicates really are closer together than the cache's error.
+        spread = cosines(vectors[:300], base)
+        assert float(spread.max() - np.sort(spread)[-20]) < error
+    finally:
+        await store.close()
+
+
+def cosines(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
+    wide = matrix.astype(np.float64)
+    q = query.astype(np.float64)
+    scores: np.ndarray = (wide @ q) / (np.linalg.norm(wide, axis=1) * np.linalg.norm(q))
+    return scores
+
+
+def rounded_top(scores: np.ndarray, ids: list[str], k: int) -> list[str]:
+    """The store's order: cosine rounded to 6 places, highest first, ties by id."""
+    rounded = np.round(scores, 6).tolist()
+    order = sorted(range(len(ids)), key=lambda j: (-rounded[j], ids[j]))
+    return [ids[j] for j in order[:k]]
