@@ -14,21 +14,20 @@ stubs) and of the generator, each worker's share of the server's CPU, and the co
 all. Admission is opened wide in both arms (it is per process and not what is measured here).
 Written to <out>/workers.json.
 
-The servers use the OpenSearch store backend pointed at a stub that answers the start-up index
-check: the embedded store takes an exclusive lock per directory, so two workers cannot open
-one yet (the store2 branch lifts that); DetectObjects never touches the store.
+Each server's workers share one embedded store directory of its own (DetectObjects never
+touches it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
 import json
 import multiprocessing
 import os
 import platform
-import threading
+import shutil
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -109,18 +108,6 @@ async def _generate(load: Load) -> Outcome:
     return outcome
 
 
-class _IndexCheck(http.server.BaseHTTPRequestHandler):
-    """OpenSearch as far as the store's start-up goes: every index alias exists."""
-
-    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
-        return
-
-
 def wait_workers_ready(server: ServerProcess, workers: int) -> None:
     """Until every worker listens on the port (each must before the load starts; their
     readiness lines are INFO logs, and logging every call would tax this arm)."""
@@ -185,13 +172,11 @@ def main() -> None:
     var = ROOT / "var"
     var.mkdir(exist_ok=True)
 
-    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _IndexCheck)
-    threading.Thread(target=stub.serve_forever, daemon=True).start()
     triton = start_triton(grpc_port=free_port(), http_port=free_port(),
                           metrics_port=free_port(), log_path=var / "bench-workers-triton.log",
                           extra_repositories=[ROOT / "tests" / "model_repository"])
-    common = ["--detection.default-model", MODEL, "--store.backend", "opensearch",
-              "--store.url", f"http://127.0.0.1:{stub.server_port}",
+    stores = Path(tempfile.mkdtemp(prefix="bench-workers-stores-", dir=var))
+    common = ["--detection.default-model", MODEL,
               "--admission.max-in-flight", "256", "--admission.max-waiting", "256",
               "--admission.peer-share", "1.0", "--log-level", "WARNING"]
     servers: dict[int, ServerProcess] = {}
@@ -200,7 +185,7 @@ def main() -> None:
         for workers in (1, 2):
             servers[workers] = ServerProcess(
                 triton.grpc_url, var / f"bench-workers-{workers}.log",
-                [*common, "--workers", str(workers)])
+                [*common, "--store.path", str(stores / str(workers)), "--workers", str(workers)])
         for workers, server in servers.items():
             server.wait_serving()
             if workers > 1:
@@ -228,7 +213,7 @@ def main() -> None:
         for server in servers.values():
             server.stop()
         triton.stop()
-        stub.shutdown()
+        shutil.rmtree(stores, ignore_errors=True)
 
     summary: dict[str, Any] = {}
     for in_flight in (16, 64):

@@ -8,24 +8,21 @@ supervisor exit non-zero.
 Which worker served a call is read from the JSON access log, whose lines name the worker's pid
 and carry the request id the caller sent.
 
-The store: the embedded store takes an exclusive lock on its directory at open (until the store2
-branch lets several processes share it), so these servers use the OpenSearch backend pointed at
-a stub that answers only the start-up index check; no call here touches the store.
+Both workers of a supervisor share one embedded store directory, as `make run --workers 2`
+would (the store lets several processes open one directory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import json
 import os
 import signal
 import socket
 import sys
-import threading
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +38,9 @@ from tests.images import photo
 from tests.integration.conftest import ROOT
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
-from vision.v1 import image_pb2
+from vision.v1 import image_pb2, ingest_pb2, ingest_service_pb2, search_service_pb2
+from vision.v1 import ingest_service_pb2_grpc as ingest_grpc
+from vision.v1 import search_service_pb2_grpc as search_grpc
 
 DETECTION = "vision.v1.DetectionService"
 # Each channel its own connection, as separate clients have; the kernel picks a worker per
@@ -56,26 +55,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 Line = dict[str, Any]
 
 
-class _IndexCheck(http.server.BaseHTTPRequestHandler):
-    """OpenSearch as far as the store's start-up goes: every index alias exists."""
-
-    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
-        return
-
-
-@pytest.fixture(scope="module")
-def index_check_url() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _IndexCheck)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+@pytest.fixture
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("store"))
 
 
 class Supervised:
@@ -90,13 +72,13 @@ class Supervised:
         self.metrics_port = 0
 
     @classmethod
-    async def start(cls, triton_url: str, store_url: str, *extra: str,
+    async def start(cls, triton_url: str, store_path: str, *extra: str,
                     env: dict[str, str] | None = None) -> Supervised:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server", "--workers", "2", "--port", "0",
             "--metrics-port", "0", "--triton.url", triton_url,
-            "--triton.health-poll-interval-s", "0.5", "--store.backend", "opensearch",
-            "--store.url", store_url, "--detection.default-model", "header_detector",
+            "--triton.health-poll-interval-s", "0.5", "--store.path", store_path,
+            "--detection.default-model", "header_detector",
             "--admission.max-in-flight", "256", "--admission.peer-share", "1.0",
             "--log-format", "json", *extra,
             cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -164,8 +146,8 @@ class Supervised:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def supervised(triton_url: str, index_check_url: str) -> AsyncIterator[Supervised]:
-    running = await Supervised.start(triton_url, index_check_url, "--drain-delay-s", "0")
+async def supervised(triton_url: str, store_path: str) -> AsyncIterator[Supervised]:
+    running = await Supervised.start(triton_url, store_path, "--drain-delay-s", "0")
     try:
         yield running
     finally:
@@ -308,9 +290,9 @@ async def test_a_killed_worker_is_restarted_while_the_other_serves(
 
 
 async def test_sigterm_drains_then_everything_exits(
-        triton_url: str, index_check_url: str, tmp_path: Path) -> None:
+        triton_url: str, store_path: str, tmp_path: Path) -> None:
     # TMPDIR: the supervisor's metrics directory is made there, and must be gone at the end.
-    running = await Supervised.start(triton_url, index_check_url, "--drain-delay-s", "2",
+    running = await Supervised.start(triton_url, store_path, "--drain-delay-s", "2",
                                      env={"TMPDIR": str(tmp_path)})
     try:
         pids = await running.wait_serving()
@@ -341,10 +323,10 @@ async def test_sigterm_drains_then_everything_exits(
 
 
 async def test_workers_that_fail_at_start_make_the_supervisor_exit_non_zero(
-        triton_url: str, index_check_url: str) -> None:
+        triton_url: str, store_path: str) -> None:
     # mobilenet_v2 is served, but its tensors are not the detection contract: every worker
     # stops at the start-up model check.
-    running = await Supervised.start(triton_url, index_check_url,
+    running = await Supervised.start(triton_url, store_path,
                                      "--detection.default-model", "mobilenet_v2")
     async with asyncio.timeout(START_TIMEOUT_S):
         code = await running.process.wait()
@@ -357,15 +339,46 @@ async def test_workers_that_fail_at_start_make_the_supervisor_exit_non_zero(
 
 
 async def test_a_taken_port_makes_the_supervisor_exit_non_zero(
-        triton_url: str, index_check_url: str) -> None:
+        triton_url: str, store_path: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        running = await Supervised.start(triton_url, index_check_url, "--port", str(port))
+        running = await Supervised.start(triton_url, store_path, "--port", str(port))
         async with asyncio.timeout(START_TIMEOUT_S):
             code = await running.process.wait()
         await running.stop()
     assert code == 1
     assert any(str(line["message"]).startswith(f"cannot bind 127.0.0.1:{port}")
                for line in running.lines)
+
+
+async def test_both_workers_share_one_store(supervised: Supervised) -> None:
+    """Indexed through one worker, found, read and deleted through the other."""
+    first, second = await supervised.wait_serving()
+    channels = [channel(supervised.port) for _ in range(CHANNELS)]
+    try:
+        stubs = [det_grpc.DetectionServiceStub(ch) for ch in channels]
+        await asyncio.gather(*(detect(stubs[c], f"store-map-{c}") for c in range(CHANNELS)))
+        served = await supervised.served_by([f"store-map-{c}" for c in range(CHANNELS)])
+        writer = next(ch for c, ch in enumerate(channels) if served[f"store-map-{c}"] == first)
+        reader = next(ch for c, ch in enumerate(channels) if served[f"store-map-{c}"] == second)
+        await ingest_grpc.IngestServiceStub(writer).IngestImage(
+            ingest_service_pb2.IngestImageRequest(
+                options=ingest_pb2.IngestOptions(id="chelsea.png"),
+                image=image_pb2.Image(content=photo("chelsea.png"))), timeout=120)
+        read = ingest_grpc.IngestServiceStub(reader)
+        got = await read.GetImage(ingest_service_pb2.GetImageRequest(id="chelsea.png"),
+                                  timeout=30)
+        assert got.image.id == "chelsea.png"
+        hits = await search_grpc.SearchServiceStub(reader).Search(
+            search_service_pb2.SearchRequest(text="person"), timeout=30)
+        assert [hit.id for hit in hits.hits][:1] == ["chelsea.png"]
+        await read.DeleteImage(ingest_service_pb2.DeleteImageRequest(id="chelsea.png"),
+                               timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await ingest_grpc.IngestServiceStub(writer).GetImage(
+                ingest_service_pb2.GetImageRequest(id="chelsea.png"), timeout=30)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels))
