@@ -22,8 +22,16 @@ const photo = (name: string) => new Uint8Array(readFileSync(join(images, name)))
 
 const astronaut = await detect(clients.detection, photo("astronaut.png"), { scoreThreshold: 0.3 });
 
+// Every IDAT chunk's data zeroed: the PNG's chunks and header are fine, its pixels do not decode.
 const corrupt = photo("coffee.png");
-corrupt.fill(0, 5000, 200_000); // zeroed image data: the header is fine, decoding is not
+const view = new DataView(corrupt.buffer, corrupt.byteOffset, corrupt.byteLength);
+for (let pos = 8; pos + 12 <= corrupt.length; ) {
+  const length = view.getUint32(pos);
+  if (String.fromCharCode(...corrupt.subarray(pos + 4, pos + 8)) === "IDAT") {
+    corrupt.fill(0, pos + 8, pos + 8 + length);
+  }
+  pos += 12 + length;
+}
 const streamed: Record<string, { labels: string[]; status: StatusDetails }> = {};
 for await (const item of streamDetect(clients.detection, [
   { requestId: "astronaut", content: photo("astronaut.png") },
