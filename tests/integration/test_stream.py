@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.rpc import code_pb2
 
-from tests.images import large_png, photo
+from tests.images import corrupt_png, large_png, photo
 from tests.integration.status_details import reason, violations
 from vision.v1 import detection_pb2, image_pb2, upload_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
@@ -50,10 +50,9 @@ async def test_large_image_is_refused_by_unary_message_limit(
 async def test_five_images_one_corrupt(client: VisionClient) -> None:
     good = {"astronaut": "person", "coffee": "cup", "motorcycle_left": "motorcycle",
             "chelsea": "cat"}
-    corrupt = bytearray(photo("coffee.png"))
-    corrupt[5000:200_000] = bytes(195_000)  # zeroed IDAT: the header is fine, decoding is not
     images = [StreamImage(name, photo(f"{name}.png")) for name in good]
-    images.insert(2, StreamImage("corrupt", bytes(corrupt)))
+    # zeroed IDAT data: header and chunks are fine, decoding is not
+    images.insert(2, StreamImage("corrupt", corrupt_png("coffee.png")))
     results = await collect(client, images)
     assert sorted(results) == sorted([*good, "corrupt"])
     for name, label in good.items():
