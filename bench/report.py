@@ -66,9 +66,12 @@ def method_section(results: Json) -> list[str]:
     return [
         "## Method", "",
         "- Triton starts from `tools.local_triton.start_triton` on free ports; the server runs "
-        "as a separate process (`python -m server --port P --triton.url 127.0.0.1:Q`), ready "
-        "when grpc.health says SERVING; both are stopped by pid at the end (also on failure "
-        "or Ctrl-C). Everything binds to 127.0.0.1.",
+        "as a separate process (`python -m server --port P --triton.url 127.0.0.1:Q "
+        "--admission.max-in-flight 256 --admission.peer-share 1.0`: admission opened above the "
+        "highest concurrency, so that the phases compare serving, not load shedding, which "
+        "`bench/overload.py` measures under the defaults), ready when grpc.health says SERVING; "
+        "both are stopped by pid at the end (also on failure or Ctrl-C). Everything binds to "
+        "127.0.0.1.",
         f"- Load: {results['ceiling']['workers']} spawned generator processes, each one asyncio "
         "loop with ONE reused channel (or one shared tritonclient) and N closed-loop calls in "
         "flight; the concurrency is split across the processes; all start at the same instant. "
