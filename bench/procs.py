@@ -29,7 +29,8 @@ DETECTION_SERVICE = "vision.v1.DetectionService"
 STEPS = ("yolox_nano",)
 SERVER_READY_TIMEOUT_S = 60.0
 SERVER_STOP_GRACE_S = 15.0
-_BATCHING_BLOCK = re.compile(r"dynamic_batching\s*\{[^}]*\}")
+_PREFERRED = re.compile(r"\n[ \t]*preferred_batch_size: \[[^\]]*\]")
+_DELAY = re.compile(r"max_queue_delay_microseconds: \d+")
 
 
 def free_port() -> int:
@@ -47,11 +48,17 @@ class BatchingVariant:
     max_queue_delay_us: int
     preferred_batch_sizes: tuple[int, ...]
 
-    def block(self) -> str:
-        preferred = ", ".join(str(size) for size in self.preferred_batch_sizes)
-        lines = [f"  preferred_batch_size: [ {preferred} ]"] if preferred else []
-        lines.append(f"  max_queue_delay_microseconds: {self.max_queue_delay_us}")
-        return "dynamic_batching {\n" + "\n".join(lines) + "\n}"
+    def apply(self, config: str) -> tuple[str, int]:
+        """The config with its dynamic_batching delay and preferred sizes set to the variant's
+        (the block's other settings, e.g. its queue policy, kept); how many blocks it edited."""
+        text, edits = _DELAY.subn(f"max_queue_delay_microseconds: {self.max_queue_delay_us}",
+                                  config)
+        text = _PREFERRED.sub("", text)
+        if edits and self.preferred_batch_sizes:
+            preferred = ", ".join(str(size) for size in self.preferred_batch_sizes)
+            text = text.replace("dynamic_batching {",
+                                f"dynamic_batching {{\n  preferred_batch_size: [ {preferred} ]", 1)
+        return text, edits
 
 
 def variant_repository(variant: BatchingVariant, into: Path) -> Path:
@@ -65,9 +72,9 @@ def variant_repository(variant: BatchingVariant, into: Path) -> Path:
     for step in STEPS:
         edited = 0
         for config in [target / step / "config.pbtxt", *(target / step / "configs").glob("*")]:
-            text, edits = _BATCHING_BLOCK.subn(variant.block(), config.read_text())
+            text, edits = variant.apply(config.read_text())
             if edits > 1:
-                raise ValueError(f"{config}: {edits} dynamic_batching blocks")
+                raise ValueError(f"{config}: {edits} dynamic_batching delays")
             config.write_text(text)
             edited += edits
         if not edited:  # an ensemble's config.pbtxt has none, its CPU configuration has one
