@@ -116,11 +116,10 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
     # it must be the Triton venv (numpy < 2, OpenCV, onnxruntime), not the server's venv.
     env["PATH"] = os.pathsep.join([str(install.venv / "bin"), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(install.venv)
-    # glibc: allocations of 128 KiB and more get mappings of their own, returned when freed,
-    # instead of a threshold that rises after the first large free and leaves later batch
-    # tensors in heaps that are never given back (tritonserver's own memory after an overload:
-    # 52 -> 20 MiB; a model whose onnxruntime arena is off then returns to idle too).
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 << 10))
+    # glibc's default malloc thresholds stay: fixing the mmap threshold at 128 KiB (every
+    # image-sized tensor a mapping of its own, returned when freed) saved tritonserver 32 MiB
+    # after an overload but cost the model stubs 4.5 ms of CPU per image in page faults
+    # (30.3 -> 25.8 ms per YOLOX image; bench/REPORT.md, CPU path).
     env.pop("PYTHONPATH", None)
     env.pop("PYTHONHOME", None)
     return env

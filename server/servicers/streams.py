@@ -42,14 +42,17 @@ _DONE = object()
 # under way peaked ~250 MiB above idle, 5 copies each). The budget reserves that much per image.
 COPIES_PER_IMAGE = 5
 # glibc's mallopt parameter (malloc.h) and the size from which an allocation gets a mapping of its
-# own: glibc's initial value, kept fixed.
+# own, kept fixed.
 _M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_BYTES = 128 << 10
+# Above the 4 MiB unary limit: streamed images (and their copies) get mappings of their own and
+# leave the process when freed, while the usual unary image stays on the heap (a mapping per
+# copy costs a page fault per 4 KiB touched: 4.5 ms per image in Triton's stubs at 128 KiB).
+_MMAP_THRESHOLD_BYTES = 4 << 20
 
 
 def return_large_buffers_to_os() -> bool:
-    """Makes every allocation of 128 KiB or more (image bytes and their copies) a mapping of its
-    own, returned to the OS when freed; glibc only, returns whether it applied.
+    """Makes every allocation of 4 MiB or more (streamed image bytes and their copies) a mapping
+    of its own, returned to the OS when freed; glibc only, returns whether it applied.
 
     By default glibc raises that threshold after the first large free (up to 32 MiB), so later
     10 MB images are carved from the heap, where a small object allocated after one keeps its
