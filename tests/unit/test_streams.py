@@ -169,11 +169,12 @@ def test_freed_large_buffers_go_back_to_the_os() -> None:
     if not return_large_buffers_to_os():
         pytest.skip("not glibc")
     script = textwrap.dedent("""
-        import os, sys, psutil
+        import os, sys
         from server.servicers.streams import return_large_buffers_to_os
         if sys.argv[1] == "fixed":
             return_large_buffers_to_os()
-        rss = lambda: psutil.Process().memory_info().rss
+        page = os.sysconf("SC_PAGE_SIZE")
+        rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
         first = bytes(10 << 20)
         del first  # glibc's dynamic threshold rises to 10 MiB here
         big, small = [], []
