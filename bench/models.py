@@ -151,7 +151,10 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-models-", dir=ROOT / "var"))
     triton = launch_triton(scratch / "triton.log")
     server = ServerProcess(triton.grpc_url, scratch / "server.log",
-                           extra=["--store.path", str(scratch / "store")])
+                           extra=["--store.path", str(scratch / "store"),
+                                  # above the 16 calls in flight measured: serving, not shedding
+                                  "--admission.max-in-flight", "64",
+                                  "--admission.peer-share", "1.0"])
     try:
         server.wait_serving()
         results = asyncio.run(measure(server.address, triton.grpc_url, args.calls, args.rounds))
