@@ -89,20 +89,25 @@ def launch_triton(log_path: Path, repository: Path = MODEL_REPOSITORY,
                         extra_repositories=extra_repositories)
 
 
+def start_process(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """command in a process (and session) of its own from the repository root, its output
+    appended to log_path; stop it by its pid."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 class ServerProcess:
     """`python -m server` in a process (and session) of its own, stopped by its pid."""
 
     def __init__(self, triton_url: str, log_path: Path, extra: list[str] | None = None) -> None:
         self.port = free_port()
         self.address = f"{HOST}:{self.port}"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "server", "--host", HOST, "--port", str(self.port),
-                 "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5",
-                 "--metrics-port", "0", *(extra or [])],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        self.process = start_process(
+            [sys.executable, "-m", "server", "--host", HOST, "--port", str(self.port),
+             "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5",
+             "--metrics-port", "0", *(extra or [])], log_path)
         self.log_path = log_path
 
     @property

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from bench.load import Kind, RunSpec
 from bench.measure import Measured, Meter
 from bench.payloads import ROOT, PayloadName
-from bench.procs import HOST, ProcessGroup, ServerProcess, free_port
+from bench.procs import HOST, ProcessGroup, ServerProcess, free_port, start_process
 from bench.stats import paired_ratio, spread
 from bench.suite import Budget, Env, Json, profile, rotated, summarize
 from bench.targets import ENSEMBLE
@@ -97,13 +96,9 @@ class PeerProcess:
     def __init__(self, triton_url: str, log_path: Path, models: tuple[str, ...]) -> None:
         self.port = free_port()
         self.address = f"{HOST}:{self.port}"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.peer_fastapi", "--port", str(self.port),
-                 "--triton-url", triton_url, "--models", *models],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        self.process = start_process(
+            [sys.executable, "-m", "bench.peer_fastapi", "--port", str(self.port),
+             "--triton-url", triton_url, "--models", *models], log_path)
         self.log_path = log_path
 
     @property

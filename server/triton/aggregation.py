@@ -37,6 +37,7 @@ class _Call:
     deadline: float | None  # time.monotonic() instant
     request_id: str
     result: asyncio.Future[tuple[dict[str, Array], float]]
+    batch: _Batch | None = None  # once sent
 
 
 @dataclass(eq=False, slots=True)
@@ -106,12 +107,11 @@ class Aggregator:
                 lane.timer.cancel()
                 lane.timer = None
             return
-        for batch in self._batches:
-            if call in batch.calls:
-                batch.live -= 1
-                if batch.live == 0 and batch.task is not None:
-                    batch.task.cancel()
-                return
+        batch = call.batch
+        if batch is not None:
+            batch.live -= 1
+            if batch.live == 0 and batch.task is not None:
+                batch.task.cancel()
 
     def _send(self, lane: _Lane) -> None:
         if lane.timer is not None:
@@ -121,6 +121,8 @@ class Aggregator:
             return
         calls, lane.waiting = lane.waiting[:self._max_batch], lane.waiting[self._max_batch:]
         batch = _Batch(calls, live=len(calls))
+        for call in calls:
+            call.batch = batch
         lane.in_flight += 1
         self._batches.add(batch)
         # A context of its own: the batch serves several calls, so no one call's request id or
