@@ -13,12 +13,13 @@ from server.interceptors.wrapping import Handler, responses, wrap_handler
 class InFlight:
     def __init__(self) -> None:
         self.count = 0
+        self.entered = 0  # calls that have entered since start: waiters can tell "all arrived"
         # Counting is plain arithmetic on the event loop; only waiters (shutdown, tests) pay for
         # being told, so a call costs no lock or notification when nobody waits.
         self._waiters: list[tuple[Callable[[int], bool], asyncio.Future[None]]] = []
 
     async def wait_for(self, predicate: Callable[[int], bool]) -> None:
-        """Returns once predicate(count) holds."""
+        """Returns once predicate(count) holds; it is re-checked only when the count changes."""
         if predicate(self.count):
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -29,6 +30,10 @@ class InFlight:
         finally:
             if entry in self._waiters:
                 self._waiters.remove(entry)
+
+    def _enter(self) -> None:
+        self.entered += 1
+        self._add(1)
 
     def _add(self, delta: int) -> None:
         self.count += delta
@@ -42,7 +47,7 @@ class InFlight:
 
     def _unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def counted(request: Any, context: Any) -> Any:
-            self._add(1)
+            self._enter()
             try:
                 return await behavior(request, context)
             finally:
@@ -52,7 +57,7 @@ class InFlight:
 
     def _streaming(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def counted(request: Any, context: Any) -> AsyncIterator[Any]:
-            self._add(1)
+            self._enter()
             try:
                 async for response in responses(behavior, request, context):
                     yield response
