@@ -26,6 +26,7 @@ async def serve(settings: Settings, supervised: bool = False) -> None:
     logging.getLogger(__name__).info("draining for %.1fs, then shutting down (grace %.1fs)",
                                      settings.drain_delay_s, settings.grace_period_s)
     await running.stop(settings.grace_period_s, settings.drain_delay_s)
+    access_log.flush()
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ and uses tritonclient only for its generated stub and messages."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -63,16 +64,27 @@ def infer_request(
     """A ModelInferRequest carrying `inputs` (by spec, each with its batch dimension) and asking
     for `outputs`; `timeout_us` is Triton's own per-request timeout (its queue policy drops a
     request still queued when it expires)."""
-    request = service_pb2.ModelInferRequest(
-        model_name=model_name, model_version=model_version, id=request_id,
-        inputs=[service_pb2.ModelInferRequest.InferInputTensor(
-            name=spec.name, datatype=spec.datatype, shape=inputs[spec.name].shape)
-            for spec in specs],
-        outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=name)
-                 for name in outputs],
-        raw_input_contents=[tensor_bytes(inputs[spec.name], spec.datatype) for spec in specs])
+    request = service_pb2.ModelInferRequest()
+    # Copying the fixed part (names, datatypes, outputs) in C costs a third of building it.
+    request.CopyFrom(_fixed_part(model_name, model_version, tuple(specs), tuple(outputs)))
+    request.id = request_id
+    for tensor, spec in zip(request.inputs, specs, strict=True):
+        tensor.shape.extend(inputs[spec.name].shape)
+    request.raw_input_contents.extend(
+        [tensor_bytes(inputs[spec.name], spec.datatype) for spec in specs])
     request.parameters["timeout"].int64_param = timeout_us
     return request
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_part(model_name: str, model_version: str, specs: tuple[TensorSpec, ...],
+                outputs: tuple[str, ...]) -> service_pb2.ModelInferRequest:
+    return service_pb2.ModelInferRequest(
+        model_name=model_name, model_version=model_version,
+        inputs=[service_pb2.ModelInferRequest.InferInputTensor(
+            name=spec.name, datatype=spec.datatype) for spec in specs],
+        outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=name)
+                 for name in outputs])
 
 
 def response_outputs(response: service_pb2.ModelInferResponse) -> dict[str, Array]:
