@@ -105,9 +105,9 @@ class AggregationSettings(BaseModel):
                            "(the models' max_batch_size is 32).")
     max_delay_s: float = Field(
         0.01, ge=0, description="Longest a call waits for others once batches are at Triton.")
-    max_batches_in_flight: int = Field(
-        2, gt=0, description="Batches per model at Triton at once before calls wait to be "
-        "batched; below it a call goes at once.")
+    max_batches_in_flight: int | None = Field(
+        None, gt=0, description="Batches per model at Triton at once before calls wait to be "
+        "batched; below it a call goes at once. Default: the model's instance count in Triton.")
 
 
 class ConnectionSettings(BaseModel):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from server.domain import BackendUnavailableError, InvalidArgumentError, ModelRef
-from server.triton.aggregation import Aggregator
+from server.triton.aggregation import FALLBACK_BATCHES_IN_FLIGHT, Aggregator
 from server.triton.tensors import IMAGE, IMAGE_STATUS, ModelTensors, TensorSpec
 
 TENSORS = ModelTensors(
@@ -187,3 +187,38 @@ async def test_triton_errors_reach_every_caller_of_the_batch() -> None:
     calls = [call(agg, image) for image in (b"a", b"b", b"c")]
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, BackendUnavailableError) for r in results)
+
+
+class ConfiguredTriton(HeldTriton):
+    """HeldTriton with a model configuration listing `groups` as its instance groups."""
+
+    def __init__(self, groups: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.groups = groups
+
+    async def model_config(self, name: str, timeout_s: float) -> dict[str, Any]:
+        return {"name": name, "instance_group": self.groups}
+
+
+@pytest.mark.parametrize(("groups", "expected"), [
+    ([{"count": 1, "kind": "KIND_CPU"}], 1),
+    ([{"count": 3, "kind": "KIND_CPU"}], 3),
+    ([{"count": 2, "kind": "KIND_GPU", "gpus": [0, 1]}, {"count": 1, "kind": "KIND_CPU"}], 5),
+    ([], FALLBACK_BATCHES_IN_FLIGHT),  # an ensemble lists no instance groups
+])
+async def test_batches_in_flight_default_to_the_models_instance_count(
+        groups: list[dict[str, Any]], expected: int) -> None:
+    triton = ConfiguredTriton(groups)
+    agg = Aggregator(triton, 32, 60.0, None)  # type: ignore[arg-type]
+    triton.release.set()
+    await call(agg, b"warm")  # makes the model's lane, which reads the configuration
+    await settle()
+    triton.release.clear()
+    triton.requests.clear()
+    calls = [call(agg, bytes([65 + i])) for i in range(8)]
+    await settle()
+    # `expected` calls go alone at once; the rest wait and go together when one comes back.
+    assert [len(r[0]) for r in triton.requests] == [1] * expected
+    triton.release.set()
+    await asyncio.gather(*calls)
+    assert [len(r[0]) for r in triton.requests] == [1] * expected + [8 - expected]
