@@ -85,6 +85,9 @@ def set_breaker_state(state: str) -> None:
     BREAKER_STATE.set(BREAKER_STATES[state])
 
 
+_inference_series: dict[str, Any] = {}  # INFERENCE's child per model: labels() costs per call
+
+
 @contextlib.contextmanager
 def time_inference(model: str) -> Iterator[None]:
     """Times one Triton call: the histogram, and the inference time of the call being served."""
@@ -93,7 +96,10 @@ def time_inference(model: str) -> Iterator[None]:
         yield
     finally:
         elapsed = time.perf_counter() - start
-        INFERENCE.labels(model).observe(elapsed)
+        series = _inference_series.get(model)
+        if series is None:
+            series = _inference_series[model] = INFERENCE.labels(model)
+        series.observe(elapsed)
         call_records.add_inference(elapsed)
 
 
