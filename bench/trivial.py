@@ -54,13 +54,11 @@ class ServerArm:
 # The vision-grpc variants measured against the same direct and peer arms, each its own server
 # process. A variant is one more line here, with flags the server has (it refuses unknown ones
 # at start-up), e.g.
-#   ServerArm("vision-grpc aggregated", ("--aggregation.enabled", "true")),
 #   ServerArm("vision-grpc 2 workers", ("--workers", "2"), profiled=False),
 SERVER_ARMS: tuple[ServerArm, ...] = (
     ServerArm("vision-grpc"),
-    ServerArm("vision-grpc aggregated", ("--aggregation.enabled", "true")),
-    ServerArm("vision-grpc aggregated, 2 workers",
-              ("--aggregation.enabled", "true", "--workers", "2"), profiled=False),
+    ServerArm("vision-grpc, aggregation off", ("--aggregation.enabled", "false")),
+    ServerArm("vision-grpc, 2 workers", ("--workers", "2"), profiled=False),
 )
 DIRECT = "Triton direct (shared client)"
 PER_REQUEST = "Triton direct (client per request)"

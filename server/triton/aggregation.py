@@ -1,6 +1,6 @@
-"""Request aggregation in the gateway (opt-in, `aggregation.enabled`): concurrent one-image
-calls for the same model go to Triton as one request of several images, and each caller gets
-its own row of the outputs back, with its own decode status.
+"""Request aggregation in the gateway (`aggregation.enabled`, on by default): concurrent
+one-image calls for the same model go to Triton as one request of several images, and each
+caller gets its own row of the outputs back, with its own decode status.
 
 Why: every Triton call costs the server a gRPC client call (~0.1–0.2 ms of CPU) and Triton a
 request of its own through its scheduler; one request of n images pays that once. Triton's

@@ -133,7 +133,9 @@ async def test_metrics_match_the_calls(observed: tuple[RunningServer, str]) -> N
     assert value(after, "vision_requests_in_flight", **rpc) == 0
     assert delta("vision_rejections_total", reason="auth_missing_key") == 2
     assert ("vision_triton_breaker_state", frozenset()) in after
-    assert delta("vision_triton_call_duration_seconds_count", model="yolox_nano") == images
+    # One Triton call per image alone; the burst's images may share calls (aggregation).
+    triton_calls = delta("vision_triton_call_duration_seconds_count", model="yolox_nano")
+    assert len(good) + 1 <= triton_calls <= images
 
     for model in STEPS:
         labels = {"model": model, "version": "1"}
