@@ -338,6 +338,12 @@ def trivial_summary(results: Json) -> list[str]:
             by_c = _trivial_ratio(t, arm, other, "throughput")["by_concurrency"]
             lines.append(f"- trivial model, {arm} ÷ {label} (throughput): " + ", ".join(
                 f"{c} in flight {fig(v, 2)}" for c, v in by_c.items()) + ".")
+    if "floor" in t:
+        for arm in t["server_arms"]:
+            by_c = _trivial_ratio(t, arm, t["floor"], "gateway_cpu_ms")["by_concurrency"]
+            lines.append(f"- trivial model, {arm} ÷ {t['floor']} (gateway CPU per call): "
+                         + ", ".join(f"{c} in flight {fig(v, 2)}" for c, v in by_c.items())
+                         + ".")
     low = min(t["added_p50_ms"][t["peer"]], key=int)
     lines.append(f"- trivial model, gateway-added p50 at {low} in flight: " + ", ".join(
         f"{arm} {fig(by_c[low], 2, ' ms')}" for arm, by_c in t["added_p50_ms"].items()) + ".")
@@ -431,6 +437,12 @@ def trivial_section(results: Json) -> list[str]:
         "body and the 4 MiB limit, but has no auth, admission, metrics, request ids, header "
         "inspection or rich error details, which vision-grpc has. Load: one aiohttp session "
         "per generator process, keep-alive pool as large as its calls in flight, JSON parsed.",
+        *([f"- {t['floor']}: bench/floor_grpc.py, a grpc.aio DetectObjects that makes the same "
+           "Triton call over one shared channel (the generated stub, the request built by "
+           "server/triton/wire.py) and answers the detections, and does nothing else (no "
+           "validation, ids, auth, admission, metrics, logs, error details, aggregation): what "
+           "grpc.aio itself costs per server call plus client call on this machine."]
+          if "floor" in t else []),
         "- CPU ms per call: user+system CPU of the process group over the run ÷ completed "
         "calls; gateway = the arm's server or peer process (with any children), Triton "
         "includes its Python-backend stubs, generator = the load generator's processes "

@@ -2,7 +2,8 @@
 per image hides nothing. Triton's `header_detector` (tests/model_repository: yolox_nano's tensors,
 one box read from the image header) answers every arm, in interleaved rounds at each concurrency:
 the vision-grpc variants of SERVER_ARMS, direct Triton with one shared client and with a client per
-request (the seed's pattern), and the FastAPI peer (bench/peer_fastapi.py). Then one arm pair with
+request (the seed's pattern), the FastAPI peer (bench/peer_fastapi.py) and the bare grpc.aio
+floor (bench/floor_grpc.py: the same Triton call and nothing else). Then one arm pair with
 real detection (vision-grpc vs the peer on yolox_nano), and a py-spy profile of each vision-grpc
 variant under the trivial load, ranked by function (own and total time)."""
 
@@ -19,6 +20,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+import grpc
 
 from bench.load import Kind, RunSpec
 from bench.measure import Measured, Meter
@@ -63,6 +66,7 @@ SERVER_ARMS: tuple[ServerArm, ...] = (
 DIRECT = "Triton direct (shared client)"
 PER_REQUEST = "Triton direct (client per request)"
 PEER = "FastAPI peer"
+FLOOR = "bare grpc.aio servicer"
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,34 @@ class PeerProcess:
         stop_process(self.process, PEER_STOP_GRACE_S)
 
 
+class FloorProcess:
+    """`python -m bench.floor_grpc` in a process (and session) of its own, stopped by its pid."""
+
+    def __init__(self, triton_url: str, log_path: Path, model: str) -> None:
+        self.port = free_port()
+        self.address = f"{HOST}:{self.port}"
+        self.process = start_process(
+            [sys.executable, "-m", "bench.floor_grpc", "--port", str(self.port),
+             "--triton-url", triton_url, "--model", model], log_path)
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_serving(self, timeout: float = PEER_READY_TIMEOUT_S) -> None:
+        """Until its port accepts a gRPC connection (it has no health service)."""
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=timeout)
+            except grpc.FutureTimeoutError:
+                raise RuntimeError(f"floor servicer not serving after {timeout:.0f} s; see "
+                                   f"{self.log_path}") from None
+
+    def stop(self) -> None:
+        stop_process(self.process, PEER_STOP_GRACE_S)
+
+
 def _figure(measured: Measured, figure: str) -> float:
     if figure == "gateway_cpu_ms":
         return measured.cpu_ms.get("gateway", math.nan)
@@ -145,8 +177,9 @@ def _ratio_plan(server_arms: tuple[str, ...]) -> list[tuple[str, str, str]]:
     plan = []
     for arm in server_arms:
         plan += [(arm, DIRECT, "throughput"), (arm, PEER, "throughput"),
-                 (arm, PEER, "gateway_cpu_ms")]
-    return plan + [(PEER, DIRECT, "throughput"), (PER_REQUEST, DIRECT, "throughput"),
+                 (arm, PEER, "gateway_cpu_ms"), (arm, FLOOR, "gateway_cpu_ms")]
+    return plan + [(PEER, DIRECT, "throughput"), (FLOOR, PEER, "throughput"),
+                   (FLOOR, PEER, "gateway_cpu_ms"), (PER_REQUEST, DIRECT, "throughput"),
                    (PER_REQUEST, DIRECT, "p50_ms")]
 
 
@@ -255,6 +288,7 @@ def trivial(env: Env, budget: Budget, quick: bool) -> Json:
     url = env.triton.grpc_url
     servers: dict[str, ServerProcess] = {}
     peer: PeerProcess | None = None
+    floor: FloorProcess | None = None
     # Each server its own embedded store: one store directory admits one process.
     stores = Path(tempfile.mkdtemp(prefix="bench-trivial-stores-", dir=env.var_dir))
     try:
@@ -264,13 +298,15 @@ def trivial(env: Env, budget: Budget, quick: bool) -> Json:
                 url, env.var_dir / f"bench-trivial-{slug}.log",
                 [*SERVER_BASE_ARGS, "--store.path", str(stores / slug), *arm.args])
         peer = PeerProcess(url, env.var_dir / "bench-peer-fastapi.log", (TRIVIAL_MODEL, ENSEMBLE))
+        floor = FloorProcess(url, env.var_dir / "bench-floor-grpc.log", TRIVIAL_MODEL)
         for server in servers.values():
             server.wait_serving()
         peer.wait_serving()
+        floor.wait_serving()
         env.log(f"  {len(servers)} vision-grpc variant(s) pid "
                 + ", ".join(str(s.pid) for s in servers.values())
-                + f"; FastAPI peer pid {peer.pid} at {peer.address}")
-        section = _trivial_rounds(env, plan, servers, peer)
+                + f"; FastAPI peer pid {peer.pid} at {peer.address}; floor pid {floor.pid}")
+        section = _trivial_rounds(env, plan, servers, peer, floor)
         section["detection"] = _detection_pair(env, plan, peer)
         profiled = [arm for arm in SERVER_ARMS if arm.profiled]
         section["profiles"] = {arm.name: _profile(env, budget, plan, arm, servers[arm.name])
@@ -282,6 +318,8 @@ def trivial(env: Env, budget: Budget, quick: bool) -> Json:
     finally:
         if peer is not None:
             peer.stop()
+        if floor is not None:
+            floor.stop()
         for server in servers.values():
             server.stop()
         shutil.rmtree(stores, ignore_errors=True)
@@ -304,7 +342,7 @@ def _specs(kind: Kind, address: str, duration_s: float, model: str | None = None
 
 
 def _trivial_rounds(env: Env, plan: Plan, servers: dict[str, ServerProcess],
-                    peer: PeerProcess) -> Json:
+                    peer: PeerProcess, floor: FloorProcess) -> Json:
     url = env.triton.grpc_url
     specs: dict[str, Callable[[int], RunSpec]] = {}
     meters: dict[str, Meter] = {}
@@ -314,19 +352,21 @@ def _trivial_rounds(env: Env, plan: Plan, servers: dict[str, ServerProcess],
     specs[DIRECT] = _specs("triton", url, plan.run_s, TRIVIAL_MODEL)
     specs[PER_REQUEST] = _specs("triton_per_request", url, plan.run_s, TRIVIAL_MODEL)
     specs[PEER] = _specs("http_detect", peer.address, plan.run_s)
+    specs[FLOOR] = _specs("detect", floor.address, plan.run_s)
     meters[DIRECT] = meters[PER_REQUEST] = _meter(env, None)
     meters[PEER] = _meter(env, peer.pid)
+    meters[FLOOR] = _meter(env, floor.pid)
     arms = tuple(specs)
     for arm in arms:  # connections, lazy imports, the stub's first batches
         env.generator.run(replace(specs[arm](16), duration_s=max(0.5, plan.run_s / 2)))
 
     ratio_plan = _ratio_plan(tuple(servers))
-    gateways = (*servers, PEER)
+    gateways = (*servers, PEER, FLOOR)
     section: Json = {
         "model": TRIVIAL_MODEL, "images": IMAGES, "reps": plan.reps, "run_s": plan.run_s,
         "server_base_args": list(SERVER_BASE_ARGS),
         "server_arms": {arm.name: list(arm.args) for arm in SERVER_ARMS},
-        "direct": DIRECT, "per_request": PER_REQUEST, "peer": PEER,
+        "direct": DIRECT, "per_request": PER_REQUEST, "peer": PEER, "floor": FLOOR,
         "arms": {arm: {} for arm in arms},
         "ratios": [{"numerator": a, "denominator": b, "figure": figure, "by_concurrency": {}}
                    for a, b, figure in ratio_plan],

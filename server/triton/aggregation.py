@@ -107,6 +107,8 @@ class Aggregator:
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = self._new_lane(model, tensors)
+        if not lane.waiting and lane.in_flight < lane.max_in_flight:
+            return await self._alone(lane, inputs, request_id, timeout_s)
         loop = asyncio.get_running_loop()
         call = _Call(inputs, None if timeout_s is None else time.monotonic() + timeout_s,
                      request_id, loop.create_future())
@@ -121,6 +123,21 @@ class Aggregator:
             self._leave(lane, call)
             raise
         call_records.add_inference(inference_s)
+        check_statuses(outputs)
+        return outputs
+
+    async def _alone(self, lane: _Lane, inputs: Mapping[str, Array], request_id: str,
+                     timeout_s: float | None) -> dict[str, Array]:
+        """A call with nothing to wait for goes as a batch of its own, in the caller's task: no
+        task, future or copy of its inputs, and its deadline and cancellation are its own."""
+        lane.in_flight += 1
+        try:
+            outputs = await self._calls.infer_batch(lane.model, lane.tensors, inputs, request_id,
+                                                    timeout_s)
+        finally:
+            lane.in_flight -= 1
+            if lane.waiting and lane.in_flight < lane.max_in_flight:
+                self._send(lane)
         check_statuses(outputs)
         return outputs
 
