@@ -185,7 +185,11 @@ def summarize(runs: dict[str, dict[int, list[Measured]]], steps: dict[str, list[
               tritons: dict[str, LocalTriton], concurrencies: tuple[int, ...]) -> Json:
     section: Json = {"variants": {}, "service": {}, "concurrencies": list(concurrencies),
                      "in_process": {str(c): _spread_json(
-                         [m.throughput for m in runs["in_process"][c]]) for c in concurrencies}}
+                         [m.throughput for m in runs["in_process"][c]]) for c in concurrencies},
+                     # the in-process arm runs in the generator's processes: their CPU is its own
+                     "in_process_cpu_ms": {str(c): _spread_json(
+                         [m.cpu_ms["generator"] for m in runs["in_process"][c]])
+                         for c in concurrencies}}
     for arm in (*tritons, "service"):
         rows: Json = {}
         triton_group = COMMITTED if arm == "service" else arm
@@ -197,6 +201,7 @@ def summarize(runs: dict[str, dict[int, list[Measured]]], steps: dict[str, list[
                 "over_in_process": _ratios(measured, runs["in_process"][concurrency]),
                 "triton_cpu_ms": _spread_json([m.cpu_ms[triton_group] for m in measured]),
                 "server_cpu_ms": _spread_json([m.cpu_ms["server"] for m in measured]),
+                "generator_cpu_ms": _spread_json([m.cpu_ms["generator"] for m in measured]),
             }
         entry = {"runs": rows, "steps": _median_table(steps.get(arm, []))}
         if arm == "service":
@@ -225,6 +230,33 @@ def _fig(value: Json) -> str:
     return f"{value['median']:.2f} ({value['low']:.2f}–{value['high']:.2f})"
 
 
+def accounting(section: Json) -> list[str]:
+    """Where the service's CPU per image goes against the in-process arm's, at the highest
+    concurrency: on 2 saturated cores throughput is the inverse of the CPU per image, so the
+    shares say which part of the gap is Triton's own and which is the gateway's."""
+    top = str(max(section["concurrencies"]))
+    if "in_process_cpu_ms" not in section:
+        return []
+    service = section["service"]["runs"][top]
+    in_process = section["in_process_cpu_ms"][top]["median"]
+    triton = service["triton_cpu_ms"]["median"]
+    server = service["server_cpu_ms"]["median"]
+    generator = service["generator_cpu_ms"]["median"]
+    total = triton + server + generator
+    return ["", f"CPU per image at {top} in flight (ms, medians): in-process {in_process:.1f} (the "
+            "steps' functions around onnxruntime and nothing else); the service "
+            f"{total:.1f} = Triton with its stubs {triton:.1f} + vision-grpc {server:.2f} + the "
+            f"load generator {generator:.2f}. On 2 saturated cores throughput goes as the inverse "
+            f"of CPU per image, so the service can reach at most {in_process / total:.2f} of "
+            f"in-process (measured {service['over_in_process']['median']:.2f}). Of the "
+            f"{total - in_process:.1f} ms more per image, {triton - in_process:.1f} "
+            f"({(triton - in_process) / total:.0%} of the service's CPU) is Triton's own around "
+            "the same functions (its gRPC frontend, scheduler, the Python backend's shared-memory "
+            "hand-over to the stub and the stub's Python around execute), "
+            f"{server:.2f} ({server / total:.0%}) the gateway, {generator:.2f} the load "
+            "generator, which the in-process arm does not have."]
+
+
 def markdown(section: Json) -> str:
     concurrencies = section["concurrencies"]
     top = str(max(concurrencies))
@@ -244,6 +276,7 @@ def markdown(section: Json) -> str:
         f" | {_fig(service[str(min(concurrencies))]['p50_ms'])} |")
     lines.append("| in-process (2 workers, intra_op 1) | " + " | ".join(
         _fig(section["in_process"][str(c)]) for c in concurrencies) + " | 1 | | |")
+    lines += accounting(section)
     lines += ["", f"Winner by the rule: **{section['winner']}**. Per-step breakdown at {top} in "
               "flight (ms per image; queue = waiting in Triton's scheduler, compute input = "
               "copying inputs into the step, infer = the step's execute, output = copying its "
