@@ -19,6 +19,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
@@ -175,10 +176,14 @@ def _ratios(arm: list[Measured], reference: list[Measured]) -> Json:
 
 def _median_table(per_round: list[dict[str, Json]]) -> dict[str, Json]:
     """The per-step breakdown of each round, summarised by the median of each figure."""
-    models = sorted({model for table in per_round for model in table})
-    return {model: {key: round(sorted(t[model][key] for t in per_round if model in t)[
-        len([t for t in per_round if model in t]) // 2], 3) for key in
-        next(t[model] for t in per_round if model in t)} for model in models}
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for table in per_round:
+        for model, figures in table.items():
+            for key, value in figures.items():
+                rows[model][key].append(value)
+    return {model: {key: round(statistics.median_high(values), 3)
+                    for key, values in figures.items()}
+            for model, figures in sorted(rows.items())}
 
 
 def summarize(runs: dict[str, dict[int, list[Measured]]], steps: dict[str, list[dict[str, Json]]],
