@@ -96,7 +96,8 @@ async def _start(settings: Settings, services: Sequence[Service],
     detection_calls: Inference = triton
     if settings.aggregation.enabled:
         g = settings.aggregation
-        aggregator = Aggregator(triton, g.max_batch, g.max_delay_s, g.max_batches_in_flight)
+        aggregator = Aggregator(triton, g.max_batch, g.max_delay_s, g.max_batches_in_flight,
+                                g.max_call_bytes)
         stack.push_async_callback(aggregator.close)
         detection_calls = aggregator
     resources = Resources(settings=settings, triton=triton, store=store,

@@ -109,6 +109,10 @@ class AggregationSettings(BaseModel):
     max_batches_in_flight: int | None = Field(
         None, gt=0, description="Batches per model at Triton at once before calls wait to be "
         "batched; below it a call goes at once. Default: the model's instance count in Triton.")
+    max_call_bytes: int = Field(
+        1 << 20, gt=0, description="A call whose image is larger goes to Triton alone: its "
+        "decode outweighs the call's overhead, and batches of large images (uploads) would hold "
+        "memory beyond the upload budget.")
 
 
 class ConnectionSettings(BaseModel):

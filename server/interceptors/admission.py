@@ -3,6 +3,12 @@ wait briefly for a slot, and the rest are refused at once with RESOURCE_EXHAUSTE
 (reason OVERLOADED), before any work. A call whose deadline leaves less than `min_deadline_s` is
 refused with DEADLINE_EXCEEDED (reason DEADLINE_TOO_SHORT): it could not finish anyway.
 
+A call waits only if a slot is likely to come its way within its wait: while calls queue or are
+refused, the time between freed slots is tracked (smoothed), and a call with more calls ahead of
+it than slots free up in `max_wait_s` is refused at once rather than after waiting in vain. Under
+a sustained overload that is most of the excess (it used to cost every refusal the whole
+`max_wait_s`); until the rate is known, a call waits as long as `max_wait_s` allows.
+
 Fairness: one peer may hold at most `peer_share` of the slots, and a freed slot goes to the
 first waiter whose peer is under its share, so a caller with hundreds of calls in flight cannot
 starve a caller with one. The peer is the connection (grpc's peer string) until tenants come
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,6 +34,8 @@ from server.errors import RequestPaths, abort, to_status
 from server.interceptors.wrapping import Handler, responses, wrap_handler
 
 _PATHS = RequestPaths(image="", options="")
+# Weight of the newest gap between freed slots in their smoothed mean: about the last ten count.
+GAP_SMOOTHING = 0.2
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -53,12 +62,19 @@ class _Waiter:
 class Admission:
     """The slots and the wait queue; transport-free so tests drive it directly."""
 
-    def __init__(self, limits: AdmissionLimits) -> None:
+    def __init__(self, limits: AdmissionLimits,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.in_flight = 0
         self.refused = 0  # for metrics: calls shed since start
         self._by_peer: Counter[str] = Counter()
         self._waiting: deque[_Waiter] = deque()
+        self._clock = clock
+        # Smoothed seconds between freed slots while calls wanted more than there were; None
+        # until two releases in a row happened under such pressure.
+        self.release_gap_s: float | None = None
+        self._pressed = False  # a call found no slot since the last release
+        self._pressed_release: float | None = None  # when the last release under pressure was
 
     @property
     def waiting(self) -> int:
@@ -84,10 +100,12 @@ class Admission:
         if self._free_for(peer):
             self._take(peer)
             return
+        self._pressed = True
         wait_s = limits.max_wait_s
         if time_left_s is not None:
             wait_s = min(wait_s, time_left_s - limits.min_deadline_s)
-        if len(self._waiting) >= limits.max_waiting or wait_s <= 0:
+        if (len(self._waiting) >= limits.max_waiting or wait_s <= 0
+                or self._expected_wait_s(peer) > wait_s):
             raise self._overloaded()
         waiter = _Waiter(peer, asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
@@ -105,11 +123,35 @@ class Admission:
                 self._waiting.remove(waiter)
             raise
 
+    def _expected_wait_s(self, peer: str) -> float:
+        """How long a call of peer that queues now would likely wait for its slot: one gap
+        between freed slots per call ahead of it and its own. A peer at its share is served only
+        by its own calls' slots, which free up at its part of the rate. 0 while the rate is
+        unknown."""
+        gap = self.release_gap_s
+        if gap is None:
+            return 0.0
+        held = self._by_peer[peer]
+        if held >= self.limits.per_peer:
+            ahead = sum(1 for waiter in self._waiting if waiter.peer == peer)
+            return (ahead + 1) * gap * self.in_flight / held
+        return (len(self._waiting) + 1) * gap
+
     def _overloaded(self) -> ResourceExhaustedError:
         self.refused += 1
         return ResourceExhaustedError("OVERLOADED", self.limits.retry_after_s)
 
     def release(self, peer: str) -> None:
+        if self._pressed:
+            now = self._clock()
+            if self._pressed_release is not None:
+                gap = now - self._pressed_release
+                previous = self.release_gap_s
+                self.release_gap_s = gap if previous is None else (
+                    previous + GAP_SMOOTHING * (gap - previous))
+            self._pressed_release = now
+        else:
+            self._pressed_release = None
         self.in_flight -= 1
         self._by_peer[peer] -= 1
         if not self._by_peer[peer]:
@@ -122,6 +164,7 @@ class Admission:
             waiter.granted.set_result(None)
             if self.in_flight >= self.limits.max_in_flight:
                 break
+        self._pressed = bool(self._waiting)
 
 
 class AdmissionInterceptor:

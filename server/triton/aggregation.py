@@ -15,6 +15,10 @@ or for an ensemble, which lists none): as many batches as Triton can run at once
 batch would only queue there, while in the gateway it grows. With the trivial model (one
 instance) that took the server from 0.75 to 0.62 ms of CPU per call at 16 in flight.
 
+A call whose inputs exceed `max_call_bytes` (a large image, an upload) goes to Triton alone, as
+with aggregation off: its decode outweighs a call's overhead many times, and 32 uploads of 10 MB
+concatenated into one request held the server at 4 x its upload budget (issue 9).
+
 Each caller keeps its own deadline: the batch carries the latest of them to Triton, and a caller
 whose deadline passes or who cancels leaves the batch (before it is sent: it is not sent at all;
 after: its row is dropped; when every caller of a sent batch is gone, the Triton call is
@@ -80,13 +84,20 @@ def instance_count(config: Mapping[str, Any]) -> int | None:
                for group in groups)
 
 
+def input_bytes(inputs: Mapping[str, Array]) -> int:
+    """The bytes a call's inputs carry: a BYTES tensor's by its elements, not its pointers."""
+    return sum(sum(len(item) for item in array.flat) if array.dtype == np.object_
+               else int(array.nbytes) for array in inputs.values())
+
+
 class Aggregator:
     """Has TritonCalls.infer's signature, so an adapter takes either. `max_batches_in_flight`
     None: each model's instance count (module docstring)."""
 
     def __init__(self, calls: TritonCalls, max_batch: int, max_delay_s: float,
-                 max_batches_in_flight: int | None) -> None:
+                 max_batches_in_flight: int | None, max_call_bytes: int | None = None) -> None:
         self._calls = calls
+        self._max_call_bytes = max_call_bytes
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
         self._max_batches_in_flight = max_batches_in_flight
@@ -103,6 +114,8 @@ class Aggregator:
         timeout_s: float | None,
     ) -> dict[str, Array]:
         """One image's outputs ([1, ...] each), computed in a batch with concurrent calls."""
+        if self._max_call_bytes is not None and input_bytes(inputs) > self._max_call_bytes:
+            return await self._calls.infer(model, tensors, inputs, request_id, timeout_s)
         key = (model.name, model.version, tensors)
         lane = self._lanes.get(key)
         if lane is None:

@@ -66,3 +66,77 @@ async def test_a_deadline_too_short_is_refused_before_taking_a_slot() -> None:
         await admission.acquire("a", 0.01)
     assert refused.value.reason == "DEADLINE_TOO_SHORT"
     assert admission.in_flight == 0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _releases_under_pressure(admission: Admission, clock: FakeClock, peer: str,
+                                   gap_s: float, count: int) -> None:
+    """`count` slots of peer freed gap_s apart, each time with a call of peer waiting that
+    takes the freed slot: the rate at which this process serves its queue."""
+    for _ in range(count):
+        waiter = asyncio.create_task(admission.acquire(peer, None))
+        await asyncio.sleep(0)
+        clock.now += gap_s
+        admission.release(peer)
+        await waiter
+
+
+async def test_a_call_that_would_only_wait_in_vain_is_refused_at_once() -> None:
+    clock = FakeClock()
+    admission = Admission(limits(max_in_flight=2, max_waiting=10, max_wait_s=25.0,
+                                 peer_share=1.0), clock)
+    await admission.acquire("a", None)
+    await admission.acquire("a", None)
+    await _releases_under_pressure(admission, clock, "a", 10.0, 4)
+    assert admission.release_gap_s == pytest.approx(10.0)
+    # A slot frees every 10 s: the first two waiters can expect theirs within their 25 s...
+    waiters = [asyncio.create_task(admission.acquire("b", None)) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert admission.waiting == 2
+    # ...a third in line would wait ~30 s only to be refused: it is refused at once.
+    third = asyncio.create_task(admission.acquire("c", None))
+    await asyncio.sleep(0)
+    assert third.done() and isinstance(third.exception(), ResourceExhaustedError)
+    assert (admission.waiting, admission.refused) == (2, 1)
+    admission.release("a")
+    await waiters[0]
+    for waiter in waiters[1:]:
+        waiter.cancel()
+
+
+async def test_a_peer_at_its_share_expects_only_its_own_slots() -> None:
+    clock = FakeClock()
+    # 4 slots, 2 per peer; "heavy" holds its 2, "light" 1.
+    admission = Admission(limits(max_in_flight=4, max_waiting=10, max_wait_s=25.0), clock)
+    await admission.acquire("heavy", None)
+    await admission.acquire("heavy", None)
+    await _releases_under_pressure(admission, clock, "heavy", 10.0, 3)
+    await admission.acquire("light", None)
+    # Slots free every 10 s, but only 2 of the 3 held are heavy's: one of its own in ~15 s.
+    first = asyncio.create_task(admission.acquire("heavy", None))
+    await asyncio.sleep(0)
+    assert not first.done() and admission.waiting == 1
+    second = asyncio.create_task(admission.acquire("heavy", None))
+    await asyncio.sleep(0)  # second in line for heavy's slots: ~30 s, beyond its 25 s
+    assert second.done() and isinstance(second.exception(), ResourceExhaustedError)
+    # The light peer is under its share and takes a free slot at once.
+    await admission.acquire("light", None)
+    assert admission.in_flight == 4
+    first.cancel()
+
+
+async def test_without_a_known_rate_a_call_waits_its_whole_wait() -> None:
+    admission = Admission(limits(max_in_flight=1, peer_share=1.0, max_wait_s=30.0))
+    await admission.acquire("a", None)
+    waiters = [asyncio.create_task(admission.acquire("a", None)) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert admission.release_gap_s is None and admission.waiting == 2
+    for waiter in waiters:
+        waiter.cancel()

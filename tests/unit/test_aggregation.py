@@ -222,3 +222,33 @@ async def test_batches_in_flight_default_to_the_models_instance_count(
     triton.release.set()
     await asyncio.gather(*calls)
     assert [len(r[0]) for r in triton.requests] == [1] * expected + [8 - expected]
+
+
+class HeldTritonWithSingles(HeldTriton):
+    """HeldTriton that also answers (and records) calls made alone, through `infer`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alone: list[bytes] = []
+
+    async def infer(self, model: ModelRef, tensors: ModelTensors, inputs: Mapping[str, Any],
+                    request_id: str, timeout_s: float | None) -> dict[str, Any]:
+        (image,) = [bytes(v) for v in inputs[IMAGE].reshape(-1)]
+        self.alone.append(image)
+        return {"ECHO": np.array([[image]], dtype=np.object_),
+                IMAGE_STATUS: np.array([[0]], np.int32)}
+
+
+async def test_a_call_larger_than_the_byte_bound_goes_to_triton_alone() -> None:
+    triton = HeldTritonWithSingles()
+    agg = Aggregator(triton, 32, 60.0, 1, max_call_bytes=4)  # type: ignore[arg-type]
+    first = call(agg, b"a")  # at Triton, holding the lane: small calls now wait to be batched
+    await settle()
+    small = call(agg, b"abcd")
+    large = call(agg, b"abcde")
+    assert (await large)["ECHO"].tolist() == [[b"abcde"]]
+    assert triton.alone == [b"abcde"] and not small.done()
+    triton.release.set()
+    await first
+    assert (await small)["ECHO"].tolist() == [[b"abcd"]]
+    assert [r[0] for r in triton.requests] == [[b"a"], [b"abcd"]]

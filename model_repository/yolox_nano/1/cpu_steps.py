@@ -2,19 +2,31 @@
 ensembles (yolox_nano, mobilenet_v2) load their steps' model.py files as modules, and every one
 of them, the BLS models too (yunet_mobilefacenet, ppocr_v6), runs its network steps' ONNX files
 in its own process instead of through another Python-backend stub. One file, linked into each
-such model's folder."""
+such model's folder.
+
+The networks run at most `images_per_run` images per onnxruntime call (config parameter, default
+IMAGES_PER_RUN), however large the batch Triton hands over. onnxruntime's CPU arena keeps the
+buffers of the largest batch it ever ran until the process ends: batches of up to 32 images left
+a YOLOX instance ~440 MiB larger for good, two at a time ~15 MiB (one at a time: nothing). On
+one intra-op thread no network here ran faster on a whole batch: two images per call took
+1-5 % less CPU per image than the whole batch at 8 images and 7-10 % less at 32 (issue 9,
+bench/report/overload.md).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+IMAGES_PER_RUN = 2
 
 
 def load_step(name: str) -> ModuleType:
@@ -27,15 +39,43 @@ def load_step(name: str) -> ModuleType:
     return module
 
 
-def cpu_session(network_step: str, intra_op_threads: int) -> ort.InferenceSession:
+def images_per_run(model_config: dict[str, Any]) -> int:
+    """The config's `images_per_run` parameter, else IMAGES_PER_RUN."""
+    parameter = model_config.get("parameters", {}).get("images_per_run")
+    return IMAGES_PER_RUN if parameter is None else max(1, int(parameter["string_value"]))
+
+
+class CpuNetwork:
+    """An onnxruntime session that runs a batch `per_run` images at a time and answers as one
+    call on the whole batch would: each output concatenated along its first (batch) axis."""
+
+    def __init__(self, session: Any, per_run: int) -> None:
+        self.session = session
+        self.per_run = per_run
+
+    def run(self, output_names: Sequence[str], feeds: Mapping[str, np.ndarray]
+            ) -> list[np.ndarray]:
+        count = len(next(iter(feeds.values())))
+        if count <= self.per_run:
+            return list(self.session.run(output_names, feeds))
+        parts = [self.session.run(output_names, {name: value[start:start + self.per_run]
+                                                 for name, value in feeds.items()})
+                 for start in range(0, count, self.per_run)]
+        return [np.concatenate([part[index] for part in parts])
+                for index in range(len(output_names))]
+
+
+def cpu_session(network_step: str, intra_op_threads: int,
+                per_run: int = IMAGES_PER_RUN) -> CpuNetwork:
     """The network step's model.onnx on the CPU provider: inter-op 1 (Triton serialises calls
     to an instance) and no spinning (idle threads would burn a core the other processes need)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(REPOSITORY / network_step / "1" / "model.onnx"),
-                                sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(REPOSITORY / network_step / "1" / "model.onnx"),
+                                   sess_options=options, providers=["CPUExecutionProvider"])
+    return CpuNetwork(session, per_run)
 
 
 def in_process_steps(model_config: dict[str, Any]) -> InProcessSteps | None:
@@ -45,18 +85,19 @@ def in_process_steps(model_config: dict[str, Any]) -> InProcessSteps | None:
     if parameters.get("steps_in_process", {}).get("string_value") != "true":
         return None
     threads = int(parameters.get("intra_op_threads", {}).get("string_value", "1"))
-    return InProcessSteps(threads)
+    return InProcessSteps(threads, images_per_run(model_config))
 
 
 class InProcessSteps:
     """Network steps run in this process: one session per step, made at its first call."""
 
-    def __init__(self, intra_op_threads: int) -> None:
+    def __init__(self, intra_op_threads: int, per_run: int = IMAGES_PER_RUN) -> None:
         self._threads = intra_op_threads
-        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._per_run = per_run
+        self._sessions: dict[str, CpuNetwork] = {}
 
     def run(self, step: str, inputs: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
         session = self._sessions.get(step)
         if session is None:
-            session = self._sessions[step] = cpu_session(step, self._threads)
+            session = self._sessions[step] = cpu_session(step, self._threads, self._per_run)
         return dict(zip(outputs, session.run(outputs, inputs), strict=True))

@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 
 # cpu_steps.py is linked into each fused model's folder; Triton loads model.py on its own.
 sys.path.insert(0, str(Path(__file__).parent))
-from cpu_steps import REPOSITORY, cpu_session, load_step  # noqa: E402
+from cpu_steps import REPOSITORY, cpu_session, images_per_run, load_step  # noqa: E402
 
 preprocess = load_step("yolox_preprocess")
 network = load_step("yolox_nano_onnx")
@@ -40,11 +40,13 @@ def thresholds(request: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TritonPythonModel:
-    """Every image of every request Triton hands over goes through one onnxruntime call."""
+    """Every image of every request Triton hands over goes through one onnxruntime session,
+    a few images per call (cpu_steps.CpuNetwork)."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        self.session = cpu_session("yolox_nano_onnx", network.intra_op_threads(config))
+        self.session = cpu_session("yolox_nano_onnx", network.intra_op_threads(config),
+                                   images_per_run(config))
         self.labels = postprocess.read_labels(REPOSITORY / "yolox_postprocess" / "labels.txt")
 
     def execute(self, requests: list[Any]) -> list[Any]:
