@@ -6,6 +6,7 @@ included. config.pbtxt runs here on the steps' CPU configurations, in a Triton o
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tritonclient.grpc import InferenceServerClient, InferInput
+from tritonclient.grpc.aio import InferenceServerClient as AioInferenceServerClient
+from tritonclient.utils import InferenceServerException
 
 from tests.images import photo
 from tests.integration.bad_inputs import CORRUPT_PNG
@@ -82,3 +85,38 @@ def test_cpu_configuration_equals_config_pbtxt(triton_url: str, ensemble_url: st
             assert fused[name].tolist() == value.tolist(), name
         else:
             np.testing.assert_allclose(fused[name], value, rtol=1e-4, atol=1e-3, err_msg=name)
+
+
+def _request(image: bytes, options: dict[str, np.ndarray]) -> list[InferInput]:
+    tensor = InferInput("IMAGE", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[image]], dtype=np.object_))
+    inputs = [tensor]
+    for name, value in options.items():
+        option = InferInput(name, [1, 1], "FP32" if value.dtype == np.float32 else "INT32")
+        option.set_data_from_numpy(value.reshape(1, 1))
+        inputs.append(option)
+    return inputs
+
+
+@pytest.mark.parametrize(("model", "good", "bad", "named"), [
+    ("yolox_nano", {"SCORE_THRESHOLD": np.float32(0.25), "IOU_THRESHOLD": np.float32(0.45)},
+     {"SCORE_THRESHOLD": np.float32(1.5), "IOU_THRESHOLD": np.float32(0.45)}, "SCORE_THRESHOLD"),
+    ("mobilenet_v2", {"TOP_K": np.int32(5)}, {"TOP_K": np.int32(0)}, "TOP_K"),
+])
+async def test_a_fused_models_bad_option_fails_only_its_own_request(
+        triton_url: str, model: str, good: dict[str, np.generic], bad: dict[str, np.generic],
+        named: str) -> None:
+    """Requests sent together (Triton may hand them to one execute): the one whose option is out
+    of range gets INVALID_ARG naming it, the others their answers."""
+    options = [good, bad, good, good]
+    async with AioInferenceServerClient(triton_url) as client:
+        answers = await asyncio.gather(*(
+            client.infer(model, _request(photo("coffee.png"),
+                                         {k: np.asarray(v) for k, v in given.items()}))
+            for given in options), return_exceptions=True)
+    refused = answers[1]
+    assert isinstance(refused, InferenceServerException), refused
+    assert named in str(refused.message()) and "INVALID_ARG" in str(refused.status())
+    for answer in (answers[0], *answers[2:]):
+        assert not isinstance(answer, BaseException), answer
+        assert answer.as_numpy("IMAGE_STATUS").reshape(-1).tolist() == [0]

@@ -19,7 +19,13 @@ import triton_python_backend_utils as pb_utils
 
 # cpu_steps.py is linked into each fused model's folder; Triton loads model.py on its own.
 sys.path.insert(0, str(Path(__file__).parent))
-from cpu_steps import REPOSITORY, cpu_session, images_per_run, load_step  # noqa: E402
+from cpu_steps import (  # noqa: E402
+    REPOSITORY,
+    cpu_session,
+    execute_fused,
+    images_per_run,
+    load_step,
+)
 
 preprocess = load_step("mobilenet_v2_preprocess")
 network = load_step("mobilenet_v2_onnx")
@@ -44,35 +50,23 @@ class TritonPythonModel:
             REPOSITORY / "mobilenet_v2_postprocess" / "labels.txt")
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        accepted: list[tuple[int, np.ndarray, list[int]]] = []
-        for index, request in enumerate(requests):
-            try:
-                ks = top_ks(request)
-            except ValueError as err:
-                responses[index] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG))
-                continue
-            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-            accepted.append((index, images, ks))
-        if not accepted:
-            return responses
-        tensors, sizes, statuses = preprocess.preprocess_batch(
-            np.concatenate([images.reshape(-1) for _, images, _ in accepted]))
+        return execute_fused(requests, pb_utils, top_ks, self.run, self.respond)
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        tensors, sizes, statuses = preprocess.preprocess_batch(images)
         logits, features = self.session.run(["logits", "embedding"], {"input": tensors})
-        row = 0
-        for index, images, ks in accepted:
-            rows = range(row, row + images.shape[0])
-            results = [postprocess.postprocess_image(logits[i], features[i],
-                                                     int(statuses[i, 0]), ks[i - row])
-                       for i in rows]
-            embeddings = np.stack([embedding for embedding, _ in results]).astype(np.float32)
-            class_ids, scores, names = postprocess.pack_classes(
-                [classes for _, classes in results], self.labels)
-            responses[index] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("EMBEDDING", embeddings), pb_utils.Tensor("CLASS_IDS", class_ids),
-                pb_utils.Tensor("SCORES", scores), pb_utils.Tensor("LABELS", names),
-                pb_utils.Tensor("IMAGE_SIZE", sizes[rows.start:rows.stop]),
-                pb_utils.Tensor("IMAGE_STATUS", statuses[rows.start:rows.stop])])
-            row = rows.stop
-        return responses
+        return logits, features, sizes, statuses
+
+    def respond(self, outputs: tuple[np.ndarray, ...], rows: slice, ks: list[int]) -> Any:
+        logits, features, sizes, statuses = outputs
+        results = [postprocess.postprocess_image(logits[i], features[i], int(statuses[i, 0]),
+                                                 ks[i - rows.start])
+                   for i in range(rows.start, rows.stop)]
+        embeddings = np.stack([embedding for embedding, _ in results]).astype(np.float32)
+        class_ids, scores, names = postprocess.pack_classes(
+            [classes for _, classes in results], self.labels)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("EMBEDDING", embeddings), pb_utils.Tensor("CLASS_IDS", class_ids),
+            pb_utils.Tensor("SCORES", scores), pb_utils.Tensor("LABELS", names),
+            pb_utils.Tensor("IMAGE_SIZE", sizes[rows]),
+            pb_utils.Tensor("IMAGE_STATUS", statuses[rows])])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -63,6 +63,35 @@ class CpuNetwork:
                  for start in range(0, count, self.per_run)]
         return [np.concatenate([part[index] for part in parts])
                 for index in range(len(output_names))]
+
+
+def execute_fused(requests: Sequence[Any], pb_utils: ModuleType,
+                  read_options: Callable[[Any], Any],
+                  run: Callable[[np.ndarray], Any],
+                  respond: Callable[[Any, slice, Any], Any]) -> list[Any]:
+    """A fused model's execute (`pb_utils`: the backend's module, which only a stub can import):
+    each request's options read (a ValueError answers that request alone with INVALID_ARG),
+    the images of every accepted request in one `run`, and each request answered by
+    `respond(run's outputs, its rows, its options)`."""
+    responses: list[Any] = [None] * len(requests)
+    accepted: list[tuple[int, np.ndarray, Any]] = []
+    for index, request in enumerate(requests):
+        try:
+            options = read_options(request)
+        except ValueError as err:
+            responses[index] = pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG))
+            continue
+        images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
+        accepted.append((index, images, options))
+    if not accepted:
+        return responses
+    outputs = run(np.concatenate([images for _, images, _ in accepted]))
+    row = 0
+    for index, images, options in accepted:
+        responses[index] = respond(outputs, slice(row, row + len(images)), options)
+        row += len(images)
+    return responses
 
 
 def cpu_session(network_step: str, intra_op_threads: int,

@@ -22,7 +22,13 @@ import triton_python_backend_utils as pb_utils
 
 # cpu_steps.py is linked into each fused model's folder; Triton loads model.py on its own.
 sys.path.insert(0, str(Path(__file__).parent))
-from cpu_steps import REPOSITORY, cpu_session, images_per_run, load_step  # noqa: E402
+from cpu_steps import (  # noqa: E402
+    REPOSITORY,
+    cpu_session,
+    execute_fused,
+    images_per_run,
+    load_step,
+)
 
 preprocess = load_step("yolox_preprocess")
 network = load_step("yolox_nano_onnx")
@@ -50,37 +56,27 @@ class TritonPythonModel:
         self.labels = postprocess.read_labels(REPOSITORY / "yolox_postprocess" / "labels.txt")
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        accepted: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-        for index, request in enumerate(requests):
-            try:
-                scores, ious = thresholds(request)
-            except ValueError as err:
-                responses[index] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG))
-                continue
-            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-            accepted.append((index, images, scores, ious))
-        if not accepted:
-            return responses
-        tensors, scales, sizes, statuses = preprocess.preprocess_batch(
-            np.concatenate([images.reshape(-1) for _, images, _, _ in accepted]))
+        return execute_fused(requests, pb_utils, thresholds, self.run, self.respond)
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        tensors, scales, sizes, statuses = preprocess.preprocess_batch(images)
         predictions = self.session.run(["output"], {"images": tensors})[0]
-        row = 0
-        for index, images, scores, ious in accepted:
-            rows = range(row, row + images.shape[0])
-            results = [
-                postprocess.postprocess_image(
-                    predictions[i], float(scales[i, 0]), int(sizes[i, 0]), int(sizes[i, 1]),
-                    float(scores[i - row]), float(ious[i - row]))
-                if statuses[i, 0] == postprocess.STATUS_OK else postprocess.NO_DETECTIONS
-                for i in rows
-            ]
-            boxes, found, class_ids, names = postprocess.pack_detections(results, self.labels)
-            responses[index] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("BOXES", boxes), pb_utils.Tensor("SCORES", found),
-                pb_utils.Tensor("CLASS_IDS", class_ids), pb_utils.Tensor("LABELS", names),
-                pb_utils.Tensor("IMAGE_SIZE", sizes[rows.start:rows.stop]),
-                pb_utils.Tensor("IMAGE_STATUS", statuses[rows.start:rows.stop])])
-            row = rows.stop
-        return responses
+        return predictions, scales, sizes, statuses
+
+    def respond(self, outputs: tuple[np.ndarray, ...], rows: slice,
+                options: tuple[np.ndarray, np.ndarray]) -> Any:
+        predictions, scales, sizes, statuses = outputs
+        scores, ious = options
+        results = [
+            postprocess.postprocess_image(
+                predictions[i], float(scales[i, 0]), int(sizes[i, 0]), int(sizes[i, 1]),
+                float(scores[i - rows.start]), float(ious[i - rows.start]))
+            if statuses[i, 0] == postprocess.STATUS_OK else postprocess.NO_DETECTIONS
+            for i in range(rows.start, rows.stop)
+        ]
+        boxes, found, class_ids, names = postprocess.pack_detections(results, self.labels)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("BOXES", boxes), pb_utils.Tensor("SCORES", found),
+            pb_utils.Tensor("CLASS_IDS", class_ids), pb_utils.Tensor("LABELS", names),
+            pb_utils.Tensor("IMAGE_SIZE", sizes[rows]),
+            pb_utils.Tensor("IMAGE_STATUS", statuses[rows])])
