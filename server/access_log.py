@@ -38,6 +38,26 @@ def _message(fields: Mapping[str, Any]) -> str:
     return f"rpc {fields['service']}/{fields['method']} {fields['code']}"
 
 
+# What the JSON and the text format each write of a line, shared by the formatters below and
+# AccessWriter, so that their lines cannot drift apart.
+def _process_keys(process: str | None) -> dict[str, Any]:
+    return {} if process is None else {"process": process, "pid": os.getpid()}
+
+
+def _utc_timestamp(seconds: float, millis: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _json_text(line: Mapping[str, Any]) -> str:
+    return json.dumps(line, separators=(",", ":"), default=str)
+
+
+def _fields_text(fields: Mapping[str, Any]) -> str:
+    """An access line's fields after its text message: " key=value ..." ("" without any)."""
+    extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in _TEXT_OMITTED)
+    return " " + extra if extra else ""
+
+
 def log_call(fields: Mapping[str, Any]) -> None:
     if _writer is not None:
         _writer.write(fields)
@@ -58,8 +78,7 @@ class AccessWriter:
     def __init__(self, stream: TextIO, log_format: str, process: str | None = None) -> None:
         self._stream = stream
         self._json = log_format == "json"
-        self._process: dict[str, Any] = (
-            {} if process is None else {"process": process, "pid": os.getpid()})
+        self._process = _process_keys(process)
         self._who = "" if process is None else f"{process}/{os.getpid()} "
         self._pending: list[str] = []
         self._flush_scheduled = False
@@ -70,17 +89,15 @@ class AccessWriter:
         """One access line (without its newline) for a call that ended at `now`."""
         millis = int((now - int(now)) * 1000)
         if self._json:
-            return json.dumps({
-                "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{millis:03d}Z",
-                "level": "INFO", "logger": ACCESS_LOGGER, **self._process,
-                "message": _message(fields), **fields,
-            }, separators=(",", ":"), default=str)
+            return _json_text({
+                "ts": _utc_timestamp(now, millis), "level": "INFO", "logger": ACCESS_LOGGER,
+                **self._process, "message": _message(fields), **fields,
+            })
         if int(now) != self._second:  # logging's asctime: local time, milliseconds after ","
             self._second = int(now)
             self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in _TEXT_OMITTED)
         return (f"{self._second_text},{millis:03d} INFO {self._who}{ACCESS_LOGGER} "
-                f"[{fields['request_id']}] {_message(fields)}{' ' + extra if extra else ''}")
+                f"[{fields['request_id']}] {_message(fields)}{_fields_text(fields)}")
 
     def write(self, fields: Mapping[str, Any]) -> None:
         self._pending.append(self.line(fields, time.time()))
@@ -113,13 +130,11 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, process: str | None = None) -> None:
         super().__init__()
-        self._process: dict[str, Any] = (
-            {} if process is None else {"process": process, "pid": os.getpid()})
+        self._process = _process_keys(process)
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _utc_timestamp(record.created, int(record.msecs)),
             "level": record.levelname,
             "logger": record.name,
             **self._process,
@@ -129,7 +144,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, FIELDS_ATTR, {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, separators=(",", ":"), default=str)
+        return _json_text(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -141,12 +156,7 @@ class TextFormatter(logging.Formatter):
         super().__init__(f"%(asctime)s %(levelname)s {who}%(name)s [%(request_id)s] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        fields = getattr(record, FIELDS_ATTR, None)
-        if fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in fields.items()
-                                   if k not in _TEXT_OMITTED)
-        return text
+        return super().format(record) + _fields_text(getattr(record, FIELDS_ATTR, {}))
 
 
 def configure(level: str, log_format: str, process: str | None = None) -> None:

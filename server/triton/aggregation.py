@@ -148,9 +148,7 @@ class Aggregator:
             outputs = await self._calls.infer_batch(lane.model, lane.tensors, inputs, request_id,
                                                     timeout_s)
         finally:
-            lane.in_flight -= 1
-            if lane.waiting and lane.in_flight < lane.max_in_flight:
-                self._send(lane)
+            self._came_back(lane)
         check_statuses(outputs)
         return outputs
 
@@ -238,9 +236,13 @@ class Aggregator:
                     call.result.set_exception(exc)
         finally:
             self._batches.discard(batch)
-            lane.in_flight -= 1
-            if lane.waiting and lane.in_flight < lane.max_in_flight:
-                self._send(lane)
+            self._came_back(lane)
+
+    def _came_back(self, lane: _Lane) -> None:
+        """A request of the lane is back from Triton: the calls waiting go, if they may now."""
+        lane.in_flight -= 1
+        if lane.waiting and lane.in_flight < lane.max_in_flight:
+            self._send(lane)
 
     async def close(self) -> None:
         """Waits for the batches already at Triton (their callers are being drained)."""
