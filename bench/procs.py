@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,45 +99,64 @@ def start_process(command: list[str], log_path: Path) -> subprocess.Popen[bytes]
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-class ServerProcess:
-    """`python -m server` in a process (and session) of its own, stopped by its pid."""
+class ListeningProcess:
+    """A process listening on a free port of HOST, in a process (and session) of its own, stopped
+    by its pid; `command(port)` is what it runs."""
 
-    def __init__(self, triton_url: str, log_path: Path, extra: list[str] | None = None) -> None:
+    stop_grace_s = SERVER_STOP_GRACE_S
+    name = "server"
+
+    def __init__(self, command: Callable[[int], list[str]], log_path: Path) -> None:
         self.port = free_port()
         self.address = f"{HOST}:{self.port}"
-        self.process = start_process(
-            [sys.executable, "-m", "server", "--host", HOST, "--port", str(self.port),
-             "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5",
-             "--metrics-port", "0", *(extra or [])], log_path)
+        self.process = start_process(command(self.port), log_path)
         self.log_path = log_path
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    def wait_until(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Until `ready()` (a probe taking about a second at most) is true; RuntimeError when the
+        process exits first or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; "
+                                   f"see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; "
+                                   f"see {self.log_path}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM (graceful drain), SIGKILL only after stop_grace_s."""
+        stop_process(self.process, self.stop_grace_s)
+
+
+class ServerProcess(ListeningProcess):
+    """`python -m server`."""
+
+    def __init__(self, triton_url: str, log_path: Path, extra: list[str] | None = None) -> None:
+        super().__init__(lambda port: [
+            sys.executable, "-m", "server", "--host", HOST, "--port", str(port),
+            "--triton.url", triton_url, "--triton.health-poll-interval-s", "0.5",
+            "--metrics-port", "0", *(extra or [])], log_path)
+
     def wait_serving(self, timeout: float = SERVER_READY_TIMEOUT_S) -> None:
         """Until grpc.health says SERVING for DetectionService (Triton and the model ready)."""
-        deadline = time.monotonic() + timeout
         request = health_pb2.HealthCheckRequest(service=DETECTION_SERVICE)
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.process.returncode}; "
-                                       f"see {self.log_path}")
+
+            def serving() -> bool:
                 try:
                     answer = stub.Check(request, timeout=1.0)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
                 except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not SERVING after {timeout:.0f} s")
-                time.sleep(0.2)
+                    return False
+                return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self) -> None:
-        """SIGTERM (graceful drain), SIGKILL only after the grace period."""
-        stop_process(self.process, SERVER_STOP_GRACE_S)
+            self.wait_until(serving, timeout)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import math
 import shutil
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -26,11 +25,11 @@ import grpc
 from bench.load import Kind, RunSpec
 from bench.measure import Measured, Meter
 from bench.payloads import ROOT, PayloadName
-from bench.procs import HOST, ProcessGroup, ServerProcess, free_port, start_process
+from bench.procs import ListeningProcess, ProcessGroup, ServerProcess
 from bench.stats import paired_ratio, spread
 from bench.suite import Budget, Env, Json, profile, rotated, summarize
 from bench.targets import ENSEMBLE
-from tools.local_triton import REPO_ROOT, stop_process
+from tools.local_triton import REPO_ROOT
 
 TEST_REPOSITORY = ROOT / "tests" / "model_repository"
 TRIVIAL_MODEL = "header_detector"
@@ -91,69 +90,51 @@ PEER_STOP_GRACE_S = 10.0
 RANKED_FUNCTIONS = 30
 
 
-class PeerProcess:
-    """`python -m bench.peer_fastapi` in a process (and session) of its own, stopped by its pid;
-    the first of models is its default."""
+class PeerProcess(ListeningProcess):
+    """`python -m bench.peer_fastapi`; the first of models is its default."""
+
+    stop_grace_s = PEER_STOP_GRACE_S
+    name = "FastAPI peer"
 
     def __init__(self, triton_url: str, log_path: Path, models: tuple[str, ...]) -> None:
-        self.port = free_port()
-        self.address = f"{HOST}:{self.port}"
-        self.process = start_process(
-            [sys.executable, "-m", "bench.peer_fastapi", "--port", str(self.port),
-             "--triton-url", triton_url, "--models", *models], log_path)
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+        super().__init__(lambda port: [
+            sys.executable, "-m", "bench.peer_fastapi", "--port", str(port),
+            "--triton-url", triton_url, "--models", *models], log_path)
 
     def wait_serving(self, timeout: float = PEER_READY_TIMEOUT_S) -> None:
         """Until GET /health answers 200 (the client made, Triton's default model ready)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"FastAPI peer exited with {self.process.returncode}; "
-                                   f"see {self.log_path}")
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"http://{self.address}/health", timeout=1.0) as answer:
-                    if answer.status == 200:
-                        return
+                    return bool(answer.status == 200)
             except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"FastAPI peer not ready after {timeout:.0f} s")
-            time.sleep(0.2)
+                return False
 
-    def stop(self) -> None:
-        stop_process(self.process, PEER_STOP_GRACE_S)
+        self.wait_until(healthy, timeout)
 
 
-class FloorProcess:
-    """`python -m bench.floor_grpc` in a process (and session) of its own, stopped by its pid."""
+class FloorProcess(ListeningProcess):
+    """`python -m bench.floor_grpc`."""
+
+    stop_grace_s = PEER_STOP_GRACE_S
+    name = "floor servicer"
 
     def __init__(self, triton_url: str, log_path: Path, model: str) -> None:
-        self.port = free_port()
-        self.address = f"{HOST}:{self.port}"
-        self.process = start_process(
-            [sys.executable, "-m", "bench.floor_grpc", "--port", str(self.port),
-             "--triton-url", triton_url, "--model", model], log_path)
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+        super().__init__(lambda port: [
+            sys.executable, "-m", "bench.floor_grpc", "--port", str(port),
+            "--triton-url", triton_url, "--model", model], log_path)
 
     def wait_serving(self, timeout: float = PEER_READY_TIMEOUT_S) -> None:
-        """Until its port accepts a gRPC connection (it has no health service)."""
+        """Until its port takes a gRPC connection (it has no health service)."""
         with grpc.insecure_channel(self.address) as channel:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=timeout)
-            except grpc.FutureTimeoutError:
-                raise RuntimeError(f"floor servicer not serving after {timeout:.0f} s; see "
-                                   f"{self.log_path}") from None
+            def connected() -> bool:
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=1.0)
+                except grpc.FutureTimeoutError:
+                    return False
+                return True
 
-    def stop(self) -> None:
-        stop_process(self.process, PEER_STOP_GRACE_S)
+            self.wait_until(connected, timeout)
 
 
 def _figure(measured: Measured, figure: str) -> float:
