@@ -305,10 +305,7 @@ def profile_section(results: Json) -> list[str]:
                   f"{p['throughput']:.1f} img/s; server CPU {p['server_cpu_ms_per_image']:.2f} ms "
                   f"per image; by thread (ms/image): {threads}. {active} active samples of "
                   f"{p['samples']} at {p['rate_hz']} Hz.", "",
-                  *table(["where (leaf frame)", "share of active samples",
-                          "≈ ms/image (share × event-loop thread CPU)"],
-                         [[bucket, f"{share:.1%}", f"{share * loop_ms:.2f}"]
-                          for bucket, share in p["self_by_bucket"].items()]),
+                  *bucket_table(p, loop_ms, "active", "image", 2),
                   "Top functions (self):", "",
                   *table(["function", "share"], [[f"`{f}`", f"{s:.1%}"] for f, s in
                                                  list(p["self_by_function"].items())[:10]]),
@@ -350,6 +347,15 @@ def trivial_summary(results: Json) -> list[str]:
     return lines
 
 
+def bucket_table(p: Json, loop_ms: float, samples: str, per: str, digits: int) -> list[str]:
+    """A profile's own time by where its leaf frame runs, with the event-loop thread's CPU it
+    stands for (`samples`: which samples the shares are of; `per`: image or call)."""
+    return table(["where (leaf frame)", f"share of {samples} samples",
+                  f"≈ ms/{per} (share × event-loop thread CPU)"],
+                 [[bucket, f"{share:.1%}", f"{share * loop_ms:.{digits}f}"]
+                  for bucket, share in p["self_by_bucket"].items()])
+
+
 def _profile_ranking(name: str, p: Json) -> list[str]:
     if "error" in p:
         return [f"- {name}: not profiled ({p['error']})", ""]
@@ -365,10 +371,7 @@ def _profile_ranking(name: str, p: Json) -> list[str]:
         f"slower than above); server CPU {p['server_cpu_ms_per_image']:.3f} ms per call; by "
         f"thread (ms/call): {threads}. {ranking['active_samples']} non-idle samples of "
         f"{ranking['samples']} at {p['rate_hz']} Hz. Raw stacks: bench/report/{p['file']}.", "",
-        *table(["where (leaf frame)", "share of non-idle samples",
-                "≈ ms/call (share × event-loop thread CPU)"],
-               [[bucket, f"{share:.1%}", f"{share * loop_ms:.3f}"]
-                for bucket, share in p["self_by_bucket"].items()]),
+        *bucket_table(p, loop_ms, "non-idle", "call", 3),
         "Functions by total (inclusive) time, line numbers merged:", "",
         *table(["function", "total share"], [[f"`{f}`", f"{v:.1%}"] for f, v in total]),
         "Functions by own time (the leaf frame; time in C extensions counts to the Python "
