@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests import reference_mobilenet
 from tests.images import PHOTOS, decode, photo
+from tests.integration.triton_statistics import counted_since, counts
 
 pytestmark = pytest.mark.triton
 
@@ -157,34 +158,12 @@ async def test_top_k_out_of_range_is_an_error(triton: InferenceServerClient, top
         await embed(triton, photo("coffee.png"), top_k=top_k)
 
 
-async def _counts(triton: InferenceServerClient, model: str) -> tuple[int, int]:
-    stats = await triton.get_inference_statistics(model_name=model, as_json=True)
-    (entry,) = [s for s in stats["model_stats"] if s["name"] == model]
-    return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
-
-
-async def _deltas_once_counted(
-    triton: InferenceServerClient, before: dict[str, tuple[int, int]], items: int
-) -> dict[str, tuple[int, int]]:
-    """(inferences, executions) per step since `before`, read once every step has counted
-    `items` more inferences: a step's statistics may be updated just after its response left."""
-    async with asyncio.timeout(30):
-        while True:
-            after = {step: await _counts(triton, step) for step in before}
-            deltas = {
-                step: (after[step][0] - before[step][0], after[step][1] - before[step][1])
-                for step in before
-            }
-            if all(inferences >= items for inferences, _ in deltas.values()):
-                return deltas
-            await asyncio.sleep(0.05)
-
-
-async def test_a_burst_of_requests_is_batched(triton: InferenceServerClient) -> None:
+async def test_a_burst_of_requests_is_batched(triton: InferenceServerClient,
+                                              triton_url: str) -> None:
     # On the CPU configuration mobilenet_v2 is one fused step (configs/cpu.pbtxt).
-    before = {"mobilenet_v2": await _counts(triton, "mobilenet_v2")}
+    before = {"mobilenet_v2": await counts(triton_url, "mobilenet_v2")}
     results = await asyncio.gather(*(embed(triton, photo("chelsea.png")) for _ in range(24)))
     assert {result.class_ids[0] for result in results} == {285}
-    deltas = await _deltas_once_counted(triton, before, 24)
+    deltas = await counted_since(triton_url, before, 24)
     inferences, executions = deltas["mobilenet_v2"]
     assert executions < inferences, deltas

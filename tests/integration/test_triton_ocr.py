@@ -13,6 +13,7 @@ from tritonclient.grpc.aio import InferenceServerClient, InferInput
 
 from tests import reference_ocr
 from tests.images import photo
+from tests.integration.triton_statistics import counted_since, counts
 
 pytestmark = pytest.mark.triton
 
@@ -139,13 +140,6 @@ async def test_the_model_declares_its_task(triton_url: str) -> None:
     }
 
 
-async def counts(url: str, model: str) -> tuple[int, int]:
-    async with InferenceServerClient(url) as triton:
-        stats = await triton.get_inference_statistics(model_name=model, as_json=True)
-    (entry,) = [s for s in stats["model_stats"] if s["name"] == model]
-    return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
-
-
 async def test_concurrent_requests_are_batched(triton_url: str) -> None:
     # On the CPU configuration the BLS model runs its network steps in its own process
     # (configs/cpu.pbtxt, steps_in_process): its own executions are where batching shows.
@@ -153,18 +147,11 @@ async def test_concurrent_requests_are_batched(triton_url: str) -> None:
     image = photo("synthetic_text.png")
     before = {step: await counts(triton_url, step) for step in steps}
     readings = await asyncio.gather(*(read_images(triton_url, image) for _ in range(8)))
-    # A step's statistics may be updated just after its response left: read once counted.
-    async with asyncio.timeout(30):
-        while True:
-            after = {step: await counts(triton_url, step) for step in steps}
-            if all(after[step][0] - before[step][0] >= 8 for step in after):
-                break
-            await asyncio.sleep(0.05)
+    deltas = await counted_since(triton_url, before, 8)
     expected = [line.text for line in reference_ocr.read_photo("synthetic_text.png")]
     assert all(reading.texts == expected for (reading,) in readings)
     for step in steps:
-        inferences = after[step][0] - before[step][0]
-        executions = after[step][1] - before[step][1]
+        inferences, executions = deltas[step]
         # Requests of other tests may still be finishing in Triton (e.g. a killed server's).
         assert inferences >= 8, step
         assert executions < inferences, f"{step}: {inferences} inferences in {executions} runs"
