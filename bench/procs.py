@@ -21,7 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import InferenceServerClient
 
 from bench.payloads import ROOT
-from tools.local_triton import MODEL_REPOSITORY, LocalTriton, start_triton, stop_process
+from tools.local_triton import (
+    BACKEND_DIR,
+    MODEL_REPOSITORY,
+    TRITON_VENV,
+    LocalTriton,
+    start_triton,
+    stop_process,
+)
 
 HOST = "127.0.0.1"
 DETECTION_SERVICE = "vision.v1.DetectionService"
@@ -84,10 +91,12 @@ def variant_repository(variant: BatchingVariant, into: Path) -> Path:
 
 
 def launch_triton(log_path: Path, repository: Path = MODEL_REPOSITORY,
-                  wait: bool = True, extra_repositories: tuple[Path, ...] = ()) -> LocalTriton:
+                  wait: bool = True, extra_repositories: tuple[Path, ...] = (),
+                  venv: Path = TRITON_VENV, backend_dir: Path = BACKEND_DIR) -> LocalTriton:
     return start_triton(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                         log_path=log_path, model_repository=repository, wait=wait,
-                        extra_repositories=extra_repositories)
+                        extra_repositories=extra_repositories, venv=venv,
+                        backend_dir=backend_dir)
 
 
 def start_process(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:

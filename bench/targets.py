@@ -1,4 +1,5 @@
-"""What one benchmark call is, per kind: a health check, a unary DetectObjects, a Triton infer
+"""What one benchmark call is, per kind: a health check, a unary DetectObjects (or EmbedImage,
+DetectFaces, ExtractText), a Triton infer
 over a shared client or a client made per call (of any model with the detection tensors), a whole
 StreamDetectObjects upload, an HTTP POST to the FastAPI peer (bench/peer_fastapi.py). Each target
 owns the one channel (or client, or connection pool) it reuses and is opened once per worker run,
@@ -19,12 +20,19 @@ from tritonclient.grpc.aio import InferenceServerClient
 from bench.payloads import PayloadName, payload
 from server.triton import detection as tensors
 from server.triton.tensors import IMAGE
-from vision.v1 import detection_pb2, image_pb2, model_pb2
+from vision.v1 import detection_pb2, face_pb2, image_pb2, model_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
+from vision.v1 import embedding_service_pb2 as embed_pb2
+from vision.v1 import embedding_service_pb2_grpc as embed_grpc
+from vision.v1 import face_service_pb2 as face_svc_pb2
+from vision.v1 import face_service_pb2_grpc as face_grpc
+from vision.v1 import ocr_service_pb2 as ocr_pb2
+from vision.v1 import ocr_service_pb2_grpc as ocr_grpc
 from vision_client.client import StreamImage, detection_uploads
 
-TargetKind = Literal["health", "detect", "triton", "triton_per_request", "stream", "http_detect"]
+TargetKind = Literal["health", "detect", "embed", "faces", "ocr", "triton", "triton_per_request",
+                     "stream", "http_detect"]
 
 ENSEMBLE = "yolox_nano"  # the Triton targets' model when a run names none
 SCORE_THRESHOLD = 0.25
@@ -84,6 +92,40 @@ class DetectTarget:
     async def call(self, index: int) -> int:
         await self._stub.DetectObjects(self._requests[index % len(self._requests)],
                                 timeout=CALL_TIMEOUT_S)
+        return 1
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class UnaryImageTarget:
+    """One image per unary call of EmbedImage, DetectFaces (face embeddings included) or
+    ExtractText over one shared channel, with the service's default model and options."""
+
+    def __init__(self, address: str, images: tuple[bytes, ...],
+                 kind: Literal["embed", "faces", "ocr"]) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._call: Any
+        self._requests: list[Any]
+        if kind == "embed":
+            self._call = embed_grpc.EmbeddingServiceStub(self._channel).EmbedImage
+            self._requests = [embed_pb2.EmbedImageRequest(image=image_pb2.Image(content=image))
+                              for image in images]
+        elif kind == "faces":
+            self._call = face_grpc.FaceServiceStub(self._channel).DetectFaces
+            options = face_pb2.FaceOptions(include_embeddings=True)
+            self._requests = [face_svc_pb2.DetectFacesRequest(
+                image=image_pb2.Image(content=image), options=options) for image in images]
+        else:
+            self._call = ocr_grpc.OcrServiceStub(self._channel).ExtractText
+            self._requests = [ocr_pb2.ExtractTextRequest(image=image_pb2.Image(content=image))
+                              for image in images]
+
+    async def open(self) -> None:
+        await self._channel.channel_ready()
+
+    async def call(self, index: int) -> int:
+        await self._call(self._requests[index % len(self._requests)], timeout=CALL_TIMEOUT_S)
         return 1
 
     async def close(self) -> None:
@@ -241,6 +283,8 @@ def make_target(kind: TargetKind, address: str, images: PayloadName, per_stream:
         return HealthTarget(address)
     if kind == "detect":
         return DetectTarget(address, content, model)
+    if kind in ("embed", "faces", "ocr"):
+        return UnaryImageTarget(address, content, kind)
     if kind == "triton":
         return TritonTarget(address, content, model or ENSEMBLE)
     if kind == "triton_per_request":

@@ -279,11 +279,15 @@ def start_triton(
     model_config_name: str = MODEL_CONFIG_NAME,
     ready_timeout: float = READY_TIMEOUT_S,
     wait: bool = True,
+    venv: Path = TRITON_VENV,
+    backend_dir: Path = BACKEND_DIR,
 ) -> LocalTriton:
     """Start tritonserver on 127.0.0.1 and (by default) return once every model is ready.
-    extra_repositories are served beside model_repository (e.g. tests/model_repository)."""
-    install = find_install()
-    backends = build_backend_dir(install)
+    extra_repositories are served beside model_repository (e.g. tests/model_repository); venv is
+    the Python environment of the wheel and the models, backend_dir where its backend is put
+    together (one per venv: the stub matches the venv's Python)."""
+    install = find_install(venv)
+    backends = build_backend_dir(install, backend_dir)
     log_path = log_path.resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [

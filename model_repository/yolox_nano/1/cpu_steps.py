@@ -16,6 +16,7 @@ bench/report/overload.md).
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,9 @@ import onnxruntime as ort
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 IMAGES_PER_RUN = 2
+# onnxruntime execution providers in order of preference, comma-separated (e.g.
+# "CUDAExecutionProvider,CPUExecutionProvider" on a GPU box: bench/gpu sets it for Triton).
+PROVIDERS_ENV = "VISION_ORT_PROVIDERS"
 
 
 def load_step(name: str) -> ModuleType:
@@ -94,16 +98,29 @@ def execute_fused(requests: Sequence[Any], pb_utils: ModuleType,
     return responses
 
 
+def execution_providers() -> list[str]:
+    """The providers PROVIDERS_ENV names that this onnxruntime build has, in that order, the
+    CPU provider last; only the CPU provider when the variable is unset. The CUDA provider's
+    libraries installed as Python packages (onnxruntime-gpu[cuda,cudnn]) are loaded first."""
+    available = set(ort.get_available_providers())
+    wanted = [name.strip() for name in os.environ.get(PROVIDERS_ENV, "").split(",")]
+    chosen = [name for name in wanted if name in available and name != "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in chosen and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    return [*chosen, "CPUExecutionProvider"]
+
+
 def cpu_session(network_step: str, intra_op_threads: int,
                 per_run: int = IMAGES_PER_RUN) -> CpuNetwork:
-    """The network step's model.onnx on the CPU provider: inter-op 1 (Triton serialises calls
-    to an instance) and no spinning (idle threads would burn a core the other processes need)."""
+    """The network step's model.onnx on execution_providers() (the CPU provider unless told
+    otherwise): inter-op 1 (Triton serialises calls to an instance) and no spinning (idle
+    threads would burn a core the other processes need)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(REPOSITORY / network_step / "1" / "model.onnx"),
-                                   sess_options=options, providers=["CPUExecutionProvider"])
+                                   sess_options=options, providers=execution_providers())
     return CpuNetwork(session, per_run)
 
 
