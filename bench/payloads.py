@@ -3,6 +3,7 @@ the same way in every process so that workers never receive image bytes over a p
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -11,7 +12,8 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT.parent / "shared" / "testdata" / "images"
+# VISION_BENCH_PHOTOS: the photos' folder where ../shared is not beside the repository (a GPU box).
+PHOTOS = Path(os.environ.get("VISION_BENCH_PHOTOS", ROOT.parent / "shared" / "testdata" / "images"))
 
 PayloadName = Literal["photos", "small", "large"]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu_path
+from bench.gpu_report import GPU_SECTION
 from bench.procs import STEPS
 
 Json = dict[str, Any]
@@ -556,14 +557,7 @@ def markdown(results: Json, images: list[Path]) -> str:
         "bench.store` (insert rate, k=10 p50/p95 and recall@10, filtered and unfiltered, at "
         "100 000 × 1280-d and × 128-d; `bench/report/store.json`, figures in the README); ingest "
         "end to end is in `bench/MODELS.md` (`python -m bench.models`).", "",
-        "## 8. GPU", "", "Not measured: no accelerator was lent to this task (the device tool's "
-        "status said so in every session), so every figure here is CPU-only (Triton's Python "
-        "backend running onnxruntime on 2 cores). The GPU configuration's shape (each "
-        "top-level model's config.pbtxt: the ensembles and BLS calls into native onnxruntime "
-        "steps) is loaded on CPU by tests/integration/test_cpu_configs.py, with the steps' CPU "
-        "configurations, and answers exactly what the CPU configuration answers; the network "
-        "steps' own config.pbtxt (platform onnxruntime_onnx, KIND_GPU) cannot load without "
-        "Triton's onnxruntime backend, which the wheel does not ship.", "",
+        *GPU_SECTION,
     ]
     return "\n".join([
         *summary, *machine_section(results), *method_section(results),

@@ -31,6 +31,10 @@ IMAGES_PER_RUN = 2
 # onnxruntime execution providers in order of preference, comma-separated (e.g.
 # "CUDAExecutionProvider,CPUExecutionProvider" on a GPU box: bench/gpu sets it for Triton).
 PROVIDERS_ENV = "VISION_ORT_PROVIDERS"
+# Batch sizes and OCR crop widths vary from call to call: cuDNN's exhaustive search (the CUDA
+# provider's default) would benchmark every convolution again for each new shape.
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
+    "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"}}
 
 
 def load_step(name: str) -> ModuleType:
@@ -120,7 +124,9 @@ def cpu_session(network_step: str, intra_op_threads: int,
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(REPOSITORY / network_step / "1" / "model.onnx"),
-                                   sess_options=options, providers=execution_providers())
+                                   sess_options=options,
+                                   providers=[(name, PROVIDER_OPTIONS.get(name, {}))
+                                              for name in execution_providers()])
     return CpuNetwork(session, per_run)
 
 
