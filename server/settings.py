@@ -214,8 +214,9 @@ class TlsSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
-    """Where ingested images are stored (server/store). The embedded store is one directory
-    owned by one server process; several processes share an OpenSearch cluster instead."""
+    """Where ingested images are stored (server/store). The embedded store is one directory on
+    one machine, shared by the server processes there (SQLite serialises their writes); servers
+    on several machines share an OpenSearch cluster instead."""
 
     backend: Literal["embedded", "opensearch"] = Field(
         "embedded", description="embedded (a directory, no server) or opensearch.")
