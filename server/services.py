@@ -111,6 +111,7 @@ class TaskEntry(Generic[G, R]):
     and gives its result, and the conversions read and write the key's analysis fields."""
 
     task: Task
+    task_enum: model_service_pb2.Task.ValueType  # its value in ListModels and Model.task
     settings: Callable[[Settings], TaskSettings]
     pipeline: Callable[[Resources], TaskPipeline[G, Any, R]]
     tensors: Callable[[Settings], ModelTensors]
@@ -231,12 +232,12 @@ def _models(resources: Resources) -> ModelServicer:
     choices = {task.task: _choice(task.settings(settings)) for task in TASKS}
     return ModelServicer(
         CatalogPipeline(TritonCatalog(resources.triton, CATALOG_TIMEOUT_S), choices),
-        settings.limits.image_limits())
+        settings.limits.image_limits(), {task.task: task.task_enum for task in TASKS})
 
 
 TASKS = (
     TaskEntry(
-        task=Task.DETECTION,
+        task=Task.DETECTION, task_enum=model_service_pb2.TASK_DETECTION,
         settings=lambda settings: settings.detection,
         pipeline=_detection_pipeline,
         tensors=lambda settings: triton_detection.TENSORS,
@@ -247,7 +248,7 @@ TASKS = (
                                                      _stream_limits(resources)),
     ),
     TaskEntry(
-        task=Task.EMBEDDING,
+        task=Task.EMBEDDING, task_enum=model_service_pb2.TASK_EMBEDDING,
         settings=lambda settings: settings.embedding,
         pipeline=_embedding_pipeline,
         tensors=lambda settings: triton_embedding.tensors(settings.embedding.output_dimension),
@@ -257,7 +258,7 @@ TASKS = (
         servicer=lambda resources: EmbeddingServicer(_embedding_pipeline(resources)),
     ),
     TaskEntry(
-        task=Task.FACES,
+        task=Task.FACES, task_enum=model_service_pb2.TASK_FACES,
         settings=lambda settings: settings.faces,
         pipeline=_faces_pipeline,
         tensors=lambda settings: triton_faces.tensors(settings.faces.output_dimension),
@@ -267,7 +268,7 @@ TASKS = (
         servicer=lambda resources: FaceServicer(_faces_pipeline(resources)),
     ),
     TaskEntry(
-        task=Task.OCR,
+        task=Task.OCR, task_enum=model_service_pb2.TASK_OCR,
         settings=lambda settings: settings.ocr,
         pipeline=_ocr_pipeline,
         tensors=lambda settings: triton_ocr.TENSORS,
