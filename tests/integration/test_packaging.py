@@ -101,15 +101,18 @@ async def test_server_and_sdk_share_the_generated_code_and_survive_each_other(
     # Without the SDK, the server still starts from this environment and answers the stubs.
     await run(*pip, "uninstall", "-y", "-q", "vision-client", cwd=work)
     await run(python, "-c", ABSENT, "vision_client", cwd=work, env=env)
-    port = free_port()
-    server = await asyncio.create_subprocess_exec(
-        python, "-m", "server", cwd=work, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**env, "VISION_PORT": str(port), "VISION_METRICS_PORT": "0",
-             "VISION_TRITON__URL": triton_url, "VISION_STORE__PATH": str(tmp_path / "store"),
-             "VISION_DRAIN_DELAY_S": "0", "VISION_GRACE_PERIOD_S": "0"})
+    port, log = free_port(), tmp_path / "server.log"
+    with log.open("wb") as log_file:
+        server = await asyncio.create_subprocess_exec(
+            python, "-m", "server", cwd=work, stdout=log_file, stderr=log_file,
+            env={**env, "VISION_PORT": str(port), "VISION_METRICS_PORT": "0",
+                 "VISION_TRITON__URL": triton_url,
+                 "VISION_STORE__PATH": str(tmp_path / "store"),
+                 "VISION_DRAIN_DELAY_S": "0", "VISION_GRACE_PERIOD_S": "0"})
     try:
         answer = await run(python, "-c", CALL_WITH_STUBS, f"127.0.0.1:{port}", cwd=work, env=env)
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\nserver log:\n{log.read_text()[-3000:]}") from None
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), 30)
