@@ -29,13 +29,16 @@ func main() {
 	defer conn.Close()
 	ctx, cancel := options.Context()
 	defer cancel()
+	var report caller.Report
 	stream, err := visionv1.NewDetectionServiceClient(conn).StreamDetectObjects(ctx)
-	if err != nil {
-		caller.Fatal(err)
+	if err != nil { // no stream: every image failed with it
+		for _, image := range images {
+			report.Failed(image.Name, caller.OfError(err))
+		}
+		report.Exit()
 	}
 	go send(stream, images)
 
-	var report caller.Report
 	pending := map[string]string{} // request id → file name
 	for i, image := range images {
 		pending[strconv.Itoa(i)] = image.Name

@@ -7,7 +7,9 @@
  */
 import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
+import {
+  Code, ConnectError, createClient, type Client, type Interceptor, type Transport,
+} from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import {
@@ -58,6 +60,40 @@ export interface VisionClientOptions {
   timeoutMs?: number;
 }
 
+/**
+ * Connect reports a connection that TLS tears down right after the handshake as CANCELLED (the
+ * HTTP/2 stream closed with CANCEL), though the caller cancelled nothing: with TLS 1.3 a server
+ * that refuses the client's certificate (mutual TLS) sends its alert once the client has
+ * finished. gRPC's other clients (grpc-js, Go, Python) say UNAVAILABLE, and so does this one.
+ */
+const connectionLost: Interceptor = (next) => async (request) => {
+  const unavailable = (error: unknown) => {
+    const failure = ConnectError.from(error);
+    return failure.code === Code.Canceled && !request.signal.aborted
+      ? new ConnectError(failure.rawMessage, Code.Unavailable, failure.metadata, undefined, failure)
+      : failure;
+  };
+  try {
+    const response = await next(request);
+    if (!response.stream) {
+      return response;
+    }
+    const messages = response.message;
+    return {
+      ...response,
+      message: (async function* () {
+        try {
+          yield* messages;
+        } catch (error) {
+          throw unavailable(error);
+        }
+      })(),
+    };
+  } catch (error) {
+    throw unavailable(error);
+  }
+};
+
 /** One HTTP/2 connection (`transport`) shared by a stub per service. */
 export function createVisionClients(options: VisionClientOptions) {
   if ((options.tls?.cert === undefined) !== (options.tls?.key === undefined)) {
@@ -67,7 +103,8 @@ export function createVisionClients(options: VisionClientOptions) {
     baseUrl: options.baseUrl,
     nodeOptions: options.tls,
     defaultTimeoutMs: options.timeoutMs ?? 30_000,
-    interceptors: options.apiKey === undefined ? [] : [
+    interceptors: options.apiKey === undefined ? [connectionLost] : [
+      connectionLost,
       (next) => async (request) => {
         request.header.set("authorization", `Bearer ${options.apiKey}`);
         return next(request);
