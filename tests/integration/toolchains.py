@@ -1,5 +1,7 @@
-"""The Go toolchain the Go examples and recipe need (Debian's packages, clients/go/build): tests
-that need it skip without it, except where CI demands it (VISION_REQUIRE_STUB_TOOLCHAINS=1)."""
+"""Building and running the caller examples from tests: the Go and Node builds, a subprocess run
+that leaves the event loop free, and `needs_go`: tests of the Go examples and recipe (Debian's
+packages, clients/go/build) skip without Go, except where CI demands it
+(VISION_REQUIRE_STUB_TOOLCHAINS=1)."""
 
 from __future__ import annotations
 
