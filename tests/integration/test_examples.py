@@ -42,9 +42,9 @@ async def test_make_examples_runs_every_example(target: str, tmp_path: Path) -> 
     unary = {"astronaut.png": OK, "chelsea.png": OK, "empty.png": EMPTY, "notes.txt": NOT_AN_IMAGE}
     assert sections(out) == {
         "go/detect": unary,
-        # A stream names fields as it carries them, and refuses a 0-byte upload at its header.
+        # A stream names fields as it carries them: a 0-byte upload is empty at its header.
         "go/stream": {"astronaut.png": OK, "chelsea.png": OK,
-                      "empty.png": "INVALID_ARGUMENT UPLOAD_PROTOCOL header.size_bytes",
+                      "empty.png": "INVALID_ARGUMENT EMPTY_IMAGE header.size_bytes",
                       "notes.txt": "INVALID_ARGUMENT INVALID_IMAGE chunk.data"},
         "go/ingest": unary,
         "node/detect": unary,

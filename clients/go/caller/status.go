@@ -91,12 +91,9 @@ var imageErrors = map[string]bool{
 	"IMAGE_TOO_COMPLEX": true,
 }
 
-// Documented tells whether the failure is the server's documented answer to a bad image. An
-// upload stream refuses an empty file at its header (size_bytes must be > 0), before it could
-// say EMPTY_IMAGE.
+// Documented tells whether the failure is the server's documented answer to a bad image.
 func (f Failure) Documented() bool {
-	emptyUpload := f.Reason == "UPLOAD_PROTOCOL" && strings.Join(f.Fields, ",") == "header.size_bytes"
-	return f.Code == codes.InvalidArgument && (imageErrors[f.Reason] || emptyUpload)
+	return f.Code == codes.InvalidArgument && imageErrors[f.Reason]
 }
 
 // Report prints one line per image and gives the exit status: 0 when every image was OK or met

@@ -39,8 +39,8 @@ export type UploadHeader = Message<"vision.v1.UploadHeader"> & {
 
   /**
    * The image's total size in bytes, > 0 and within the server's image size
-   * limit. Chunks beyond it fail the image; an end marker before it is
-   * reached does too.
+   * limit (0 fails the image with EMPTY_IMAGE). Chunks beyond it fail the
+   * image; an end marker before it is reached does too.
    *
    * @generated from field: int64 size_bytes = 2;
    */
