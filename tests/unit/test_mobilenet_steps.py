@@ -87,21 +87,6 @@ network = load_model("mobilenet_v2_onnx", PB_UTILS)
 # --- preprocess --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("height", "width", "expected"),
-    [
-        (300, 451, (256, 384)),
-        (451, 300, (384, 256)),
-        (500, 500, (256, 256)),
-        (100, 3000, (256, 7680)),
-    ],
-)
-def test_shorter_side_becomes_256_and_the_longer_is_truncated(
-    height: int, width: int, expected: tuple[int, int]
-) -> None:
-    assert pre.resized_shape(height, width) == expected
-
-
 def test_centre_crop_takes_the_middle_224_columns() -> None:
     # 256 x 512 keeps its size; the crop starts at column (512 - 224) / 2 = 144.
     image = np.zeros((256, 512, 3), dtype=np.uint8)

@@ -28,6 +28,8 @@ from decode_budget import (  # noqa: E402
     png_chunks_broken,
 )
 
+from triton_models.resize import shorter_side_centre_crop  # noqa: E402
+
 RESIZE_SHORTER = 256
 CROP = 224
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -52,36 +54,20 @@ def decode_image(data: bytes) -> npt.NDArray[np.uint8] | None:
     return image.astype(np.uint8, copy=False)
 
 
-def resized_shape(height: int, width: int, shorter: int = RESIZE_SHORTER) -> tuple[int, int]:
-    """(height, width) with the shorter side set to `shorter`; the longer side is truncated,
-    as torchvision's Resize(int) computes it."""
-    if height <= width:
-        return shorter, max(1, int(shorter * width / height))
-    return max(1, int(shorter * height / width)), shorter
-
-
 def resize_and_crop(
     image: npt.NDArray[np.uint8], shorter: int = RESIZE_SHORTER, crop: int = CROP
 ) -> npt.NDArray[np.uint8]:
-    """Shorter side to `shorter`, then the centre crop x crop (offsets rounded as torchvision's
-    CenterCrop does)."""
+    """Shorter side to `shorter`, then the centre crop x crop, antialiased as the network's
+    ImageNet evaluation ran (triton_models.resize.shorter_side_centre_crop)."""
     height, width = image.shape[:2]
     longest = min(height, width) * MAX_ASPECT
     if height > longest:
         top = (height - longest) // 2
-        image, height = image[top : top + longest], longest
+        image = image[top : top + longest]
     elif width > longest:
         left = (width - longest) // 2
-        image, width = image[:, left : left + longest], longest
-    new_h, new_w = resized_shape(height, width, shorter)
-    # INTER_AREA averages the source pixels when shrinking, as torchvision's antialiased
-    # bilinear resize does; when enlarging it would degrade towards nearest, so use bilinear.
-    shrinking = new_h * new_w < height * width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-    top = int(round((new_h - crop) / 2.0))
-    left = int(round((new_w - crop) / 2.0))
-    return resized[top : top + crop, left : left + crop]
+        image = image[:, left : left + longest]
+    return shorter_side_centre_crop(image, shorter, crop)
 
 
 def normalise(bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
