@@ -1,1 +1,1 @@
-../../ppocr_v6_det/1/model.py
+../../mobilenet_v2_onnx/1/model.py
