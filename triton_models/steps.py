@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 IMAGES_PER_RUN = 2
 DEFAULT_INTRA_OP_THREADS = 2
@@ -49,11 +48,15 @@ def images_per_run(model_config: dict[str, Any]) -> int:
     return max(1, int(parameter(model_config, "images_per_run", str(IMAGES_PER_RUN))))
 
 
-def onnx_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+def onnx_session(path: Path, intra_op_threads: int) -> Any:
     """The one onnxruntime setup of every network here: CPU provider, inter-op 1 (Triton
     serialises calls to an instance, so more inter-op threads would only contend) and no
     spinning (idle threads would burn a core the other processes of a CPU box need; bench/
     REPORT.md, CPU path: intra_op 2 cost twice the CPU per image)."""
+    # Imported here: the GPU image's Python has no onnxruntime (Triton's own backend runs the
+    # networks there), and the models that only decode or post-process never call this.
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
