@@ -15,6 +15,8 @@ FloatArray = npt.NDArray[np.float32]
 # DB post-processing: pixel threshold, mean box score, candidates, expansion, min box side.
 DB_THRESHOLD, DB_BOX_THRESHOLD, DB_MAX_CANDIDATES = 0.3, 0.5, 1000
 DB_UNCLIP_RATIO, DB_MIN_SIZE = 1.6, 3
+
+
 def mini_box(points: npt.NDArray[Any]) -> tuple[FloatArray, float]:
     """The minimum-area rectangle around points, corners from the top-left clockwise, and its
     shorter side."""

@@ -20,9 +20,8 @@ MIN_SIDE_LEN, MAX_SIDE_LEN = 30, 2000
 PAD_MAX_WIDTH_HEIGHT_RATIO, PAD_MIN_HEIGHT = 8, 30
 # The detector sees the image with its shorter side at least this long, sides multiples of 32.
 DET_LIMIT_SIDE_LEN = 736
-# The detector's activations grow with batch x pixels (measured on CPU: about 190 MB per
-# megapixel, 1.5 GB at this cap): a bigger group of same-size images is split into calls.
-DET_MAX_PIXELS_PER_CALL = 8_000_000
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """The image the detector and the line crops work on, and how to map back from it."""

@@ -47,6 +47,8 @@ DET_MAX_PIXELS_PER_CALL = 8_000_000
 # its Triton batch reads exactly as in PP-OCR; when images share a batch, their lines share
 # calls (fewer calls, but a faint line may read differently next to another image's lines).
 REC_BATCH = 6
+
+
 def chunks(indices: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(indices), size):
         yield list(indices[start : start + size])

@@ -19,7 +19,6 @@ MIN_TEXT_CONFIDENCE = 0.5
 ROW_OVERLAP = 0.5
 
 
-
 @dataclass(frozen=True)
 class TextLines:
     """One image's lines in reading order."""

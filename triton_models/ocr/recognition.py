@@ -23,6 +23,8 @@ CHARACTERS_FILE = "characters.txt"
 CLS_HEIGHT, CLS_WIDTH, CLS_ROTATE_THRESHOLD = 48, 192, 0.9
 # Recogniser: height 48, width that of the widest line of the call but at least 320.
 REC_HEIGHT, REC_MIN_WIDTH = 48, 320
+
+
 def crop_line(image: ImageArray, box: FloatArray) -> ImageArray:
     """Cut a (possibly rotated) quadrilateral out as an upright rectangle.
 
