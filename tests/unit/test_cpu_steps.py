@@ -1,6 +1,7 @@
 """Unit tests of triton_models.steps (the CPU configurations' network runs): networks run a
 few images per onnxruntime call and answer as one call on the whole batch would; the step
-object an entry model gets from its config."""
+object an entry model gets from its config; and which models the CPU configuration's Triton
+loads (tools.local_triton.served_models)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tools.local_triton import served_models
 from triton_models import steps as cpu_steps
 
 MODELS = Path(__file__).resolve().parents[2] / "model_repository"
@@ -78,3 +80,17 @@ def test_a_real_network_answers_in_parts_as_on_the_whole_batch() -> None:
     (whole,) = network.session.run(["embeddings"], {"input": faces})
     assert parts.shape == whole.shape == (5, whole.shape[1])
     np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_triton_serves_the_models_whose_chosen_config_names_a_task(tmp_path: Path) -> None:
+    task = 'parameters { key: "task" value: { string_value: "detection" } }\n'
+    configs = {"entry/config.pbtxt": task, "step/config.pbtxt": "",
+               "fused/config.pbtxt": "", "fused/configs/cpu.pbtxt": task,
+               "gpu_only/config.pbtxt": task, "gpu_only/configs/cpu.pbtxt": ""}
+    for path, text in configs.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    assert served_models(tmp_path, "cpu") == ["entry", "fused"]
+    assert served_models(tmp_path, "gpu") == ["entry", "gpu_only"]
+    assert served_models(MODELS) == ["mobilenet_v2", "ppocr_v6", "yolox_nano",
+                                     "yunet_mobilefacenet"]
