@@ -309,8 +309,8 @@ def start_triton(
 ) -> LocalTriton:
     """Start tritonserver on 127.0.0.1 and (by default) return once every model is ready.
     extra_repositories are served beside model_repository (e.g. tests/model_repository).
-    Only the served models (served_models) are loaded unless all_models: the GPU shape's
-    ensembles and BLS models need their step models loaded too."""
+    Only the served models (served_models) are loaded, an ensemble's steps with it, unless
+    all_models: the GPU shape's BLS models call steps that Triton cannot know they need."""
     install = find_install()
     backends = build_backend_dir(install)
     log_path = log_path.resolve()
