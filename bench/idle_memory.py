@@ -2,9 +2,10 @@
 Python-backend stubs, with every model loaded (the GPU shape's step models too) and with only
 the served models (tools.local_triton's default), measured side by side in alternating rounds.
 
-    .venv/bin/python -m bench.idle_memory [--rounds 2]
+    .venv/bin/python -m bench.idle_memory [--rounds 2] [--render]
 
-Prints the figures and writes bench/report/idle_memory.json; bench/REPORT.md quotes them.
+Prints the figures and writes bench/report/idle_memory.json and bench/report/idle_memory.md
+(`--render`: the markdown again from the JSON, measuring nothing).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.payloads import ROOT
 from tools.local_triton import group_members, start_triton
@@ -51,11 +53,41 @@ def idle_pss(all_models: bool, log_path: Path) -> tuple[float, int]:
         triton.stop()
 
 
+ARMS = {"all models": "every model (the GPU shape's step models too)",
+        "served models": "the served models only (tools/local_triton.py's default)"}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = []
+    for arm, runs in result["runs"].items():
+        rounds = ", ".join(f"{run['pss_mib']:.0f}" for run in runs)
+        rows.append(f"| {ARMS[arm]} | {runs[0]['processes']} | {rounds} | "
+                    f"{result['median_pss_mib'][arm]:.0f} |")
+    return "\n".join([
+        "# Idle Triton memory on the CPU configuration", "",
+        "PSS (each process's private pages plus its share of shared ones, from "
+        "/proc/PID/smaps_rollup) summed over tritonserver and its Python-backend stubs, "
+        f"{result['settle_s']:.0f} s after ready, no request sent; the two arms alternate, "
+        f"medians. Command: `{result['command']}` (idle_memory.json beside this file).", "",
+        "| Triton loads | processes | PSS (MiB), rounds | median |", "|---|---|---|---|", *rows, "",
+        f"Served ÷ every model: {result['served_over_all']:.2f}. The entry models (yolox_nano, "
+        "mobilenet_v2, yunet_mobilefacenet, ppocr_v6) run their networks in their own process "
+        "on the CPU configuration, so the step models of the GPU shape and their stubs serve "
+        "no request there.", "",
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.idle_memory", description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "report")
+    parser.add_argument("--render", action="store_true",
+                        help="write idle_memory.md from idle_memory.json, measuring nothing")
     args = parser.parse_args()
+    if args.render:
+        result = json.loads((args.out / "idle_memory.json").read_text())
+        (args.out / "idle_memory.md").write_text(markdown(result))
+        return
     log_path = ROOT / "var" / "bench-idle-memory-triton.log"
     log_path.parent.mkdir(exist_ok=True)
     runs: dict[str, list[tuple[float, int]]] = {"all models": [], "served models": []}
@@ -68,12 +100,14 @@ def main() -> None:
     print(f"median: all {medians['all models']:.0f} MiB, served {medians['served models']:.0f} "
           f"MiB, served / all {ratio:.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "idle_memory.json").write_text(json.dumps(
-        {"command": ".venv/bin/python -m bench.idle_memory", "settle_s": SETTLE_S,
-         "runs": {arm: [{"pss_mib": round(pss, 1), "processes": count} for pss, count in values]
-                  for arm, values in runs.items()},
-         "median_pss_mib": {arm: round(value, 1) for arm, value in medians.items()},
-         "served_over_all": round(ratio, 3)}, indent=2) + "\n")
+    result: dict[str, Any] = {
+        "command": ".venv/bin/python -m bench.idle_memory", "settle_s": SETTLE_S,
+        "runs": {arm: [{"pss_mib": round(pss, 1), "processes": count} for pss, count in values]
+                 for arm, values in runs.items()},
+        "median_pss_mib": {arm: round(value, 1) for arm, value in medians.items()},
+        "served_over_all": round(ratio, 3)}
+    (args.out / "idle_memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "idle_memory.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def served_models(repository: Path, config_name: str = MODEL_CONFIG_NAME) -> lis
     """The models a request can name: those whose config carries the `task` parameter the
     server's model catalogue reads (server/triton/catalog.py). On the CPU configuration these
     run their networks in their own process, so the step models beside them (the GPU shape's
-    ensemble and BLS steps) serve nobody there (bench/REPORT.md, "Idle Triton memory")."""
+    ensemble and BLS steps) serve nobody there (bench/report/idle_memory.md)."""
     return sorted(
         config.parent.name if config.name == "config.pbtxt" else config.parent.parent.name
         for config in (model_config(model_dir, config_name)
