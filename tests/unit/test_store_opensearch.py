@@ -58,7 +58,7 @@ Handler = Callable[[Call], tuple[int, Any]]
 class FakeCluster:
     """Answers requests with `handler` (default: 200 {}) and records every one."""
 
-    handler: Handler = lambda call: (200, {})
+    handler: Handler = lambda call: existing_aliases(call)
     calls: list[Call] = field(default_factory=list)
 
     def connection_class(self) -> type[AsyncConnection]:
@@ -103,27 +103,43 @@ async def connected(cluster: FakeCluster) -> OpenSearchStore:
     )
 
 
+VERSION = {"version": {"number": "2.19.1", "distribution": "opensearch"}}
+PREFIX_CALLS = 6  # GET / (the version), then HEAD of each of the five aliases
+
+
 def existing_aliases(call: Call) -> tuple[int, Any]:
+    if (call.method, call.path) == ("GET", "/"):
+        return 200, VERSION
     return (200, {}) if call.method == "HEAD" else (200, {"errors": False, "items": []})
 
 
+def empty_cluster(call: Call) -> tuple[int, Any]:
+    return (404, {}) if call.method == "HEAD" else existing_aliases(call)
+
+
 async def test_connect_creates_each_index_behind_its_alias_with_lucene_hnsw() -> None:
-    cluster = FakeCluster(lambda call: (404, {}) if call.method == "HEAD" else (200, {}))
+    cluster = FakeCluster(empty_cluster)
     store = await connected(cluster)
     await store.close()
     assert [(c.method, c.path) for c in cluster.calls] == [
+        ("GET", "/"),
         ("HEAD", "/_alias/vg-images"),
-        ("PUT", "/vg-images-v1"),
+        ("PUT", "/vg-images-v2"),
         ("HEAD", "/_alias/vg-faces"),
-        ("PUT", "/vg-faces-v1"),
+        ("PUT", "/vg-faces-v2"),
         ("HEAD", "/_alias/vg-objects"),
-        ("PUT", "/vg-objects-v1"),
+        ("PUT", "/vg-objects-v2"),
         ("HEAD", "/_alias/vg-ocr"),
-        ("PUT", "/vg-ocr-v1"),
+        ("PUT", "/vg-ocr-v2"),
+        ("HEAD", "/_alias/vg-people"),
+        ("PUT", "/vg-people-v2"),
     ]
-    images = cluster.calls[1].body
-    assert images["settings"] == {"index": {"knn": True}}
-    assert images["aliases"] == {"vg-images": {}}
+    images = cluster.calls[2].body
+    assert images["settings"]["index"] == {"knn": True}
+    assert images["settings"]["analysis"]["tokenizer"]["trigram"]["min_gram"] == 3
+    # The alias names its write index, so a -v3 can join it before -v2 leaves.
+    assert images["aliases"] == {"vg-images": {"is_write_index": True}}
+    assert cluster.calls[10].body["aliases"] == {"vg-people": {"is_write_index": True}}
     properties = images["mappings"]["properties"]
     assert properties["embedding"] == {
         "type": "knn_vector",
@@ -136,20 +152,21 @@ async def test_connect_creates_each_index_behind_its_alias_with_lucene_hnsw() ->
         },
     }
     assert properties["tenant"] == {"type": "keyword"}
-    assert properties["ocr_text"] == {"type": "text"}
+    assert properties["ocr_text"] == {
+        "type": "text", "fields": {"parts": {"type": "text", "analyzer": "word_parts"}}}
     assert properties["metadata"]["type"] == "nested"
     assert properties["record"] == {"type": "object", "enabled": False}
-    faces = cluster.calls[3].body["mappings"]["properties"]
+    faces = cluster.calls[4].body["mappings"]["properties"]
     assert faces["embedding"]["dimension"] == 2
     assert faces["embedding"]["method"]["engine"] == "lucene"
-    assert {"kind", "position", "image_key", "label_names"} <= faces.keys()
+    assert {"kind", "position", "image_key", "label_names", "person_id"} <= faces.keys()
 
 
 async def test_connect_leaves_existing_indexes_alone() -> None:
     cluster = FakeCluster(existing_aliases)
     store = await connected(cluster)
     await store.close()
-    assert [c.method for c in cluster.calls] == ["HEAD"] * 4
+    assert [c.method for c in cluster.calls] == ["GET"] + ["HEAD"] * 5
 
 
 async def test_upsert_bulk_indexes_every_document_then_deletes_stale_sub_documents() -> None:
@@ -161,7 +178,7 @@ async def test_upsert_bulk_indexes_every_document_then_deletes_stale_sub_documen
                ocr=("hello",), labels=("dog",), metadata={"year": "2021", "cam": "x"})  # fmt: skip
     await store.upsert(r)
     await store.close()
-    bulk, stale = cluster.calls[4:]
+    bulk, stale = cluster.calls[PREFIX_CALLS:]
     assert (bulk.method, bulk.path, bulk.params) == ("POST", "/_bulk", {"refresh": "wait_for"})
     assert [line.get("index") for line in bulk.body[::2]] == [
         {"_index": "vg-images", "_id": KEY},
@@ -188,7 +205,7 @@ async def test_upsert_bulk_indexes_every_document_then_deletes_stale_sub_documen
     assert stale.body == {
         "query": {
             "bool": {
-                "filter": [{"term": {"image_key": KEY}}],
+                "filter": [{"terms": {"image_key": [KEY]}}],
                 "should": [
                     {"bool": {"filter": [{"term": {"kind": "faces"}},
                                          {"range": {"position": {"gte": 1}}}]}},
@@ -277,12 +294,13 @@ async def test_knn_puts_tenant_and_filters_inside_the_knn_clause() -> None:
     await store.close()
     search = cluster.calls[-1]
     assert (search.method, search.path) == ("POST", "/vg-faces/_search")
+    assert search.params == {"preference": "acme"}
     assert search.body == {
         "size": 5,
         "from": 10,
         "query": {"knn": {"embedding": {
             "vector": [3.0, 4.0],
-            "k": 15,
+            "k": 1000,
             "filter": {"bool": {"filter": [
                 {"term": {"tenant": "acme"}},
                 {"terms": {"label_names": ["cat", "dog"]}},
@@ -296,11 +314,12 @@ async def test_knn_puts_tenant_and_filters_inside_the_knn_clause() -> None:
                     {"term": {"metadata.key": "city"}},
                     {"range": {"metadata.value": {"lte": "M"}}}]}}}},
             ]}},
+            "method_parameters": {"ef_search": 1000},
         }}},
         "sort": [{"_score": {"order": "desc"}}, {"image_id": {"order": "asc"}},
                  {"position": {"order": "asc"}}],
         "track_scores": True,
-        "_source": ["image_id", "position", "box"],
+        "_source": ["image_id", "position", "box", "person_id"],
     }  # fmt: skip
     assert [(h.image_id, h.face_index, h.box) for h in result] == [("b", 1, Box(1, 2, 3, 4))]
     assert result[0].score == pytest.approx(0.8)
@@ -314,43 +333,58 @@ def test_lucene_cosine_scores_map_back_to_cosine_similarity() -> None:
 async def test_text_search_is_bm25_over_the_chosen_fields_and_reports_matches() -> None:
     r = record("acme", "img-1", None, ocr=("Total due", "Thanks"), labels=("receipt",))
     source = documents("vg", r)[0][2]
-    hits = {"hits": {"hits": [{"_score": 3.5, "_source": source}]}}
-    cluster = FakeCluster(
-        lambda call: (200, hits) if call.path.endswith("/_search") else existing_aliases(call)
-    )
+    hits = {"hits": {"total": {"value": 1, "relation": "eq"},
+                     "hits": [{"_score": 3.5, "_source": source}]}}
+    parts = {"hits": {"hits": [{"_score": 1.0, "_source": documents("vg", record(
+        "acme", "img-2", None, ocr=("Subtotal",)))[0][2]}]}}
+
+    def answer(call: Call) -> tuple[int, Any]:
+        if not call.path.endswith("/_search"):
+            return existing_aliases(call)
+        return 200, parts if "must_not" in call.body["query"]["bool"] else hits
+
+    cluster = FakeCluster(answer)
     store = await connected(cluster)
     only = Filters(indexes=frozenset({IndexKind.OCR, IndexKind.IMAGES}))
     result = await store.search_text("acme", "Total, receipt!", 3, only)
     await store.close()
-    search = cluster.calls[-1]
+    search, partial = cluster.calls[-2:]
     assert search.path == "/vg-images/_search"
-    assert search.body["query"] == {
-        "bool": {
-            "must": [{"multi_match": {"query": "total receipt",
-                                      "fields": ["ocr_text", "label_text"],
-                                      "type": "most_fields", "operator": "or"}}],
-            "filter": [{"term": {"tenant": "acme"}}],
-        }
-    }  # fmt: skip
+    words = {"multi_match": {"query": "total receipt", "fields": ["ocr_text", "label_text"],
+                             "type": "most_fields", "operator": "or"}}  # fmt: skip
+    tenant = {"bool": {"filter": [{"term": {"tenant": "acme"}}]}}
+    assert search.body["query"] == {"bool": {"must": [words], "filter": [tenant]}}
+    assert search.body["track_total_hits"] is True
+    # The one whole-word hit is fewer than k=3: images matched by parts of words follow.
+    assert partial.body["query"] == {"bool": {
+        "should": [{"match_phrase": {f"{field}.parts": term}}
+                   for term in ("total", "receipt") for field in ("ocr_text", "label_text")],
+        "minimum_should_match": 1,
+        "must_not": [words],
+        "filter": [tenant],
+    }}  # fmt: skip
+    assert (partial.body["size"], partial.body["from"]) == (2, 0)
     assert search.body["sort"] == [{"_score": {"order": "desc"}}, {"image_id": {"order": "asc"}}]
     assert search.body["_source"] == {"excludes": ["embedding"]}
     assert [(m.kind, m.index) for m in result[0].matches] == [
         (MatchKind.OCR_LINE, 0),
         (MatchKind.LABEL, 0),
     ]
-    assert result[0].score == 3.5
+    assert [(h.image_id, h.score) for h in result] == [("img-1", 3.5), ("img-2", -0.5)]
+    assert [(m.kind, m.text) for m in result[1].matches] == [(MatchKind.OCR_LINE, "Subtotal")]
 
 
 async def test_get_and_delete_of_a_missing_record() -> None:
     missing = {"_index": "vg-images-v1", "found": False}
     cluster = FakeCluster(
-        lambda call: (404, missing) if call.method in ("GET", "DELETE") else existing_aliases(call)
+        lambda call: (404, missing) if call.method in ("GET", "DELETE") and call.path != "/"
+        else existing_aliases(call)
     )
     store = await connected(cluster)
     assert await store.get("acme", "img-1") is None
     assert await store.delete("acme", "img-1") is False
     await store.close()
-    get, delete, cleanup = cluster.calls[4:]
+    get, delete, cleanup = cluster.calls[PREFIX_CALLS:]
     assert (get.method, get.path) == ("GET", f"/vg-images/_doc/{KEY}")
     assert (delete.method, delete.path, delete.params) == (
         "DELETE", f"/vg-images/_doc/{KEY}", {"refresh": "wait_for"})  # fmt: skip
@@ -365,18 +399,19 @@ async def test_a_batch_is_one_bulk_and_one_delete_by_query() -> None:
     store = await connected(cluster)
     await store.upsert_many([record("acme", "a", None, ocr=("x",)), record("acme", "b", None)])
     await store.close()
-    bulk, stale = cluster.calls[4:]
+    bulk, stale = cluster.calls[PREFIX_CALLS:]
     assert [line["index"]["_id"] for line in bulk.body[::2]] == [
         doc_key("acme", "a"),
         f"{doc_key('acme', 'a')}-l0",
         doc_key("acme", "b"),
     ]
-    per_record = stale.body["query"]["bool"]["should"]
+    per_shape = stale.body["query"]["bool"]["should"]
     assert stale.body["query"]["bool"]["minimum_should_match"] == 1
-    assert [q["bool"]["filter"] for q in per_record] == [
-        [{"term": {"image_key": doc_key("acme", "a")}}],
-        [{"term": {"image_key": doc_key("acme", "b")}}],
+    # One clause group per shape of counts (faces, objects, OCR lines): b (0, 0, 0), a (0, 0, 1).
+    assert [q["bool"]["filter"] for q in per_shape] == [
+        [{"terms": {"image_key": [doc_key("acme", "b")]}}],
+        [{"terms": {"image_key": [doc_key("acme", "a")]}}],
     ]
-    assert per_record[0]["bool"]["should"][2]["bool"]["filter"][1] == {
+    assert per_shape[1]["bool"]["should"][2]["bool"]["filter"][1] == {
         "range": {"position": {"gte": 1}}
     }
