@@ -94,11 +94,12 @@ class FakeCluster:
         return Recording
 
 
-async def connected(cluster: FakeCluster) -> OpenSearchStore:
+async def connected(cluster: FakeCluster, ef_search: int = 1000) -> OpenSearchStore:
     return await OpenSearchStore.connect(
         "http://127.0.0.1:4607",
         index_prefix="vg",
         dims=DIMS,
+        ef_search=ef_search,
         connection_class=cluster.connection_class(),
     )
 
@@ -415,3 +416,104 @@ async def test_a_batch_is_one_bulk_and_one_delete_by_query() -> None:
     assert per_shape[1]["bool"]["should"][2]["bool"]["filter"][1] == {
         "range": {"position": {"gte": 1}}
     }
+
+
+def leaf_clauses(query: Any) -> int:
+    """Leaf queries as Lucene's max_clause_count counts them, each `terms` value as one."""
+    if isinstance(query, list):
+        return sum(leaf_clauses(q) for q in query)
+    if "bool" in query:
+        return sum(leaf_clauses(query["bool"].get(k, [])) for k in ("filter", "should", "must"))
+    if "terms" in query:
+        return sum(len(v) for v in query["terms"].values())
+    return 1
+
+
+async def test_stale_deletes_of_300_records_stay_within_lucenes_clause_limit() -> None:
+    cluster = FakeCluster(existing_aliases)
+    store = await connected(cluster)
+    # 300 records, each with its own count of OCR lines: no two share a clause group.
+    batch = [record("acme", f"img-{i}", None, ocr=("x",) * i) for i in range(300)]
+    await store.upsert_many(batch)
+    deletes = [c for c in cluster.calls if c.path.endswith("/_delete_by_query")]
+    assert len(deletes) > 1
+    assert all(leaf_clauses(c.body["query"]) <= 1024 for c in deletes)
+    keys = [k for c in deletes for group in c.body["query"]["bool"]["should"]
+            for k in group["bool"]["filter"][0]["terms"]["image_key"]]  # fmt: skip
+    assert sorted(keys) == sorted(doc_key("acme", f"img-{i}") for i in range(300))
+    # Like records share one group: 300 of them are one small request.
+    cluster.calls.clear()
+    await store.upsert_many([record("acme", f"same-{i}", None, ocr=("x",)) for i in range(300)])
+    deletes = [c for c in cluster.calls if c.path.endswith("/_delete_by_query")]
+    assert len(deletes) == 1 and leaf_clauses(deletes[0].body["query"]) == 306
+    await store.close()
+
+
+async def test_every_page_of_a_knn_query_searches_with_the_same_k() -> None:
+    empty = {"hits": {"hits": []}}
+    cluster = FakeCluster(lambda call: (200, empty) if call.path.endswith("/_search")
+                          else existing_aliases(call))  # fmt: skip
+    store = await connected(cluster)
+    query = np.array([1, 2, 3, 4], np.float32)
+    for offset, k in ((0, 10), (10, 10), (20, 7), (990, 10), (995, 10)):
+        await store.knn("acme", Space.IMAGES, query, k, offset=offset)
+    await store.close()
+    searches = [c.body for c in cluster.calls if c.path.endswith("/_search")]
+    assert [(b["from"], b["size"]) for b in searches] == [
+        (0, 10), (10, 10), (20, 7), (990, 10), (995, 10)]  # fmt: skip
+    # One candidate set for every page within the first 1 000 hits, another one beyond.
+    assert [b["query"]["knn"]["embedding"]["k"] for b in searches] == [1000] * 4 + [10000]
+
+
+async def test_knn_floor_is_sent_as_lucenes_score_and_checked_on_the_cosine() -> None:
+    # b passed Lucene's float32 floor but its cosine, 0.4998, is under 0.5.
+    hits = {"hits": {"hits": [{"_score": 0.8, "_source": {"image_id": "a"}},
+                              {"_score": 0.7499, "_source": {"image_id": "b"}}]}}  # fmt: skip
+    cluster = FakeCluster(lambda call: (200, hits) if call.path.endswith("/_search")
+                          else existing_aliases(call))  # fmt: skip
+    store = await connected(cluster, ef_search=321)
+    found = await store.knn("acme", Space.IMAGES, np.ones(4, np.float32), 5, min_score=0.5)
+    await store.close()
+    body = cluster.calls[-1].body
+    assert body["min_score"] == 0.75  # (1 + cos) / 2 in the cosinesimil space
+    assert body["query"]["knn"]["embedding"]["method_parameters"] == {"ef_search": 321}
+    assert [(h.image_id, h.score) for h in found] == [("a", 0.6)]
+
+
+async def test_the_slower_of_two_processes_creating_the_indexes_carries_on() -> None:
+    def raced(call: Call) -> tuple[int, Any]:
+        if call.method == "PUT":
+            return 400, {"error": {"type": "resource_already_exists_exception",
+                                   "reason": "index [vg-images-v2] already exists"},
+                         "status": 400}  # fmt: skip
+        return empty_cluster(call)
+
+    cluster = FakeCluster(raced)
+    store = await connected(cluster)
+    await store.close()
+    assert len([c for c in cluster.calls if c.method == "PUT"]) == 5
+
+    def refused(call: Call) -> tuple[int, Any]:
+        if call.method == "PUT":
+            return 400, {"error": {"type": "mapper_parsing_exception", "reason": "bad"},
+                         "status": 400}  # fmt: skip
+        return empty_cluster(call)
+
+    with pytest.raises(StoreError):
+        await connected(FakeCluster(refused))
+
+
+@pytest.mark.parametrize(("number", "accepted"), [
+    ("2.11.1", False), ("2.15.0", False), ("2.16.0", True), ("3.1.0", True), ("", False)])
+async def test_connect_checks_the_minimum_version(number: str, accepted: bool) -> None:
+    def answer(call: Call) -> tuple[int, Any]:
+        if (call.method, call.path) == ("GET", "/"):
+            return 200, {"version": {"number": number}}
+        return existing_aliases(call)
+
+    if accepted:
+        await (await connected(FakeCluster(answer))).close()
+    else:
+        with pytest.raises(StoreError) as err:
+            await connected(FakeCluster(answer))
+        assert "needs 2.16 or later" in err.value.detail
