@@ -105,17 +105,22 @@ async def connected(cluster: FakeCluster, ef_search: int = 1000) -> OpenSearchSt
 
 
 VERSION = {"version": {"number": "2.19.1", "distribution": "opensearch"}}
-PREFIX_CALLS = 6  # GET / (the version), then HEAD of each of the five aliases
+PREFIX_CALLS = 6  # GET / (the version), then GET of each of the five aliases
 
 
 def existing_aliases(call: Call) -> tuple[int, Any]:
     if (call.method, call.path) == ("GET", "/"):
         return 200, VERSION
-    return (200, {}) if call.method == "HEAD" else (200, {"errors": False, "items": []})
+    if call.method == "GET" and call.path.startswith("/_alias/"):
+        name = call.path.removeprefix("/_alias/")
+        return 200, {f"{name}-v2": {"aliases": {name: {"is_write_index": True}}}}
+    return 200, {"errors": False, "items": []}
 
 
 def empty_cluster(call: Call) -> tuple[int, Any]:
-    return (404, {}) if call.method == "HEAD" else existing_aliases(call)
+    if call.method == "GET" and call.path.startswith("/_alias/"):
+        return 404, {"error": "alias missing", "status": 404}
+    return existing_aliases(call)
 
 
 async def test_connect_creates_each_index_behind_its_alias_with_lucene_hnsw() -> None:
@@ -124,15 +129,15 @@ async def test_connect_creates_each_index_behind_its_alias_with_lucene_hnsw() ->
     await store.close()
     assert [(c.method, c.path) for c in cluster.calls] == [
         ("GET", "/"),
-        ("HEAD", "/_alias/vg-images"),
+        ("GET", "/_alias/vg-images"),
         ("PUT", "/vg-images-v2"),
-        ("HEAD", "/_alias/vg-faces"),
+        ("GET", "/_alias/vg-faces"),
         ("PUT", "/vg-faces-v2"),
-        ("HEAD", "/_alias/vg-objects"),
+        ("GET", "/_alias/vg-objects"),
         ("PUT", "/vg-objects-v2"),
-        ("HEAD", "/_alias/vg-ocr"),
+        ("GET", "/_alias/vg-ocr"),
         ("PUT", "/vg-ocr-v2"),
-        ("HEAD", "/_alias/vg-people"),
+        ("GET", "/_alias/vg-people"),
         ("PUT", "/vg-people-v2"),
     ]
     images = cluster.calls[2].body
@@ -167,7 +172,19 @@ async def test_connect_leaves_existing_indexes_alone() -> None:
     cluster = FakeCluster(existing_aliases)
     store = await connected(cluster)
     await store.close()
-    assert [c.method for c in cluster.calls] == ["GET"] + ["HEAD"] * 5
+    assert [c.method for c in cluster.calls] == ["GET"] * 6
+
+
+async def test_connect_refuses_an_alias_of_an_older_index_version() -> None:
+    def older(call: Call) -> tuple[int, Any]:
+        if call.method == "GET" and call.path.startswith("/_alias/"):
+            name = call.path.removeprefix("/_alias/")
+            return 200, {f"{name}-v1": {"aliases": {name: {}}}}
+        return existing_aliases(call)
+
+    with pytest.raises(StoreError) as err:
+        await connected(FakeCluster(older))
+    assert "vg-images-v2: re-index first" in err.value.detail
 
 
 async def test_upsert_bulk_indexes_every_document_then_deletes_stale_sub_documents() -> None:
@@ -378,8 +395,7 @@ async def test_text_search_is_bm25_over_the_chosen_fields_and_reports_matches() 
 async def test_get_and_delete_of_a_missing_record() -> None:
     missing = {"_index": "vg-images-v1", "found": False}
     cluster = FakeCluster(
-        lambda call: (404, missing) if call.method in ("GET", "DELETE") and call.path != "/"
-        else existing_aliases(call)
+        lambda call: (404, missing) if "/_doc/" in call.path else existing_aliases(call)
     )
     store = await connected(cluster)
     assert await store.get("acme", "img-1") is None
@@ -450,7 +466,7 @@ async def test_stale_deletes_of_300_records_stay_within_lucenes_clause_limit() -
 
 
 async def test_every_page_of_a_knn_query_searches_with_the_same_k() -> None:
-    empty = {"hits": {"hits": []}}
+    empty: dict[str, Any] = {"hits": {"hits": []}}
     cluster = FakeCluster(lambda call: (200, empty) if call.path.endswith("/_search")
                           else existing_aliases(call))  # fmt: skip
     store = await connected(cluster)

@@ -150,15 +150,26 @@ class OpenSearchStore:
                              f"needs {wanted} or later")  # fmt: skip
 
     async def ensure_indexes(self) -> None:
-        """Create each index behind its alias where the alias is missing. Two processes starting
-        on an empty cluster both try; the slower one's `resource_already_exists_exception` means
-        the index is there."""
+        """Create each index behind its alias where the alias is missing, and refuse an alias
+        without this version's index behind it. Two processes starting on an empty cluster both
+        try to create; the slower one's `resource_already_exists_exception` means it is there."""
         bodies: list[tuple[str, Json]] = [
             (kind.value, index_body(kind, self.prefix, self.dims)) for kind in IndexKind]
         bodies.append((PEOPLE, people_index_body(self.prefix)))
+        from opensearchpy.exceptions import NotFoundError
+
         for name, body in bodies:
-            if await self._request(self._client.indices.exists_alias,
-                                   name=alias(self.prefix, name)):  # fmt: skip
+            try:
+                behind = await self._request(self._client.indices.get_alias,
+                                             name=alias(self.prefix, name))  # fmt: skip
+            except NotFoundError:
+                behind = {}
+            if behind:
+                # An older index's strict mapping would refuse today's fields at the first write.
+                if concrete_index(self.prefix, name) not in behind:
+                    raise StoreError(f"alias {alias(self.prefix, name)} names {sorted(behind)}, "
+                                     f"not {concrete_index(self.prefix, name)}: re-index first "
+                                     "(README, vector store)")  # fmt: skip
                 continue
             try:
                 await self._request(self._client.indices.create,
