@@ -221,3 +221,24 @@ async def test_words_match_by_their_parts_after_whole_words(store: VectorStore) 
     assert await store.search_text("acme", "e1", 10) == ()  # two letters: whole words only
     assert [h.image_id for h in await store.search_text("acme", "cafe", 10)] == ["harbour"]
     assert [h.image_id for h in await store.search_text("acme", "arbo", 10)] == ["harbour"]
+
+
+async def test_bad_arguments_of_the_new_calls_name_their_field(store: VectorStore) -> None:
+    rng = np.random.default_rng(28)
+    bad_sha = record("acme", "x", None, content_sha256="ABC")
+    cases = [
+        (store.upsert(bad_sha), "content_sha256"),
+        (store.upsert(record("acme", "x", None, faces=[unit(rng, FACE_DIM)], people=("p" * 129,))),
+         "faces[0].person_id"),
+        (store.find_duplicate("acme", "", None, 2.0, "x"), "min_cosine"),
+        (store.find_duplicate("acme", "", unit(rng, 8), 0.9, "x"), "embedding"),
+        (store.rename_person("acme", "p-1", "n" * 257), "name"),
+        (store.get_person("acme", ""), "person_id"),
+        (store.merge_people("acme", frozenset({""}), "p-1"), "person_ids[0]"),
+        (store.browse("acme", Filters(exclude_ids=frozenset({""})), 5), "filters.exclude_ids[0]"),
+        (store.list_people("acme", 0), "k"),
+    ]  # fmt: skip
+    for call, path in cases:
+        with pytest.raises(InvalidArgumentError) as err:
+            await call
+        assert err.value.violations[0].path == path
