@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -258,16 +259,14 @@ class EmbeddedStore:
     # Reads ------------------------------------------------------------------------------------
 
     async def get(self, tenant: str, image_id: str) -> ImageRecord | None:
-        return await self._call(self._readers, self._get_sync, tenant, image_id)
-
-    def _get_sync(self, tenant: str, image_id: str) -> ImageRecord | None:
-        return records.get(self._read_conn(), tenant, image_id)
+        found: ImageRecord | None = await self._call(
+            self._readers, self._on_reader, records.get, tenant, image_id)
+        return found
 
     async def count(self, tenant: str, kind: IndexKind) -> int:
-        return await self._call(self._readers, self._count_sync, tenant, kind)
-
-    def _count_sync(self, tenant: str, kind: IndexKind) -> int:
-        return records.count(self._read_conn(), tenant, kind)
+        counted: int = await self._call(self._readers, self._on_reader, records.count, tenant,
+                                        kind)  # fmt: skip
+        return counted
 
     async def knn(
         self,
@@ -358,12 +357,8 @@ class EmbeddedStore:
     async def browse(
         self, tenant: str, filters: Filters, k: int, offset: int = 0
     ) -> tuple[BrowseHit, ...]:
-        return await self._call(self._readers, self._browse_sync, tenant, filters, k, offset)
-
-    def _browse_sync(
-        self, tenant: str, filters: Filters, k: int, offset: int
-    ) -> tuple[BrowseHit, ...]:
-        rows = records.browse(self._read_conn(), tenant, filters, k, offset)
+        rows: list[tuple[str, datetime]] = await self._call(
+            self._readers, self._on_reader, records.browse, tenant, filters, k, offset)
         return tuple(BrowseHit(image_id, created_at) for image_id, created_at in rows)
 
     async def find_duplicate(
