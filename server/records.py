@@ -56,11 +56,16 @@ class ObjectRecord:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class FaceRecord:
-    """A detected face; `embedding` is float32, read-only, stored and returned as given."""
+    """A detected face; `embedding` is float32, read-only, stored and returned as given.
+
+    `person_id`: the person the face belongs to ("" for none); assigned before the face is
+    stored, and changed afterwards only by merging people.
+    """
 
     box: Box
     score: float
     embedding: Vector
+    person_id: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "embedding", frozen_vector(self.embedding))
@@ -71,6 +76,7 @@ class FaceRecord:
         return (
             self.box == other.box
             and self.score == other.score
+            and self.person_id == other.person_id
             and np.array_equal(self.embedding, other.embedding)
         )
 
@@ -89,7 +95,9 @@ class ImageRecord:
     """Everything the store keeps for one ingested image; the unit of upsert, get and delete.
 
     Boxes are in pixels of the decoded image (`width` x `height`). `created_at` must be
-    timezone-aware; it comes back as UTC with microsecond precision.
+    timezone-aware; it comes back as UTC with microsecond precision. `content_sha256`: the
+    SHA-256 of the image's bytes as uploaded (lowercase hex, or "" when unknown);
+    `duplicate_of`: the id of an image stored earlier that this one duplicates, or "".
     """
 
     tenant: str
@@ -104,6 +112,8 @@ class ImageRecord:
     faces: tuple[FaceRecord, ...] = ()
     ocr_lines: tuple[OcrLine, ...] = ()
     ocr_text: str = ""
+    content_sha256: str = ""
+    duplicate_of: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
@@ -130,6 +140,8 @@ class ImageRecord:
             self.faces,
             self.ocr_lines,
             self.ocr_text,
+            self.content_sha256,
+            self.duplicate_of,
         ) == (
             other.tenant,
             other.image_id,
@@ -142,6 +154,8 @@ class ImageRecord:
             other.faces,
             other.ocr_lines,
             other.ocr_text,
+            other.content_sha256,
+            other.duplicate_of,
         )
 
     __hash__ = None  # type: ignore[assignment]
