@@ -1,6 +1,7 @@
 # The two commands of the README: `make run` (set up, local Triton + service) and `make test`
 # (set up, static checks, the whole test suite against a real local Triton).
-.PHONY: setup run test check lint typecheck proto proto-check deploy-check api-release unit integration bench
+.PHONY: setup run test check lint typecheck proto proto-check deploy-check api-release unit integration bench \
+  examples
 
 PY := .venv/bin/python
 BUF := node_modules/.bin/buf
@@ -26,8 +27,16 @@ integration: setup
 bench: setup
 	$(PY) -c 'import matplotlib, psutil, fastapi, uvicorn, uvloop, httptools, aiohttp' \
 	  2>/dev/null || \
-	  .venv/bin/pip install -q -c requirements/dev.lock -e ".[dev,bench]"
+	  .venv/bin/pip install -q -c requirements/dev.lock -e api/python -e ".[dev,bench]"
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The Go and Node caller examples against a running server (scripts/examples; Go from Debian's
+# packages, clients/go/build): make examples TARGET=host:port IMAGES=dir
+# [EXAMPLE_FLAGS="--ca ca.pem --cert cert.pem --key key.pem"]
+TARGET ?= 127.0.0.1:4603
+IMAGES ?= ../shared/testdata/images
+examples:
+	scripts/examples "$(TARGET)" "$(IMAGES)" $(EXAMPLE_FLAGS)
 
 check: lint typecheck proto-check deploy-check
 
@@ -42,7 +51,7 @@ typecheck:
 deploy-check:
 	scripts/check-deploy
 
-# Regenerates vision/, clients/node/src/gen and api/vision.binpb from protos/ (commit the result).
+# Regenerates api/python/vision/, clients/node/src/gen and api/vision.binpb from protos/ (commit the result).
 proto:
 	scripts/gen-protos
 	scripts/gen-stubs

@@ -37,13 +37,19 @@ from bench.load import LoadGenerator, LoadGeneratorError, RunSpec
 from bench.payloads import ROOT, PayloadName
 from bench.procs import ProcessGroup, ServerProcess, launch_triton
 from bench.targets import TargetKind
-from tools.local_triton import BACKEND_DIR, MODEL_REPOSITORY, TRITON_VENV, find_install
+from tools.local_triton import (
+    BACKEND_DIR,
+    MODEL_REPOSITORY,
+    TRITON_VENV,
+    find_install,
+    server_environment,
+)
+from triton_models.steps import PROVIDERS_ENV
 
 VAR_DIR = ROOT / "var"
 GPU_DIR = VAR_DIR / "gpu"  # the GPU Triton environment, kept between runs
 KINDS: dict[str, TargetKind] = {"detection": "detect", "embedding": "embed", "faces": "faces",
                                 "ocr": "ocr"}
-PROVIDERS_ENV = "VISION_ORT_PROVIDERS"  # read by model_repository's cpu_steps.py
 CUDA_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
 TENSORRT_PROVIDERS = "TensorrtExecutionProvider," + CUDA_PROVIDERS
 IMAGES_PER_RUN = 32  # the task models' max_batch_size: a GPU gains from whole batches
@@ -53,9 +59,9 @@ CPU_BUDGET_S = 120.0
 RUN_MARGIN_S = 3.0  # a run's start margin and the merge of its workers' results
 WARM_UP_CALLS_PER_SLOT = 2  # untimed warm-up calls per call in flight, before any timed run
 # What the providers probe prints: onnxruntime's version, then the providers a session got.
-PROBE = ("import sys; sys.path.insert(0, sys.argv[1]); import cpu_steps, onnxruntime; "
-         "print(onnxruntime.__version__); "
-         "print(','.join(cpu_steps.cpu_session(sys.argv[2], 1, 1).session.get_providers()))")
+PROBE = ("import sys, onnxruntime; from pathlib import Path; "
+         "from triton_models.steps import onnx_session; print(onnxruntime.__version__); "
+         "print(','.join(onnx_session(Path(sys.argv[1]), 1).get_providers()))")
 
 
 @dataclass(frozen=True)
@@ -95,12 +101,14 @@ def plan_for(args: argparse.Namespace, gpus: list[str]) -> Plan:
 
 
 def probe_providers(venv: Path, repository: Path) -> dict[str, str]:
-    """onnxruntime's version in Triton's environment and the providers a detection session gets
-    there, as the models make it (cpu_steps.cpu_session, with this process's environment)."""
-    python = str(venv / "bin" / "python")
-    answer = subprocess.run([python, "-c", PROBE, str(repository / "yolox_nano" / "1"),
-                             "yolox_nano_onnx"],
-                            capture_output=True, text=True, check=False, timeout=300)
+    """onnxruntime's version in Triton's environment and the providers a detection network's
+    session gets there, made as the models make theirs (triton_models.steps.onnx_session, with
+    the environment Triton gets)."""
+    install = find_install(venv)
+    answer = subprocess.run([str(venv / "bin" / "python"), "-c", PROBE,
+                             str(repository / "yolox_nano_onnx" / "1" / "model.onnx")],
+                            env=server_environment(install), capture_output=True, text=True,
+                            check=False, timeout=300)
     lines = answer.stdout.split()
     if answer.returncode != 0 or len(lines) < 2:
         last = (answer.stderr.strip().splitlines() or ["no output"])[-1]
@@ -144,7 +152,6 @@ def measure(args: argparse.Namespace, plan: Plan, gpus: list[str], began: float,
             os.environ["ORT_TENSORRT_ENGINE_CACHE_ENABLE"] = "1"
             os.environ["ORT_TENSORRT_CACHE_PATH"] = str(GPU_DIR / "tensorrt-engines")
             os.environ["ORT_TENSORRT_FP16_ENABLE"] = "1"
-    find_install(venv)
     providers = probe_providers(venv, repository)
     log(f"   Triton's onnxruntime {providers['onnxruntime']}: {providers['providers']}")
     log("== Triton")

@@ -555,8 +555,16 @@ def markdown(results: Json, images: list[Path]) -> str:
     not_measured = [
         "## 7. Search", "", "The vector store has its own script, `.venv/bin/python -m "
         "bench.store` (insert rate, k=10 p50/p95 and recall@10, filtered and unfiltered, at "
-        "100 000 × 1280-d and × 128-d; `bench/report/store.json`, figures in the README); ingest "
+        "100 000 × 1280-d and × 128-d): figures in [report/store.md](report/store.md), raw in "
+        "`bench/report/store.json`; ingest "
         "end to end is in `bench/MODELS.md` (`python -m bench.models`).", "",
+        "## Reports of their own", "",
+        "- [report/embeddings.md](report/embeddings.md): the image embedding against "
+        "MobileNetV2's canonical ImageNet preprocessing, per photo (cosine, top-1 class).",
+        "- [report/idle_memory.md](report/idle_memory.md): idle Triton memory on the CPU "
+        "configuration, every model loaded vs the served ones (`python -m bench.idle_memory`).",
+        "- [report/overload.md](report/overload.md): admission under overload and retry "
+        "storms (`python -m bench.overload`).", "",
         *GPU_SECTION,
     ]
     return "\n".join([

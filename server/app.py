@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from server.background import run_in_background
 from server.health import TritonHealthWatcher
 from server.interceptors.admission import Admission, AdmissionInterceptor, AdmissionLimits
 from server.interceptors.inflight import InFlight
@@ -24,7 +25,7 @@ from server.reflection import enable_reflection
 from server.servicers.streams import UploadBudget
 from server.services import SERVICES, Resources, Service
 from server.settings import ConnectionSettings, Settings
-from server.store import Space, StoreConfig, open_store
+from server.store import Space, open_store
 from server.store.timed import TimedStore
 from server.triton.aggregation import Aggregator
 from server.triton.breaker import CircuitBreaker
@@ -91,7 +92,9 @@ async def _start(settings: Settings, services: Sequence[Service],
     stack.push_async_callback(triton.close)
     operations = await start_operations(settings, triton, stack)
     await check_models(triton, services, settings)
-    store = TimedStore(await open_store(store_config(settings)))
+    store = TimedStore(await open_store(
+        settings.store, {Space.IMAGES: settings.embedding.output_dimension,
+                         Space.FACES: settings.faces.output_dimension}))
     stack.push_async_callback(store.close)
     detection_calls: Inference = triton
     if settings.aggregation.enabled:
@@ -129,22 +132,12 @@ async def _start(settings: Settings, services: Sequence[Service],
         triton, health_servicer, {s.name: s.models(settings) for s in services},
         settings.triton.health_poll_interval_s)
     await server.start()
-    watch_task = asyncio.create_task(watcher.run())
-    stack.push_async_callback(_cancel, watch_task)
+    run_in_background(stack, watcher.run())
     log.info("vision-grpc listening on %s:%d%s (metrics :%d, triton %s)", settings.host, port,
              " with TLS" if settings.tls.cert_file else "", operations.metrics_port,
              settings.triton.url)
     return RunningServer(server, port, watcher, health_servicer, in_flight, admission,
                          stream_admission, resources, stack, operations)
-
-
-def store_config(settings: Settings) -> StoreConfig:
-    store = settings.store
-    return StoreConfig(
-        backend=store.backend, path=store.path, url=store.url, index_prefix=store.index_prefix,
-        username=store.username, password=store.password,
-        dims={Space.IMAGES: settings.embedding.output_dimension,
-              Space.FACES: settings.faces.output_dimension})
 
 
 def server_options(connection: ConnectionSettings) -> list[tuple[str, int]]:
@@ -190,9 +183,3 @@ async def check_models(triton: TritonCalls, services: Sequence[Service],
                 raise ModelContractError(
                     f"model {model!r} does not match what {service.name} sends and reads: "
                     + "; ".join(problems))
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

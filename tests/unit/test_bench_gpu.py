@@ -1,21 +1,19 @@
 """bench/gpu's pure parts: GPU detection through nvidia-smi, the task models' configurations
 widened for a GPU box, the verdict on what bounds a run, and the models' provider choice
-(model_repository's cpu_steps.execution_providers) read from the environment."""
+(triton_models.steps.execution_providers) read from the environment."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
 from pathlib import Path
-from types import ModuleType
 
-import onnxruntime as ort
 import pytest
 
 from bench.gpu import bound
 from bench.gpu_setup import edit_config, gpu_names
 from tools.local_triton import MODEL_REPOSITORY
+from triton_models.steps import PROVIDERS_ENV, execution_providers
 
 
 def fake_nvidia_smi(folder: Path, script: str) -> None:
@@ -71,25 +69,18 @@ def test_bound_names_what_limited_the_run(gpu: dict[str, float] | None, busy: di
     assert bound({"gpu": gpu, "cores_busy": busy}, cores=16, server_workers=4) == expected
 
 
-def cpu_steps() -> ModuleType:
-    path = MODEL_REPOSITORY / "yolox_nano" / "1" / "cpu_steps.py"
-    spec = importlib.util.spec_from_file_location("cpu_steps_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_models_use_the_cpu_provider_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VISION_ORT_PROVIDERS", raising=False)
-    assert cpu_steps().execution_providers() == ["CPUExecutionProvider"]
+    monkeypatch.delenv(PROVIDERS_ENV, raising=False)
+    assert execution_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"]
 
 
-def test_models_keep_the_named_providers_this_build_has(monkeypatch: pytest.MonkeyPatch) -> None:
-    other = next(name for name in ort.get_available_providers()
-                 if name != "CPUExecutionProvider")
-    monkeypatch.setenv("VISION_ORT_PROVIDERS",
-                       f"TensorrtExecutionProvider, CUDAExecutionProvider,{other}")
-    # This onnxruntime is the CPU build: TensorRT and CUDA are not in it, so they are dropped.
-    assert "CUDAExecutionProvider" not in ort.get_available_providers()
-    assert cpu_steps().execution_providers() == [other, "CPUExecutionProvider"]
+def test_models_keep_the_named_providers_the_build_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PROVIDERS_ENV, "TensorrtExecutionProvider, CUDAExecutionProvider,"
+                                      "CPUExecutionProvider")
+    # A build without TensorRT: it is dropped, CUDA kept before the CPU.
+    assert execution_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    # The CPU build: the CPU provider alone.
+    assert execution_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"]

@@ -27,9 +27,10 @@ from vision_client.client import DEFAULT_CONCURRENCY, IngestImage, StreamImage, 
 from vision_client.errors import vision_error
 from vision_client.progress import Progress
 
-TASKS = {"detection": model_service_pb2.TASK_DETECTION,
-         "embedding": model_service_pb2.TASK_EMBEDDING,
-         "faces": model_service_pb2.TASK_FACES, "ocr": model_service_pb2.TASK_OCR}
+# `models --task`: each Task of the API by its lower-case name (TASK_OCR: ocr).
+TASKS = {name.removeprefix("TASK_").lower(): value
+         for name, value in model_service_pb2.Task.items()
+         if value != model_service_pb2.TASK_UNSPECIFIED}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE, EXIT_CALL_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -199,9 +200,12 @@ async def _search(args: argparse.Namespace, client: VisionClient) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    root_certificates = args.ca_cert.read_bytes() if args.ca_cert else None
+    def pem(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path else None
     async with VisionClient(args.target, timeout_s=args.timeout, api_key=args.api_key,
-                            tls=args.tls, root_certificates=root_certificates) as client:
+                            tls=args.tls, root_certificates=pem(args.ca_cert),
+                            certificate_chain=pem(args.cert),
+                            private_key=pem(args.key)) as client:
         if args.command == "models":
             return await _models(args, client)
         if args.command == "search":
@@ -240,6 +244,10 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="TLS with the system's roots")
     parser.add_argument("--ca-cert", type=Path, default=default(None),
                         help="TLS with this PEM root certificate")
+    parser.add_argument("--cert", type=Path, default=default(None),
+                        help="mutual TLS: this PEM client certificate chain (with --key)")
+    parser.add_argument("--key", type=Path, default=default(None),
+                        help="mutual TLS: the client certificate's PEM private key")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -298,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if getattr(args, "concurrency", 1) < 1:
         parser().error("--concurrency must be at least 1")
+    if (args.cert is None) != (args.key is None):
+        parser().error("--cert and --key go together (mutual TLS)")
     try:
         code = asyncio.run(_run(args))
     except grpc.aio.AioRpcError as err:
