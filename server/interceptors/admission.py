@@ -29,11 +29,19 @@ from typing import Any
 import grpc
 
 from server import metrics
-from server.domain import DeadlineExceededError, ResourceExhaustedError, VisionError
+from server.domain import (
+    DeadlineExceededError,
+    Input,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    VisionError,
+)
 from server.errors import RequestPaths, abort, to_status
-from server.interceptors.wrapping import Handler, responses, wrap_handler
+from server.interceptors.wrapping import Handler, read_after, responses, wrap_handler
 
 _PATHS = RequestPaths(image="", options="")
+_NO_MESSAGE = InvalidArgumentError.one(
+    "MALFORMED_REQUEST", Input.REQUEST, "", "the call carried no request message")
 # Weight of the newest gap between freed slots in their smoothed mean: about the last ten count.
 GAP_SMOOTHING = 0.2
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -169,7 +177,13 @@ class Admission:
 
 class AdmissionInterceptor:
     """`calls` admits unary-request calls; `streams`, when given, admits streaming-request calls
-    (uploads), which live long and are bounded by the upload budget rather than by CPU."""
+    (uploads), which live long and are bounded by the upload budget rather than by CPU.
+
+    A unary-request call is decided on its metadata alone, before its message is read: its
+    handler is served as a streaming-request one (the wire is the same), whose one message is
+    read and parsed only once a slot is taken. A refused call's image is never read into the
+    process nor parsed, and HTTP/2 flow control leaves all but its first 64 KiB with the caller.
+    """
 
     def __init__(self, calls: Admission, streams: Admission | None = None) -> None:
         self.calls = calls
@@ -178,9 +192,11 @@ class AdmissionInterceptor:
     def wrap(self, method: str, handler: Handler) -> Handler:
         if method.startswith(EXEMPT_PREFIXES):
             return handler
-        admission = self.streams if handler.request_streaming else self.calls
-        return wrap_handler(handler, functools.partial(_unary, admission),
-                            functools.partial(_streaming, admission))
+        if handler.request_streaming:
+            return wrap_handler(handler, functools.partial(_unary, self.streams),
+                                functools.partial(_streaming, self.streams))
+        return read_after(handler, functools.partial(_unary_read, self.calls),
+                          functools.partial(_streaming_read, self.calls))
 
 
 async def _admit(admission: Admission, context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -191,6 +207,13 @@ async def _admit(admission: Admission, context: grpc.aio.ServicerContext[Any, An
         metrics.record_rejection(f"admission_{exc.reason.lower()}")
         await abort(context, to_status(exc, _PATHS))
     return peer
+
+
+async def _one(requests: AsyncIterator[Any], context: Any) -> Any:
+    """The one message of a unary-request call read as a stream."""
+    async for message in requests:
+        return message
+    await abort(context, to_status(_NO_MESSAGE, _PATHS))
 
 
 def _unary(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,10 +227,34 @@ def _unary(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., 
     return admitted
 
 
+def _unary_read(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def admitted(requests: AsyncIterator[Any], context: Any) -> Any:
+        peer = await _admit(admission, context)
+        try:
+            return await behavior(await _one(requests, context), context)
+        finally:
+            admission.release(peer)
+
+    return admitted
+
+
 def _streaming(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def admitted(request: Any, context: Any) -> AsyncIterator[Any]:
         peer = await _admit(admission, context)
         try:
+            async for response in responses(behavior, request, context):
+                yield response
+        finally:
+            admission.release(peer)
+
+    return admitted
+
+
+def _streaming_read(admission: Admission, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def admitted(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        peer = await _admit(admission, context)
+        try:
+            request = await _one(requests, context)
             async for response in responses(behavior, request, context):
                 yield response
         finally:
