@@ -31,8 +31,10 @@ from typing import Any
 
 import grpc
 import psutil
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
 from bench.payloads import PHOTOS, ROOT
 from bench.procs import HOST, ListeningProcess, ProcessGroup, free_port, launch_triton
@@ -99,6 +101,17 @@ def _cpu_s() -> float:
     return float(times.user + times.system)
 
 
+def _outcome(error: grpc.aio.AioRpcError) -> str:
+    """The code's name, with the ErrorInfo reason when the server sent one."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return f"{error.code().name}:{info.reason}"
+    return str(error.code().name)
+
+
 async def _callers(address: str, callers: int, until: float) -> dict[str, Any]:
     """`callers` loops on one connection, each sending again as soon as its call ends."""
     request = _request()
@@ -114,7 +127,7 @@ async def _callers(address: str, callers: int, until: float) -> dict[str, Any]:
                     await stub.DetectObjects(request, timeout=DEADLINE_S)
                     codes["OK"] += 1
                 except grpc.aio.AioRpcError as error:
-                    codes[error.code().name] += 1
+                    codes[_outcome(error)] += 1
                     if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
                                         grpc.StatusCode.UNAVAILABLE):
                         refused_s.append(time.monotonic() - start)
@@ -124,13 +137,14 @@ async def _callers(address: str, callers: int, until: float) -> dict[str, Any]:
 
 
 def caller_process(address: str, callers: int, start_at: float, seconds: float,
-                   results: Any) -> None:
-    """A load generator process: waits for `start_at` (time.time), then runs its callers."""
+                   index: int, results: Any) -> None:
+    """A load generator process: waits for `start_at` (time.time), then runs its callers;
+    puts (index, its outcome) on results."""
     cpu = _cpu_s()
     time.sleep(max(0.0, start_at - time.time()))
     outcome = asyncio.run(_callers(address, callers, time.monotonic() + seconds))
     outcome["cpu_s"] = _cpu_s() - cpu
-    results.put(outcome)
+    results.put((index, outcome))
 
 
 async def _probes(address: str, metrics_url: str, until: float) -> dict[str, list[float]]:
@@ -163,23 +177,23 @@ async def _probes(address: str, metrics_url: str, until: float) -> dict[str, lis
 
 
 def probe_process(address: str, metrics_url: str, start_at: float, seconds: float,
-                  results: Any) -> None:
+                  index: int, results: Any) -> None:
     time.sleep(max(0.0, start_at - time.time()))
-    results.put({"probes": asyncio.run(_probes(address, metrics_url,
-                                                time.monotonic() + seconds))})
+    results.put((index, {"probes": asyncio.run(_probes(address, metrics_url,
+                                                        time.monotonic() + seconds))}))
 
 
 def _run_processes(targets: list[tuple[Any, tuple[Any, ...]]]) -> list[dict[str, Any]]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    processes = [context.Process(target=target, args=(*args, results))
-                 for target, args in targets]
+    processes = [context.Process(target=target, args=(*args, index, results))
+                 for index, (target, args) in enumerate(targets)]
     for process in processes:
         process.start()
-    outcomes = [results.get(timeout=300) for _ in processes]
+    outcomes = dict(results.get(timeout=300) for _ in processes)
     for process in processes:
         process.join()
-    return outcomes
+    return [outcomes[index] for index in range(len(processes))]
 
 
 def _ms(values: list[float], q: float) -> float | None:

@@ -77,6 +77,10 @@ class AdmissionSettings(BaseModel):
         32, ge=0, description="Calls waiting for a slot; beyond this RESOURCE_EXHAUSTED at once.")
     max_wait_s: float = Field(
         0.02, ge=0, description="Longest wait for a slot before RESOURCE_EXHAUSTED, seconds.")
+    max_fair_wait_s: float = Field(
+        1.0, ge=0, description="Longest wait for a slot of a call whose peer holds less than "
+        "its fair share (max_in_flight split between the peers that hold or want a slot); such "
+        "a call gets the next slot ahead of calls over their share.")
     peer_share: float = Field(
         0.75, gt=0, le=1, description="Share of max_in_flight one peer (connection) may hold, "
         "so a heavy caller cannot starve a light one.")

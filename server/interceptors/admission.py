@@ -10,9 +10,12 @@ a sustained overload that is most of the excess (it used to cost every refusal t
 `max_wait_s`); until the rate is known, a call waits as long as `max_wait_s` allows.
 
 Fairness: one peer may hold at most `peer_share` of the slots, and a freed slot goes to the
-first waiter whose peer is under its share, so a caller with hundreds of calls in flight cannot
-starve a caller with one. The peer is the connection (grpc's peer string) until tenants come
-with authentication. Health and reflection are never shed: they are how operators see overload.
+waiter whose peer holds fewest, so callers with hundreds of calls in flight cannot starve a
+caller with one. A call whose peer holds and waits for fewer slots than its fair share (the
+slots split evenly between the peers that hold or want one) waits up to `max_fair_wait_s` for
+such a slot rather than being refused: a light caller beside a storm is served, not refused.
+The peer is the connection (grpc's peer string) until tenants come with authentication. Health
+and reflection are never shed: they are how operators see overload.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class AdmissionLimits:
     peer_share: float
     min_deadline_s: float
     retry_after_s: float
+    max_fair_wait_s: float = 1.0
 
     @property
     def per_peer(self) -> int:
@@ -109,12 +113,21 @@ class Admission:
             self._take(peer)
             return
         self._pressed = True
-        wait_s = limits.max_wait_s
-        if time_left_s is not None:
-            wait_s = min(wait_s, time_left_s - limits.min_deadline_s)
-        if (len(self._waiting) >= limits.max_waiting or wait_s <= 0
-                or self._expected_wait_s(peer) > wait_s):
-            raise self._overloaded()
+        if self._wanted(peer) < self._fair_share(peer):
+            # Under its fair share: it gets the next slot its peer may take, ahead of callers
+            # over theirs, so it may wait longer than they may.
+            wait_s = limits.max_fair_wait_s
+            if time_left_s is not None:
+                wait_s = min(wait_s, time_left_s - limits.min_deadline_s)
+            if wait_s <= 0:
+                raise self._overloaded()
+        else:
+            wait_s = limits.max_wait_s
+            if time_left_s is not None:
+                wait_s = min(wait_s, time_left_s - limits.min_deadline_s)
+            if (len(self._waiting) >= limits.max_waiting or wait_s <= 0
+                    or self._expected_wait_s(peer) > wait_s):
+                raise self._overloaded()
         waiter = _Waiter(peer, asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
         try:
@@ -130,6 +143,18 @@ class Admission:
             else:
                 self._waiting.remove(waiter)
             raise
+
+    def _wanted(self, peer: str) -> int:
+        """Slots peer holds and waits for."""
+        return self._by_peer[peer] + sum(1 for waiter in self._waiting if waiter.peer == peer)
+
+    def _fair_share(self, peer: str) -> int:
+        """Slots each peer may count on while every peer that holds or wants one gets its
+        part: max_in_flight split evenly between them (peer included)."""
+        peers = set(self._by_peer)
+        peers.update(waiter.peer for waiter in self._waiting)
+        peers.add(peer)
+        return max(1, self.limits.max_in_flight // len(peers))
 
     def _expected_wait_s(self, peer: str) -> float:
         """How long a call of peer that queues now would likely wait for its slot: one gap
@@ -164,14 +189,15 @@ class Admission:
         self._by_peer[peer] -= 1
         if not self._by_peer[peer]:
             del self._by_peer[peer]
-        for waiter in list(self._waiting):
-            if not self._free_for(waiter.peer):
-                continue
-            self._waiting.remove(waiter)
-            self._take(waiter.peer)
-            waiter.granted.set_result(None)
-            if self.in_flight >= self.limits.max_in_flight:
+        while self._waiting and self.in_flight < self.limits.max_in_flight:
+            # The freed slot goes to the waiter whose peer holds fewest (the first among equals).
+            candidates = [waiter for waiter in self._waiting if self._free_for(waiter.peer)]
+            if not candidates:
                 break
+            chosen = min(candidates, key=lambda waiter: self._by_peer[waiter.peer])
+            self._waiting.remove(chosen)
+            self._take(chosen.peer)
+            chosen.granted.set_result(None)
         self._pressed = bool(self._waiting)
 
 
