@@ -69,7 +69,7 @@ def test_held_open_by_health_it_fails_every_call_until_released() -> None:
     clock = Clock()
     breaker = CircuitBreaker(5, 2.0, clock)
     breaker.hold_open(True)  # Triton stopped answering its readiness checks
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.state.value == BreakerState.OPEN.value
     clock.now += 60.0  # no half-open probe while held: every call fails at once
     with pytest.raises(BackendUnavailableError) as refused:
         breaker.before_call()
