@@ -45,8 +45,12 @@ from vision.v1 import image_pb2
 
 IMAGE = "astronaut.png"  # 512x512 PNG, 792 KB
 DEADLINE_S = 1.0
+SECONDS = 10.0
+CALLERS = 256
+CONNECTIONS = 4
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 PROBE_EVERY_S = 0.05
+PROBES = ("health", "reflection", "metrics")
 SETTLE_S = 2.0
 
 
@@ -149,6 +153,7 @@ def caller_process(address: str, callers: int, start_at: float, seconds: float,
 
 async def _probes(address: str, metrics_url: str, until: float) -> dict[str, list[float]]:
     latencies: dict[str, list[float]] = {"health": [], "reflection": [], "metrics": []}
+    failures: Counter[str] = Counter()
     async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -165,14 +170,18 @@ async def _probes(address: str, metrics_url: str, until: float) -> dict[str, lis
         while time.monotonic() < until:
             for kind in latencies:
                 start = time.monotonic()
-                if kind == "health":
-                    await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                elif kind == "reflection":
-                    await reflect()
-                else:
-                    await asyncio.to_thread(scrape)
+                try:
+                    if kind == "health":
+                        await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    elif kind == "reflection":
+                        await reflect()
+                    else:
+                        await asyncio.to_thread(scrape)
+                except (grpc.aio.AioRpcError, OSError):
+                    failures[kind] += 1
                 latencies[kind].append(time.monotonic() - start)
                 await asyncio.sleep(PROBE_EVERY_S)
+    latencies.update({f"{kind}_failures": [float(n)] for kind, n in failures.items()})
     return latencies
 
 
@@ -255,7 +264,9 @@ def measure(server: StormServer, triton_pid: int, args: argparse.Namespace) -> d
         "light_codes": light["codes"],
         "light_ok_rate": round(light["codes"].get("OK", 0) / light_calls, 3)
         if light_calls else None,
-        **{f"{kind}_p99_ms": _ms(values, 99) for kind, values in probes.items()},
+        **{f"{kind}_p99_ms": _ms(probes[kind], 99) for kind in PROBES},
+        "probe_failures": {kind: int(probes[f"{kind}_failures"][0]) for kind in PROBES
+                           if f"{kind}_failures" in probes},
     }
 
 
@@ -288,6 +299,7 @@ ROWS = [
      "refused_p99_ms"),
     ("light caller OK rate (goal >= 0.95)", "light_ok_rate", None),
     ("health / reflection / metrics p99 ms (goal <= 50)", "health_p99_ms", "reflection_p99_ms"),
+    ("probes failed", "probe_failures", None),
     ("storm codes", "storm_codes", None),
 ]
 
@@ -324,9 +336,9 @@ def markdown(figures: dict[str, list[dict[str, Any]]], command: str, seconds: fl
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    result.add_argument("--seconds", type=float, default=10.0)
-    result.add_argument("--callers", type=int, default=256)
-    result.add_argument("--connections", type=int, default=4)
+    result.add_argument("--seconds", type=float, default=SECONDS)
+    result.add_argument("--callers", type=int, default=CALLERS)
+    result.add_argument("--connections", type=int, default=CONNECTIONS)
     result.add_argument("--repeats", type=int, default=2)
     result.add_argument("--arm", type=Arm.parse, action="append",
                         help="NAME=CHECKOUT[:SERVER FLAGS]; default: this checkout as it is")
