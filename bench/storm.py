@@ -45,6 +45,7 @@ from vision.v1 import image_pb2
 
 IMAGE = "astronaut.png"  # 512x512 PNG, 792 KB
 DEADLINE_S = 1.0
+LIGHT_DEADLINE_S = 5.0  # the light caller's, as in the overload phase of bench.overload
 SECONDS = 10.0
 CALLERS = 256
 CONNECTIONS = 4
@@ -95,7 +96,7 @@ class StormServer(ListeningProcess):
             self.wait_until(serving, timeout)
 
 
-def _request() -> det_pb2.DetectObjectsRequest:
+def request() -> det_pb2.DetectObjectsRequest:
     content = (PHOTOS / IMAGE).read_bytes()
     return det_pb2.DetectObjectsRequest(image=image_pb2.Image(content=content))
 
@@ -116,9 +117,10 @@ def _outcome(error: grpc.aio.AioRpcError) -> str:
     return str(error.code().name)
 
 
-async def _callers(address: str, callers: int, until: float) -> dict[str, Any]:
+async def _callers(address: str, callers: int, until: float, deadline_s: float
+                   ) -> dict[str, Any]:
     """`callers` loops on one connection, each sending again as soon as its call ends."""
-    request = _request()
+    message = request()
     codes: Counter[str] = Counter()
     refused_s: list[float] = []
     async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
@@ -128,7 +130,7 @@ async def _callers(address: str, callers: int, until: float) -> dict[str, Any]:
             while time.monotonic() < until:
                 start = time.monotonic()
                 try:
-                    await stub.DetectObjects(request, timeout=DEADLINE_S)
+                    await stub.DetectObjects(message, timeout=deadline_s)
                     codes["OK"] += 1
                 except grpc.aio.AioRpcError as error:
                     codes[_outcome(error)] += 1
@@ -141,12 +143,12 @@ async def _callers(address: str, callers: int, until: float) -> dict[str, Any]:
 
 
 def caller_process(address: str, callers: int, start_at: float, seconds: float,
-                   index: int, results: Any) -> None:
+                   deadline_s: float, index: int, results: Any) -> None:
     """A load generator process: waits for `start_at` (time.time), then runs its callers;
     puts (index, its outcome) on results."""
     cpu = _cpu_s()
     time.sleep(max(0.0, start_at - time.time()))
-    outcome = asyncio.run(_callers(address, callers, time.monotonic() + seconds))
+    outcome = asyncio.run(_callers(address, callers, time.monotonic() + seconds, deadline_s))
     outcome["cpu_s"] = _cpu_s() - cpu
     results.put((index, outcome))
 
@@ -217,7 +219,8 @@ def measure(server: StormServer, triton_pid: int, args: argparse.Namespace) -> d
 
     before = server_cpu.usage().cpu_s, triton_cpu.usage().cpu_s
     start_at = time.time() + SETTLE_S
-    [reference] = _run_processes([(caller_process, (address, 4, start_at, args.seconds))])
+    [reference] = _run_processes([(caller_process,
+                                   (address, 4, start_at, args.seconds, DEADLINE_S))])
     reference_ok = reference["codes"].get("OK", 0)
     reference_server_cpu = server_cpu.usage().cpu_s - before[0]
 
@@ -227,8 +230,9 @@ def measure(server: StormServer, triton_pid: int, args: argparse.Namespace) -> d
     per_connection = [args.callers // args.connections] * args.connections
     metrics_url = f"http://{HOST}:{server.metrics_port}/metrics"
     outcomes = _run_processes(
-        [(caller_process, (address, n, start_at, args.seconds)) for n in per_connection]
-        + [(caller_process, (address, 1, start_at, args.seconds)),
+        [(caller_process, (address, n, start_at, args.seconds, DEADLINE_S))
+         for n in per_connection]
+        + [(caller_process, (address, 1, start_at, args.seconds, LIGHT_DEADLINE_S)),
            (probe_process, (address, metrics_url, start_at, args.seconds))])
     server_s = server_cpu.usage().cpu_s - before[0]
     triton_s = triton_cpu.usage().cpu_s - before[1]
@@ -322,9 +326,9 @@ def markdown(figures: dict[str, list[dict[str, Any]]], command: str, seconds: fl
         "## Retry storm", "",
         f"Command: `{command}`. {callers} callers over {connections} connections, each call "
         f"with a {DEADLINE_S:.0f} s deadline and sent again as soon as it ends, {IMAGE} "
-        f"({seconds:.0f} s per run); a light caller on its own connection and health, "
-        "reflection and /metrics probes meanwhile. Arms interleaved, load generator in "
-        "processes of its own.", "",
+        f"({seconds:.0f} s per run); a light caller on its own connection (one call in "
+        f"flight, {LIGHT_DEADLINE_S:.0f} s deadlines) and health, reflection and /metrics "
+        "probes meanwhile. Arms interleaved, load generator in processes of its own.", "",
         f"| figure | {header} |", "|---|" + "---|" * header.count(" | ") + "---|",
     ]
     for label, key, second in ROWS:
