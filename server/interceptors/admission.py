@@ -9,6 +9,10 @@ it than slots free up in `max_wait_s` is refused at once rather than after waiti
 a sustained overload that is most of the excess (it used to cost every refusal the whole
 `max_wait_s`); until the rate is known, a call waits as long as `max_wait_s` allows.
 
+Callers that ignore RetryInfo and call again at once would otherwise be refused as fast as the
+CPU allows (each refusal is a gRPC call's set-up): beyond max_in_flight refusals of one peer
+within retry_after_s, the peer's further refusals are held until that window ends.
+
 Fairness: one peer may hold at most `peer_share` of the slots, and a freed slot goes to the
 waiter whose peer holds fewest, so callers with hundreds of calls in flight cannot starve a
 caller with one. A call whose peer holds and waits for fewer slots than its fair share (the
@@ -48,6 +52,8 @@ _NO_MESSAGE = InvalidArgumentError.one(
 # Weight of the newest gap between freed slots in their smoothed mean: about the last ten count.
 GAP_SMOOTHING = 0.2
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Peers whose refusal windows are remembered before the expired ones are dropped.
+MAX_PACED_PEERS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,8 @@ class Admission:
         self.release_gap_s: float | None = None
         self._pressed = False  # a call found no slot since the last release
         self._pressed_release: float | None = None  # when the last release under pressure was
+        # Per peer: when its current window of refusals began, and how many it has had in it.
+        self._refusal_windows: dict[str, list[float]] = {}
 
     @property
     def waiting(self) -> int:
@@ -127,6 +135,7 @@ class Admission:
                 wait_s = min(wait_s, time_left_s - limits.min_deadline_s)
             if (len(self._waiting) >= limits.max_waiting or wait_s <= 0
                     or self._expected_wait_s(peer) > wait_s):
+                await self._pace(peer, time_left_s)
                 raise self._overloaded()
         waiter = _Waiter(peer, asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
@@ -143,6 +152,30 @@ class Admission:
             else:
                 self._waiting.remove(waiter)
             raise
+
+    async def _pace(self, peer: str, time_left_s: float | None) -> None:
+        """Holds a refusal of a peer that comes back before the RetryInfo delay it was sent:
+        beyond max_in_flight refusals of one peer within retry_after_s, its further refusals
+        of that window go out when the window ends (never past the call's deadline). Callers
+        that honour RetryInfo never wait here; callers that ignore it are paced at about one
+        refusal per caller per retry_after_s instead of as fast as the CPU allows."""
+        now = self._clock()
+        window = self._refusal_windows.get(peer)
+        if window is None or now - window[0] >= self.limits.retry_after_s:
+            if len(self._refusal_windows) >= MAX_PACED_PEERS:
+                self._refusal_windows = {
+                    other: seen for other, seen in self._refusal_windows.items()
+                    if now - seen[0] < self.limits.retry_after_s}
+            self._refusal_windows[peer] = [now, 1]
+            return
+        window[1] += 1
+        if window[1] <= self.limits.max_in_flight:
+            return
+        hold_s = window[0] + self.limits.retry_after_s - now
+        if time_left_s is not None:
+            hold_s = min(hold_s, time_left_s - self.limits.min_deadline_s)
+        if hold_s > 0:
+            await asyncio.sleep(hold_s)
 
     def _wanted(self, peer: str) -> int:
         """Slots peer holds and waits for."""

@@ -164,3 +164,29 @@ async def test_a_light_peer_waits_for_the_next_slot_ahead_of_heavy_ones() -> Non
     await light
     assert not heavy.done() and admission.in_flight == 4
     heavy.cancel()
+
+
+async def test_a_peer_refused_again_before_its_retry_delay_gets_its_refusal_later() -> None:
+    clock = FakeClock()
+    admission = Admission(limits(max_in_flight=1, max_waiting=0, peer_share=1.0,
+                                 retry_after_s=0.2, max_fair_wait_s=0.0), clock)
+    await admission.acquire("storm", None)
+    loop = asyncio.get_running_loop()
+    # The first max_in_flight refusals of a window go out at once...
+    started = loop.time()
+    with pytest.raises(ResourceExhaustedError):
+        await admission.acquire("storm", None)
+    assert loop.time() - started < 0.1
+    # ...a caller coming back within the RetryInfo delay gets its refusal at the window's end.
+    clock.now += 0.05
+    started = loop.time()
+    with pytest.raises(ResourceExhaustedError):
+        await admission.acquire("storm", None)
+    assert 0.14 <= loop.time() - started < 0.5
+    # Another peer, and the same peer once the window has passed, are refused at once.
+    for peer in ("polite", "storm"):
+        clock.now += 0.2
+        started = loop.time()
+        with pytest.raises(ResourceExhaustedError):
+            await admission.acquire(peer, None)
+        assert loop.time() - started < 0.1
