@@ -126,8 +126,10 @@ class ConnectionSettings(BaseModel):
         (4 << 20) + (64 << 10), gt=0, description="Largest request message: a 4 MiB image plus "
         "64 KiB for the rest of the request; larger images go through the upload streams.")
     max_concurrent_streams: int = Field(
-        1024, gt=0, description="Concurrent calls per HTTP/2 connection; beyond it the stream is "
-        "refused (RST_STREAM, UNAVAILABLE to the caller). Admission answers overload below it.")
+        1024, gt=0, description="Concurrent calls per HTTP/2 connection; beyond it a call waits "
+        "in the caller's own gRPC library, and one opened as another ends may be refused "
+        "(RST_STREAM: UNAVAILABLE, no RetryInfo). Admission answers overload below it; 4 or 16 "
+        "did not raise goodput under a retry storm (bench/report/overload.md).")
     keepalive_time_s: float = Field(
         60.0, gt=0, description="Server pings an idle connection this often, seconds.")
     keepalive_timeout_s: float = Field(
