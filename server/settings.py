@@ -74,7 +74,8 @@ class AdmissionSettings(BaseModel):
         128, gt=0, description="Streaming calls (uploads) open at once, counted apart from "
         "max_in_flight: a stream lives long and its memory is bounded by the upload budget.")
     max_waiting: int = Field(
-        32, ge=0, description="Calls waiting for a slot; beyond this RESOURCE_EXHAUSTED at once.")
+        32, ge=0, description="Calls waiting for a slot beyond their connection's fair share "
+        "(max_fair_wait_s); beyond this RESOURCE_EXHAUSTED at once.")
     max_wait_s: float = Field(
         0.02, ge=0, description="Longest wait for a slot before RESOURCE_EXHAUSTED, seconds.")
     max_fair_wait_s: float = Field(

@@ -183,11 +183,11 @@ class Admission:
 
     def _fair_share(self, peer: str) -> int:
         """Slots each peer may count on while every peer that holds or wants one gets its
-        part: max_in_flight split evenly between them (peer included)."""
+        part: max_in_flight split evenly between them (peer included), at most its share."""
         peers = set(self._by_peer)
         peers.update(waiter.peer for waiter in self._waiting)
         peers.add(peer)
-        return max(1, self.limits.max_in_flight // len(peers))
+        return max(1, min(self.limits.per_peer, self.limits.max_in_flight // len(peers)))
 
     def _expected_wait_s(self, peer: str) -> float:
         """How long a call of peer that queues now would likely wait for its slot: one gap
