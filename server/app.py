@@ -112,7 +112,7 @@ async def _start(settings: Settings, services: Sequence[Service],
     limits = AdmissionLimits(
         max_in_flight=a.max_in_flight, max_waiting=a.max_waiting, max_wait_s=a.max_wait_s,
         peer_share=a.peer_share, min_deadline_s=a.min_deadline_s, retry_after_s=a.retry_after_s,
-        max_fair_wait_s=a.max_fair_wait_s)
+        max_fair_wait_s=a.max_fair_wait_s, pace_after=a.pace_after)
     admission = Admission(limits)
     stream_admission = Admission(dataclasses.replace(limits, max_in_flight=a.max_streams))
     # Refusals of auth and admission pass through the metrics and access-log interceptors, so

@@ -90,6 +90,11 @@ class AdmissionSettings(BaseModel):
         "DEADLINE_EXCEEDED before any work.")
     retry_after_s: float = Field(
         0.5, gt=0, description="RetryInfo delay sent with RESOURCE_EXHAUSTED, seconds.")
+    pace_after: int = Field(
+        16, ge=0, description="Refusals one connection gets at once within retry_after_s; its "
+        "further refusals in that time are sent when it ends (callers that ignore RetryInfo are "
+        "paced instead of refused as fast as the CPU allows). A connection shared by many "
+        "callers that honour RetryInfo may see some refusals late: raise it, or 0 for none.")
 
 
 class BreakerSettings(BaseModel):

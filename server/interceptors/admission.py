@@ -10,7 +10,7 @@ a sustained overload that is most of the excess (it used to cost every refusal t
 `max_wait_s`); until the rate is known, a call waits as long as `max_wait_s` allows.
 
 Callers that ignore RetryInfo and call again at once would otherwise be refused as fast as the
-CPU allows (each refusal is a gRPC call's set-up): beyond max_in_flight refusals of one peer
+CPU allows (each refusal is a gRPC call's set-up): beyond `pace_after` refusals of one peer
 within retry_after_s, the peer's further refusals are held until that window ends.
 
 Fairness: one peer may hold at most `peer_share` of the slots, and a freed slot goes to the
@@ -65,6 +65,7 @@ class AdmissionLimits:
     min_deadline_s: float
     retry_after_s: float
     max_fair_wait_s: float = 1.0
+    pace_after: int = 16  # refusals of one peer per retry_after_s before the rest are held; 0: off
 
     @property
     def per_peer(self) -> int:
@@ -155,7 +156,7 @@ class Admission:
 
     async def _pace(self, peer: str, time_left_s: float | None) -> None:
         """Holds a refusal of a peer that comes back before the RetryInfo delay it was sent:
-        beyond max_in_flight refusals of one peer within retry_after_s, its further refusals
+        beyond pace_after refusals of one peer within retry_after_s, its further refusals
         of that window go out when the window ends (never past the call's deadline). Callers
         that honour RetryInfo never wait here; callers that ignore it are paced at about one
         refusal per caller per retry_after_s instead of as fast as the CPU allows."""
@@ -169,7 +170,7 @@ class Admission:
             self._refusal_windows[peer] = [now, 1]
             return
         window[1] += 1
-        if window[1] <= self.limits.max_in_flight:
+        if not self.limits.pace_after or window[1] <= self.limits.pace_after:
             return
         hold_s = window[0] + self.limits.retry_after_s - now
         if time_left_s is not None:

@@ -169,10 +169,10 @@ async def test_a_light_peer_waits_for_the_next_slot_ahead_of_heavy_ones() -> Non
 async def test_a_peer_refused_again_before_its_retry_delay_gets_its_refusal_later() -> None:
     clock = FakeClock()
     admission = Admission(limits(max_in_flight=1, max_waiting=0, peer_share=1.0,
-                                 retry_after_s=0.2, max_fair_wait_s=0.0), clock)
+                                 retry_after_s=0.2, max_fair_wait_s=0.0, pace_after=1), clock)
     await admission.acquire("storm", None)
     loop = asyncio.get_running_loop()
-    # The first max_in_flight refusals of a window go out at once...
+    # The first pace_after refusals of a window go out at once...
     started = loop.time()
     with pytest.raises(ResourceExhaustedError):
         await admission.acquire("storm", None)
