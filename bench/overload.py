@@ -406,7 +406,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def markdown(results: dict[str, Any], command: str) -> str:
     mem = results["memory_mib"]
     lines = [
-        "# Overload, scan bombs and uploads (issue 9)", "",
+        "# Overload, scan bombs, uploads and retry storms", "",
         f"Command: `{command}` — one run on this 2-core machine (shared with other work), "
         "server with default settings, real CPU Triton.", "",
         "| scenario | figure |", "|---|---|",
