@@ -1,5 +1,5 @@
 """Overload and hostile-load scenarios against a real Triton and the server as its own process
-(default settings), for issue 9. Not a timed test: it measures and writes a report.
+(default settings). Not a timed test: it measures and writes a report.
 
     .venv/bin/python -m bench.overload [--seconds 30] [--out bench/report]
 
