@@ -158,8 +158,9 @@ class Admission:
         """Holds a refusal of a peer that comes back before the RetryInfo delay it was sent:
         beyond pace_after refusals of one peer within retry_after_s, its further refusals
         of that window go out when the window ends (never past the call's deadline). Callers
-        that honour RetryInfo never wait here; callers that ignore it are paced at about one
-        refusal per caller per retry_after_s instead of as fast as the CPU allows."""
+        that ignore RetryInfo are paced at about one refusal per caller per retry_after_s
+        instead of as fast as the CPU allows; callers that honour it wait here only when many
+        of them share one connection."""
         now = self._clock()
         window = self._refusal_windows.get(peer)
         if window is None or now - window[0] >= self.limits.retry_after_s:
