@@ -564,8 +564,8 @@ def markdown(results: Json, images: list[Path]) -> str:
         "configuration, every model loaded vs the served ones (`python -m bench.idle_memory`).",
         "- [report/overload.md](report/overload.md): admission under overload and retry "
         "storms (`python -m bench.overload`).", "",
-        "## 8. GPU", "", "Not measured: no accelerator was lent to this task (the device tool's "
-        "status said so in every session), so every figure here is CPU-only (Triton's Python "
+        "## 8. GPU", "", "Not measured: no GPU machine was available where these figures were "
+        "taken, so every figure here is CPU-only (Triton's Python "
         "backend running onnxruntime on 2 cores). The GPU configuration's shape (each "
         "top-level model's config.pbtxt: the ensembles and BLS calls into native onnxruntime "
         "steps) is loaded on CPU by tests/integration/test_cpu_configs.py, with the steps' CPU "
