@@ -65,7 +65,8 @@ GPU_SECTION = [
     "`--tensorrt` puts TensorRT first), 4 server processes, 4 load-generator processes, then "
     "detection, embedding, faces and OCR at 64, 256 and 512 in flight, 15 s a run, within "
     "480 s setup included. Its last output: [report/gpu.md](report/gpu.md) (so far the CPU "
-    "fallback that `make test` runs: no accelerator has been lent).", "",
+    "fallback that `make test` runs: no GPU machine was available where these figures were "
+    "taken).", "",
     "- On a GPU box with a package index: `bench/gpu` (nothing else running on it).",
     "- Through the device tool: that machine reaches no package index, and a call carries "
     "64 MiB. The run needs about 400 MB of wheels for Triton's environment (onnxruntime-gpu "

@@ -1,5 +1,5 @@
 """Overload and hostile-load scenarios against a real Triton and the server as its own process
-(default settings), for issue 9. Not a timed test: it measures and writes a report.
+(default settings). Not a timed test: it measures and writes a report.
 
     .venv/bin/python -m bench.overload [--seconds 30] [--out bench/report]
 
@@ -12,6 +12,8 @@ Phases, one after another on the same processes:
    step refuses them); server and Triton CPU seconds spent on them.
 3. uploads: 100 streams each uploading a 10 MB image at once; the server's peak RSS against
    the upload budget (limits.max_upload_buffer_bytes), and RSS after.
+4. storm: callers that ignore RetryInfo (bench/storm.py), against servers of their own, each
+   `--storm-arm` side by side.
 RSS of the server and PSS of Triton with its Python-backend stubs (PSS: the shared-memory
 regions they share are counted once) are sampled every 0.5 s; written
 to <out>/overload.json, overload.png and overload.md.
@@ -24,6 +26,7 @@ import asyncio
 import json
 import random
 import struct
+import sys
 import tempfile
 import time
 import zlib
@@ -42,6 +45,7 @@ from tritonclient.grpc import InferInput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from bench import storm
 from bench.payloads import ROOT, small_jpeg
 from bench.procs import ServerProcess, launch_triton
 from bench.stats import percentile
@@ -402,7 +406,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def markdown(results: dict[str, Any], command: str) -> str:
     mem = results["memory_mib"]
     lines = [
-        "# Overload, scan bombs and uploads (issue 9)", "",
+        "# Overload, scan bombs, uploads and retry storms", "",
         f"Command: `{command}` — one run on this 2-core machine (shared with other work), "
         "server with default settings, real CPU Triton.", "",
         "| scenario | figure |", "|---|---|",
@@ -457,20 +461,32 @@ def main() -> None:
     parser.add_argument("--bombs", type=int, default=10)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--upload-bytes", type=int, default=10_000_000)
-    parser.add_argument("--phases", nargs="+", default=["overload", "bombs", "uploads"],
-                        choices=["overload", "bombs", "uploads"])
+    parser.add_argument("--phases", nargs="+", default=["overload", "bombs", "uploads", "storm"],
+                        choices=["overload", "bombs", "uploads", "storm"])
+    parser.add_argument("--storm-arm", type=storm.Arm.parse, action="append", dest="arm",
+                        help="storm phase: NAME=CHECKOUT[:SERVER FLAGS], e.g. the code before a "
+                        "change beside this checkout (bench/storm.py); default: this checkout")
+    parser.add_argument("--storm-repeats", type=int, default=2, dest="repeats")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "report")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         results = asyncio.run(run(args, Path(work)))
+        if "storm" in args.phases:
+            storm_args = argparse.Namespace(seconds=storm.SECONDS, callers=storm.CALLERS,
+                                            connections=storm.CONNECTIONS, arm=args.arm,
+                                            repeats=args.repeats)
+            results["storm"] = storm.run(storm_args, Path(work))
     results["heavy"] = args.heavy
-    command = "python -m bench.overload " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+    command = "python -m bench.overload " + " ".join(sys.argv[1:])
     (args.out / "overload.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results["rss_samples"], args.out)
-    (args.out / "overload.md").write_text(markdown(results, command))
-    print(markdown(results, command))
+    report = markdown(results, command)
+    if "storm" in results:
+        report += "\n" + storm.markdown(results["storm"], command, storm.SECONDS, storm.CALLERS,
+                                        storm.CONNECTIONS)
+    (args.out / "overload.md").write_text(report)
+    print(report)
 
 
 if __name__ == "__main__":

@@ -99,12 +99,13 @@ def launch_triton(log_path: Path, repository: Path = MODEL_REPOSITORY,
                         backend_dir=backend_dir)
 
 
-def start_process(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """command in a process (and session) of its own from the repository root, its output
-    appended to log_path; stop it by its pid."""
+def start_process(command: list[str], log_path: Path, cwd: Path = ROOT
+                  ) -> subprocess.Popen[bytes]:
+    """command in a process (and session) of its own from cwd (the repository root unless
+    told), its output appended to log_path; stop it by its pid."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
+        return subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -115,10 +116,11 @@ class ListeningProcess:
     stop_grace_s = SERVER_STOP_GRACE_S
     name = "server"
 
-    def __init__(self, command: Callable[[int], list[str]], log_path: Path) -> None:
+    def __init__(self, command: Callable[[int], list[str]], log_path: Path,
+                 cwd: Path = ROOT) -> None:
         self.port = free_port()
         self.address = f"{HOST}:{self.port}"
-        self.process = start_process(command(self.port), log_path)
+        self.process = start_process(command(self.port), log_path, cwd)
         self.log_path = log_path
 
     @property

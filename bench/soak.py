@@ -1,4 +1,4 @@
-"""A soak of mixed traffic through one Triton crash (issue 9): a real Triton and the server as
+"""A soak of mixed traffic through one Triton crash: a real Triton and the server as
 its own process (default settings), callers of every kind for `--minutes`, and in the middle
 Triton is killed with SIGKILL and started again on the same ports. The server is left to recover
 by itself (circuit breaker, health watcher). Not a timed test: it measures and writes a report.
@@ -303,7 +303,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], command: str) -> 
     timeline = results["timeline"]
     server, triton = summary["server_rss_mib"], summary["triton_pss_mib"]
     lines = [
-        "# Soak: mixed traffic through one Triton kill and restart (issue 9)", "",
+        "# Soak: mixed traffic through one Triton kill and restart", "",
         f"Command: `{command}` — one run on this 2-core machine (shared with other work), "
         "server with default settings, real CPU Triton.", "",
         "| figure | value |", "|---|---|",

@@ -11,11 +11,12 @@ import sys
 
 from server import access_log, supervisor
 from server.app import create_server
+from server.operations import PortTakenError
 from server.settings import Settings, load_settings
 
 
 async def serve(settings: Settings, supervised: bool = False) -> None:
-    running = await create_server(settings)
+    running = await create_server(settings, shared_port=supervised)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -30,6 +31,13 @@ async def serve(settings: Settings, supervised: bool = False) -> None:
 
 
 def main() -> None:
+    try:
+        run()
+    except PortTakenError as exc:
+        sys.exit(f"vision-grpc: {exc}")
+
+
+def run() -> None:
     index = supervisor.worker_index()
     if index is not None:
         settings = supervisor.read_worker_settings()

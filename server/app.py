@@ -73,20 +73,22 @@ class RunningServer:
 
 
 async def create_server(
-    settings: Settings, services: Sequence[Service] = SERVICES
+    settings: Settings, services: Sequence[Service] = SERVICES, shared_port: bool = False
 ) -> RunningServer:
     """Builds and starts the server inside the running loop; returns it with its bound port.
-    Raises ModelContractError when a ready model does not match its adapter."""
+    shared_port: one of the workers of `--workers N`, which bind one port together. Raises
+    ModelContractError when a ready model does not match its adapter, PortTakenError when a
+    port is taken."""
     stack = contextlib.AsyncExitStack()
     try:
-        return await _start(settings, services, stack)
+        return await _start(settings, services, stack, shared_port)
     except BaseException:
         await stack.aclose()
         raise
 
 
 async def _start(settings: Settings, services: Sequence[Service],
-                 stack: contextlib.AsyncExitStack) -> RunningServer:
+                 stack: contextlib.AsyncExitStack, shared_port: bool) -> RunningServer:
     breaker = CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_after_s)
     triton = TritonCalls(create_client(settings.triton.url), settings.triton.timeout_s, breaker)
     stack.push_async_callback(triton.close)
@@ -112,12 +114,14 @@ async def _start(settings: Settings, services: Sequence[Service],
     a = settings.admission
     limits = AdmissionLimits(
         max_in_flight=a.max_in_flight, max_waiting=a.max_waiting, max_wait_s=a.max_wait_s,
-        peer_share=a.peer_share, min_deadline_s=a.min_deadline_s, retry_after_s=a.retry_after_s)
+        peer_share=a.peer_share, min_deadline_s=a.min_deadline_s, retry_after_s=a.retry_after_s,
+        max_fair_wait_s=a.max_fair_wait_s, pace_after=a.pace_after)
     admission = Admission(limits)
     stream_admission = Admission(dataclasses.replace(limits, max_in_flight=a.max_streams))
     # Refusals of auth and admission pass through the metrics and access-log interceptors, so
     # they are counted and logged.
-    server = grpc.aio.server(options=server_options(settings.connection))
+    server = grpc.aio.server(options=server_options(settings.connection,
+                                                    reuse_port=shared_port))
     registry = InterceptedServer(server, [
         in_flight, MalformedRequestInterceptor(), RequestIdInterceptor(), *operations.interceptors,
         AdmissionInterceptor(admission, stream_admission)])
@@ -140,15 +144,18 @@ async def _start(settings: Settings, services: Sequence[Service],
                          stream_admission, resources, stack, operations)
 
 
-def server_options(connection: ConnectionSettings) -> list[tuple[str, int]]:
-    """grpc core channel arguments for the connection limits in settings."""
+def server_options(connection: ConnectionSettings, reuse_port: bool = False
+                   ) -> list[tuple[str, int]]:
+    """grpc core channel arguments for the connection limits in settings; reuse_port for the
+    workers of `--workers N`, which all bind the same port."""
     def ms(seconds: float) -> int:
         return int(seconds * 1000)
 
     return [
-        # grpc core's default on Linux, made explicit: the workers of `--workers N` all bind
-        # the same port and the kernel spreads connections over them.
-        ("grpc.so_reuseport", 1),
+        # The workers of `--workers N` all bind the same port and the kernel spreads
+        # connections over them. A single server does not (gRPC's default on Linux would):
+        # a second server started on a taken port must fail, not silently share it.
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_receive_message_length", connection.max_receive_message_bytes),
         ("grpc.max_concurrent_streams", connection.max_concurrent_streams),
         ("grpc.keepalive_time_ms", ms(connection.keepalive_time_s)),

@@ -1,6 +1,8 @@
 """grpc.health.v1 driven by Triton: each service is SERVING only while Triton and every model it
 needs answer ready and the circuit breaker on the Triton channel is not open (calls would fail
-fast); checked in the background so health calls never wait on Triton."""
+fast); checked in the background so health calls never wait on Triton. A Triton that does not
+answer the readiness check holds the breaker open until it answers again, so that calls fail
+fast with UNAVAILABLE + RetryInfo instead of waiting on a hung backend."""
 
 from __future__ import annotations
 
@@ -40,10 +42,11 @@ class TritonHealthWatcher:
 
     async def check_once(self) -> None:
         timeout = min(self._interval_s, 5.0)
+        answered = await self._triton.server_ready(timeout)
+        self._triton.breaker.hold_open(not answered)
         breaker = self._triton.breaker.state
         metrics.set_breaker_state(breaker.value)
-        server_ready = (await self._triton.server_ready(timeout)
-                        and breaker is not BreakerState.OPEN)
+        server_ready = answered and breaker is not BreakerState.OPEN
         ready: dict[str, bool] = {}
         for models in self._models_by_service.values():
             for model in models:

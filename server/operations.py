@@ -5,6 +5,7 @@ the /metrics endpoint and the Triton statistics poller, and the (TLS or plaintex
 from __future__ import annotations
 
 import contextlib
+import errno
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +25,17 @@ from server.triton.calls import TritonCalls
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_SERVICES = frozenset({reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
 STATS_TIMEOUT_S = 5.0
+
+
+class PortTakenError(RuntimeError):
+    """A port the server must listen on is taken; the message is one line for the user, naming
+    the port and the flag and setting that move it."""
+
+    def __init__(self, what: str, host: str, port: int, flag: str) -> None:
+        setting = "VISION_" + flag.removeprefix("--").replace("-", "_").upper()
+        super().__init__(f"the {what} port {host}:{port} is taken (another vision-grpc or "
+                         f"another program listens there); choose another with {flag} or "
+                         f"{setting} (0 picks a free one)")
 
 
 @dataclass
@@ -56,8 +68,14 @@ async def start_operations(settings: Settings, triton: TritonCalls,
         # One of several workers: the supervisor serves /metrics (on the port it bound and put
         # in these settings) and polls Triton's statistics once for all of them.
         return Operations(interceptors, keys, settings.metrics_port, poller)
-    metrics_port, httpd = metrics.serve(settings.metrics_host or settings.host,
-                                        settings.metrics_port)
+    metrics_host = settings.metrics_host or settings.host
+    try:
+        metrics_port, httpd = metrics.serve(metrics_host, settings.metrics_port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise PortTakenError("metrics", metrics_host, settings.metrics_port,
+                             "--metrics-port") from None
     stack.callback(metrics.stop_serving, httpd)
     run_in_background(stack, poller.run())
     return Operations(interceptors, keys, metrics_port, poller)
@@ -67,8 +85,11 @@ def add_port(server: grpc.aio.Server, settings: Settings) -> int:
     """Binds the gRPC port, with TLS when a certificate is configured; returns the bound port."""
     address = f"{settings.host}:{settings.port}"
     credentials = server_credentials(settings.tls)
-    port = (server.add_insecure_port(address) if credentials is None
-            else server.add_secure_port(address, credentials))
+    try:
+        port = (server.add_insecure_port(address) if credentials is None
+                else server.add_secure_port(address, credentials))
+    except RuntimeError:  # gRPC's "Failed to bind": the address is taken
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {address}")
+        raise PortTakenError("gRPC", settings.host, settings.port, "--port")
     return port

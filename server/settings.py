@@ -74,9 +74,14 @@ class AdmissionSettings(BaseModel):
         128, gt=0, description="Streaming calls (uploads) open at once, counted apart from "
         "max_in_flight: a stream lives long and its memory is bounded by the upload budget.")
     max_waiting: int = Field(
-        32, ge=0, description="Calls waiting for a slot; beyond this RESOURCE_EXHAUSTED at once.")
+        32, ge=0, description="Calls waiting for a slot beyond their connection's fair share "
+        "(max_fair_wait_s); beyond this RESOURCE_EXHAUSTED at once.")
     max_wait_s: float = Field(
         0.02, ge=0, description="Longest wait for a slot before RESOURCE_EXHAUSTED, seconds.")
+    max_fair_wait_s: float = Field(
+        1.0, ge=0, description="Longest wait for a slot of a call whose peer holds less than "
+        "its fair share (max_in_flight split between the peers that hold or want a slot); such "
+        "a call gets the next slot ahead of calls over their share.")
     peer_share: float = Field(
         0.75, gt=0, le=1, description="Share of max_in_flight one peer (connection) may hold, "
         "so a heavy caller cannot starve a light one.")
@@ -85,6 +90,11 @@ class AdmissionSettings(BaseModel):
         "DEADLINE_EXCEEDED before any work.")
     retry_after_s: float = Field(
         0.5, gt=0, description="RetryInfo delay sent with RESOURCE_EXHAUSTED, seconds.")
+    pace_after: int = Field(
+        16, ge=0, description="Refusals one connection gets at once within retry_after_s; its "
+        "further refusals in that time are sent when it ends (callers that ignore RetryInfo are "
+        "paced instead of refused as fast as the CPU allows). A connection shared by many "
+        "callers that honour RetryInfo may see some refusals late: raise it, or 0 for none.")
 
 
 class BreakerSettings(BaseModel):
@@ -122,8 +132,10 @@ class ConnectionSettings(BaseModel):
         (4 << 20) + (64 << 10), gt=0, description="Largest request message: a 4 MiB image plus "
         "64 KiB for the rest of the request; larger images go through the upload streams.")
     max_concurrent_streams: int = Field(
-        1024, gt=0, description="Concurrent calls per HTTP/2 connection; beyond it the stream is "
-        "refused (RST_STREAM, UNAVAILABLE to the caller). Admission answers overload below it.")
+        1024, gt=0, description="Concurrent calls per HTTP/2 connection; beyond it a call waits "
+        "in the caller's own gRPC library, and one opened as another ends may be refused "
+        "(RST_STREAM: UNAVAILABLE, no RetryInfo). Admission answers overload below it; 4 or 16 "
+        "did not raise goodput under a retry storm (bench/report/overload.md).")
     keepalive_time_s: float = Field(
         60.0, gt=0, description="Server pings an idle connection this often, seconds.")
     keepalive_timeout_s: float = Field(

@@ -6,6 +6,7 @@ Used by the integration tests (`start_triton`) and by hand (`python -m tools.loc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -203,6 +204,7 @@ class LocalTriton:
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
+STUB_NAME = "triton_python_backend_stub"
 
 
 def group_members(pgid: int) -> list[int]:
@@ -264,6 +266,50 @@ def stop_process(process: subprocess.Popen[bytes], grace: float) -> int:
     return process.returncode
 
 
+def _parent_is_triton(pid: int) -> bool:
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return True  # gone, or unreadable: leave it alone
+    return _is_tritonserver(ppid)
+
+
+def orphaned_stubs(repositories: Sequence[Path]) -> list[int]:
+    """Python-backend stubs of models in `repositories` whose Triton died (killed with -9,
+    crashed): parent 1 (or whichever process adopted them), each with a shared-memory region
+    of its own. Stubs of a running Triton, or of other model repositories, are not among them."""
+    roots = tuple(f"{repository.resolve()}/".encode() for repository in repositories)
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (len(argv) > 2 and Path(argv[0].decode(errors="replace")).name == STUB_NAME
+                and argv[1].startswith(roots) and argv[2].startswith(SHM_PREFIX.encode())
+                and not _parent_is_triton(int(cmdline.parent.name))):
+            found.append(int(cmdline.parent.name))
+    return sorted(found)
+
+
+def end_orphaned_stubs(repositories: Sequence[Path]) -> list[int]:
+    """Ends the stubs orphaned_stubs finds and removes their shared memory, saying so in one
+    line on stderr; returns their pids. Left running they hold hundreds of MiB (their models)
+    and their /dev/shm regions for good."""
+    stubs = orphaned_stubs(repositories)
+    if not stubs:
+        return []
+    regions = shm_regions(stubs)
+    for pid in stubs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _remove_regions(regions)
+    print(f"local_triton: ended {len(stubs)} Python-backend stub(s) left by a Triton of "
+          f"{', '.join(str(r) for r in repositories)} that died (pids "
+          f"{' '.join(map(str, stubs))}) and removed their shared memory", file=sys.stderr)
+    return stubs
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -317,6 +363,7 @@ def start_triton(
     together (one per venv: the stub matches the venv's Python)."""
     install = find_install(venv)
     backends = build_backend_dir(install, backend_dir)
+    end_orphaned_stubs([model_repository, *extra_repositories])
     log_path = log_path.resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [

@@ -55,6 +55,22 @@ def wrap_handler(handler: Handler, unary: Wrap, streaming: Wrap,
     return handler
 
 
+def read_after(handler: Handler, unary: Wrap, streaming: Wrap) -> Handler:
+    """A unary-request handler served as a streaming-request one: gRPC hands the behaviour the
+    call at once, before its message is read, and `unary` / `streaming` (by the response's
+    arity) wrap a behaviour that gets the request iterator and reads the message when it
+    chooses. Caller and wire cannot tell the difference."""
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.unary_unary), **codecs)
+    if handler.unary_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.unary_stream), **codecs)
+    return handler
+
+
 def intercepted(method: str, handler: Handler, interceptors: Sequence[Interceptor]) -> Handler:
     """handler inside every interceptor, the first of the sequence outermost."""
     for interceptor in reversed(interceptors):

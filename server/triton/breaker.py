@@ -4,6 +4,10 @@ onto a backend that is down; after `reset_after_s` one probe call is let through
 and its outcome closes the breaker or opens it again. Caller mistakes (bad image, unknown model)
 and deadlines are not backend failures and leave it as it is.
 
+Health's readiness checks hold it open too: once Triton stops answering them (hung, stopped,
+gone) new calls fail at once with UNAVAILABLE + RetryInfo rather than each waiting its whole
+deadline, and the calls already waiting keep theirs; the hold ends when Triton answers again.
+
 `state` is public so health (NOT_SERVING while open) and metrics can read it; an open breaker
 reads HALF_OPEN once its delay has passed, so health recovers even when no call arrives."""
 
@@ -32,9 +36,12 @@ class CircuitBreaker:
         self.failures = 0
         self._opened_at = 0.0
         self._probing = False
+        self.held = False  # set by health while Triton does not answer its readiness checks
 
     @property
     def state(self) -> BreakerState:
+        if self.held:
+            return BreakerState.OPEN
         if (self._state is BreakerState.OPEN
                 and self._clock() - self._opened_at >= self.reset_after_s):
             self._state = BreakerState.HALF_OPEN
@@ -45,12 +52,18 @@ class CircuitBreaker:
         state = self.state
         if state is BreakerState.CLOSED:
             return
+        if self.held:
+            raise BackendUnavailableError(retry_after_s=self.reset_after_s)
         if state is BreakerState.OPEN:
             waited = self._clock() - self._opened_at
             raise BackendUnavailableError(retry_after_s=self.reset_after_s - waited)
         if self._probing:  # half-open: one probe at a time, the others fail fast
             raise BackendUnavailableError(retry_after_s=self.reset_after_s)
         self._probing = True
+
+    def hold_open(self, unresponsive: bool) -> None:
+        """Health's verdict on the backend: while unresponsive, every call fails fast."""
+        self.held = unresponsive
 
     def succeeded(self) -> None:
         self.failures = 0

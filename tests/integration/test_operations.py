@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,23 @@ async def test_graceful_shutdown_drains_in_flight_calls(triton_url: str) -> None
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.detect(photo("astronaut.png"))
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(("taken", "flag"), [("gRPC", "--port"), ("metrics", "--metrics-port")])
+def test_a_taken_port_stops_start_up_with_one_line_naming_it(taken: str, flag: str) -> None:
+    with socket.socket() as holder:  # another program on the port, listening
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ports = {"--port": str(free_port()), "--metrics-port": str(free_port()), flag: str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "server", "--host", "127.0.0.1",
+             "--triton.url", f"127.0.0.1:{free_port()}", *(a for p in ports.items() for a in p)],
+            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    setting = "VISION_PORT" if flag == "--port" else "VISION_METRICS_PORT"
+    assert result.stderr.splitlines()[-1] == (
+        f"vision-grpc: the {taken} port 127.0.0.1:{port} is taken (another vision-grpc or "
+        f"another program listens there); choose another with {flag} or {setting} "
+        "(0 picks a free one)")

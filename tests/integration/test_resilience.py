@@ -1,11 +1,15 @@
 """Overload, hostile input and faults through real servers of their own (small limits) and the
 real Triton: admission with per-peer shares, health never shed, deadlines too short, malformed
 request bytes, the scan-bomb JPEG in the decode step, stream idle timeout and protocol-error cap,
-the circuit breaker against a dead Triton, and the drain on shutdown."""
+the circuit breaker against a dead Triton and a hung one (SIGSTOP), and the drain on shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -28,8 +32,9 @@ from server.settings import (
 from server.triton.breaker import BreakerState
 from server.triton.detection import TritonDetector
 from tests.images import photo, scan_bomb
-from tests.integration.conftest import free_port, settings_for
+from tests.integration.conftest import ROOT, free_port, settings_for
 from tests.integration.status_details import reason, status_of, violations
+from tools.local_triton import LocalTriton, start_triton
 from vision.v1 import detection_pb2, image_pb2, model_pb2, upload_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
@@ -296,3 +301,66 @@ async def test_drain_flips_health_first_and_still_serves_meanwhile(triton_url: s
         await stopping
     assert statuses == [health_pb2.HealthCheckResponse.SERVING,
                         health_pb2.HealthCheckResponse.NOT_SERVING]
+
+
+@pytest.fixture(scope="module")
+def own_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+    """A Triton of this module's own, serving detection only, for the test that stops it."""
+    repository = tmp_path_factory.mktemp("models")
+    for name in ("yolox_nano", "yolox_preprocess", "yolox_nano_onnx", "yolox_postprocess"):
+        shutil.copytree(ROOT / "model_repository" / name, repository / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
+    for onnx in (ROOT / "model_repository").glob("yolox_*/*/*.onnx"):
+        (repository / onnx.relative_to(ROOT / "model_repository")).symlink_to(onnx.resolve())
+    triton = start_triton(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_path=repository / "triton.log", model_repository=repository)
+    yield triton
+    triton.stop(grace=5)
+
+
+async def test_a_hung_triton_fails_new_calls_fast_and_waiting_ones_keep_their_deadline(
+        own_triton: LocalTriton) -> None:
+    settings = settings_for(own_triton.grpc_url).model_copy(
+        update={"breaker": BreakerSettings(failure_threshold=5, reset_after_s=1.0)})
+    running = await create_server(settings)
+    breaker = running.resources.triton.breaker
+    try:
+        await running.health_watcher.checked.wait()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = det_grpc.DetectionServiceStub(channel)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="vision.v1.DetectionService"))
+
+            async def until(status: int) -> None:
+                while (await watch.read()).status != status:
+                    pass
+
+            await stub.DetectObjects(detect_request(), timeout=60)
+            os.kill(own_triton.pid, signal.SIGSTOP)  # hung: connected, never answering
+            try:
+                started = time.monotonic()
+                waiting = asyncio.ensure_future(stub.DetectObjects(detect_request(), timeout=4))
+                async with asyncio.timeout(10):  # the readiness check times out after 0.5 s
+                    await until(health_pb2.HealthCheckResponse.NOT_SERVING)
+                assert breaker.held
+                asked = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.DetectObjects(detect_request(), timeout=30)
+                assert time.monotonic() - asked < 0.5
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert reason(status_of(refused.value)) == "BACKEND_UNAVAILABLE"
+                assert retry_delay(refused.value) is not None
+                with pytest.raises(grpc.aio.AioRpcError) as expired:
+                    await waiting  # sent before the server knew: it keeps its whole deadline
+                assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert time.monotonic() - started >= 3.9
+            finally:
+                os.kill(own_triton.pid, signal.SIGCONT)
+            async with asyncio.timeout(30):  # recovery: the next check Triton answers
+                await until(health_pb2.HealthCheckResponse.SERVING)
+            watch.cancel()
+            assert not breaker.held
+            answer = await stub.DetectObjects(detect_request(), timeout=60)
+            assert answer.detections[0].label == "cat"
+    finally:
+        await running.stop(grace_s=0.5)

@@ -180,15 +180,14 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 async def test_server_options_let_several_servers_bind_one_port() -> None:
-    # grpc core sets SO_REUSEPORT on Linux by default; server_options says so explicitly, and
-    # with the option off a second bind of the port fails.
-    options = server_options(ConnectionSettings())
+    # Workers set SO_REUSEPORT and share the port; a single server does not, so a second bind
+    # of its port fails (gRPC's default on Linux would let it share silently).
+    options = server_options(ConnectionSettings(), reuse_port=True)
     assert ("grpc.so_reuseport", 1) in options
     first, second = grpc.aio.server(options=options), grpc.aio.server(options=options)
     port = first.add_insecure_port("127.0.0.1:0")
     assert second.add_insecure_port(f"127.0.0.1:{port}") == port
-    exclusive = grpc.aio.server(options=[*(o for o in options if o[0] != "grpc.so_reuseport"),
-                                         ("grpc.so_reuseport", 0)])
+    exclusive = grpc.aio.server(options=server_options(ConnectionSettings()))
     with pytest.raises(RuntimeError):
         exclusive.add_insecure_port(f"127.0.0.1:{port}")
     for server in (first, second, exclusive):

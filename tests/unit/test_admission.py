@@ -101,7 +101,7 @@ async def test_a_call_that_would_only_wait_in_vain_is_refused_at_once() -> None:
     await asyncio.sleep(0)
     assert admission.waiting == 2
     # ...a third in line would wait ~30 s only to be refused: it is refused at once.
-    third = asyncio.create_task(admission.acquire("c", None))
+    third = asyncio.create_task(admission.acquire("b", None))
     await asyncio.sleep(0)
     assert third.done() and isinstance(third.exception(), ResourceExhaustedError)
     assert (admission.waiting, admission.refused) == (2, 1)
@@ -140,3 +140,53 @@ async def test_without_a_known_rate_a_call_waits_its_whole_wait() -> None:
     assert admission.release_gap_s is None and admission.waiting == 2
     for waiter in waiters:
         waiter.cancel()
+
+
+async def test_a_light_peer_waits_for_the_next_slot_ahead_of_heavy_ones() -> None:
+    clock = FakeClock()
+    # 4 slots, 3 per peer, every slot held by two heavy peers; slots free every 10 s.
+    admission = Admission(limits(max_in_flight=4, max_waiting=10, max_wait_s=15.0,
+                                 peer_share=0.75, max_fair_wait_s=30.0), clock)
+    for peer in ("heavy-1", "heavy-1", "heavy-2", "heavy-2"):
+        await admission.acquire(peer, None)
+    await _releases_under_pressure(admission, clock, "heavy-1", 10.0, 3)
+    heavy = asyncio.create_task(admission.acquire("heavy-1", None))
+    await asyncio.sleep(0)
+    # A second heavy call would be ~20 s from a slot, beyond its 15 s: refused at once...
+    with pytest.raises(ResourceExhaustedError):
+        await admission.acquire("heavy-2", None)
+    # ...while the light peer, holding nothing of its share (4 slots / 3 peers), waits as long
+    # as max_fair_wait_s, and takes the next slot freed ahead of the heavy call queued first.
+    light = asyncio.create_task(admission.acquire("light", None))
+    await asyncio.sleep(0)
+    assert admission.waiting == 2
+    admission.release("heavy-2")
+    await light
+    assert not heavy.done() and admission.in_flight == 4
+    heavy.cancel()
+
+
+async def test_a_peer_refused_again_before_its_retry_delay_gets_its_refusal_later() -> None:
+    clock = FakeClock()
+    admission = Admission(limits(max_in_flight=1, max_waiting=0, peer_share=1.0,
+                                 retry_after_s=0.2, max_fair_wait_s=0.0, pace_after=1), clock)
+    await admission.acquire("storm", None)
+    loop = asyncio.get_running_loop()
+    # The first pace_after refusals of a window go out at once...
+    started = loop.time()
+    with pytest.raises(ResourceExhaustedError):
+        await admission.acquire("storm", None)
+    assert loop.time() - started < 0.1
+    # ...a caller coming back within the RetryInfo delay gets its refusal at the window's end.
+    clock.now += 0.05
+    started = loop.time()
+    with pytest.raises(ResourceExhaustedError):
+        await admission.acquire("storm", None)
+    assert 0.14 <= loop.time() - started < 0.5
+    # Another peer, and the same peer once the window has passed, are refused at once.
+    for peer in ("polite", "storm"):
+        clock.now += 0.2
+        started = loop.time()
+        with pytest.raises(ResourceExhaustedError):
+            await admission.acquire(peer, None)
+        assert loop.time() - started < 0.1

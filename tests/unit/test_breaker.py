@@ -63,3 +63,17 @@ def test_a_probe_that_tells_nothing_lets_the_next_call_probe() -> None:
     breaker.settled()  # e.g. the caller's image was bad
     breaker.before_call()
     assert breaker.state is BreakerState.HALF_OPEN
+
+
+def test_held_open_by_health_it_fails_every_call_until_released() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(5, 2.0, clock)
+    breaker.hold_open(True)  # Triton stopped answering its readiness checks
+    assert breaker.state.value == BreakerState.OPEN.value
+    clock.now += 60.0  # no half-open probe while held: every call fails at once
+    with pytest.raises(BackendUnavailableError) as refused:
+        breaker.before_call()
+    assert refused.value.retry_after_s == 2.0
+    breaker.hold_open(False)
+    assert breaker.state is BreakerState.CLOSED
+    breaker.before_call()
