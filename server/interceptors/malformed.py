@@ -45,16 +45,30 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     await abort(context, to_status(_MALFORMED_ERROR, _PATHS))
 
 
+class _CheckedMessages:
+    """A streaming request's messages, aborting the call at a malformed one (a plain async
+    iterator, which a reader may leave unfinished at no cost: wrapping.ContextMessages)."""
+
+    __slots__ = ("_messages", "_context")
+
+    def __init__(self, messages: AsyncIterator[Any], context: Any) -> None:
+        self._messages = messages
+        self._context = context
+
+    def __aiter__(self) -> _CheckedMessages:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self._messages.__anext__()
+        if message is _MALFORMED:
+            await _abort(self._context)
+        return message
+
+
 def _checked(request: Any, context: Any) -> Any:
     """The request, or for a streaming request an iterator that aborts at a malformed message."""
     if hasattr(request, "__aiter__"):
-        async def messages() -> AsyncIterator[Any]:
-            async for message in request:
-                if message is _MALFORMED:
-                    await _abort(context)
-                yield message
-
-        return messages()
+        return _CheckedMessages(request, context)
     return request
 
 

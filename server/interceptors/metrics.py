@@ -59,7 +59,7 @@ class _Call:
         if isinstance(request, Message):
             self.record.request_bytes += request.ByteSize()
             return request
-        return _counted(request, self.record)
+        return _Counted(request, self.record)
 
     def timing(self) -> tuple[tuple[str, str]]:
         total_ms = (time.perf_counter() - self._start) * 1000
@@ -86,10 +86,23 @@ class _Call:
         call_records.close_record(self._token)
 
 
-async def _counted(requests: AsyncIterator[Any], record: CallRecord) -> AsyncIterator[Any]:
-    async for request in requests:
-        record.request_bytes += request.ByteSize()
-        yield request
+class _Counted:
+    """A streaming request's messages, each one's bytes counted as it is read (a plain async
+    iterator, which a reader may leave unfinished at no cost: wrapping.ContextMessages)."""
+
+    __slots__ = ("_requests", "_record")
+
+    def __init__(self, requests: AsyncIterator[Any], record: CallRecord) -> None:
+        self._requests = requests
+        self._record = record
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._requests.__anext__()
+        self._record.request_bytes += request.ByteSize()
+        return request
 
 
 def _code(context: Any, error: BaseException | None) -> str:

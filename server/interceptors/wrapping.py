@@ -71,11 +71,56 @@ def read_after(handler: Handler, unary: Wrap, streaming: Wrap) -> Handler:
     return handler
 
 
+class ContextMessages:
+    """The request messages of a streaming-request call, read with `context.read()`: a plain
+    async iterator rather than gRPC's request iterator, an async generator. A reader that stops
+    after one message (every unary-request call served as a stream, see read_after) leaves an
+    async generator unfinished, and the event loop finalises each such generator with a task of
+    its own scheduled through its self-pipe: a wake-up and a task per layer per call."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def __aiter__(self) -> ContextMessages:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self._context.read()
+        if message is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return message
+
+
+def _read_by_context(handler: Handler) -> Handler:
+    """A streaming-request handler whose behaviour gets ContextMessages in place of gRPC's
+    request iterator (which it then never starts)."""
+    if not handler.request_streaming:
+        return handler
+
+    def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def served(requests: Any, context: Any) -> Any:
+            return await behavior(ContextMessages(context), context)
+
+        return served
+
+    def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def served(requests: Any, context: Any) -> AsyncIterator[Any]:
+            async for response in responses(behavior, ContextMessages(context), context):
+                yield response
+
+        return served
+
+    return wrap_handler(handler, unary, streaming)
+
+
 def intercepted(method: str, handler: Handler, interceptors: Sequence[Interceptor]) -> Handler:
-    """handler inside every interceptor, the first of the sequence outermost."""
+    """handler inside every interceptor, the first of the sequence outermost; its request
+    messages, when it streams them, read as ContextMessages."""
     for interceptor in reversed(interceptors):
         handler = interceptor.wrap(method, handler)
-    return handler
+    return _read_by_context(handler)
 
 
 class _InterceptedHandlers(grpc.GenericRpcHandler):
