@@ -94,6 +94,7 @@ class FaceRecord:
     box: Box
     score: float
     embedding: Vector
+    person_id: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "embedding", frozen_vector(self.embedding))
@@ -104,6 +105,7 @@ class FaceRecord:
         return (
             self.box == other.box
             and self.score == other.score
+            and self.person_id == other.person_id
             and np.array_equal(self.embedding, other.embedding)
         )
 
@@ -137,6 +139,8 @@ class ImageRecord:
     faces: tuple[FaceRecord, ...] = ()
     ocr_lines: tuple[OcrLine, ...] = ()
     ocr_text: str = ""
+    content_sha256: str = ""
+    duplicate_of: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
@@ -163,6 +167,8 @@ class ImageRecord:
             self.faces,
             self.ocr_lines,
             self.ocr_text,
+            self.content_sha256,
+            self.duplicate_of,
         ) == (
             other.tenant,
             other.image_id,
@@ -175,6 +181,8 @@ class ImageRecord:
             other.faces,
             other.ocr_lines,
             other.ocr_text,
+            other.content_sha256,
+            other.duplicate_of,
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -210,6 +218,8 @@ class Filters:
     metadata: Mapping[str, str] = field(default_factory=dict)
     ranges: tuple[MetadataRange, ...] = ()
     indexes: frozenset[IndexKind] = frozenset()
+    person_ids: frozenset[str] = frozenset()
+    exclude_ids: frozenset[str] = frozenset()
 
     def allows(self, kind: IndexKind) -> bool:
         return not self.indexes or kind in self.indexes
@@ -230,6 +240,25 @@ class VectorHit:
     space: Space
     face_index: int | None = None
     box: Box | None = None
+    person_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BrowseHit:
+    image_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """Faces grouped by identity; the cover is the person's highest-scoring face."""
+
+    id: str
+    name: str
+    face_count: int
+    image_count: int
+    cover_image_id: str
+    cover_box: Box | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,9 +308,31 @@ class VectorStore(Protocol):
         k: int,
         filters: Filters = NO_FILTERS,
         offset: int = 0,
+        min_score: float | None = None,
     ) -> tuple[VectorHit, ...]:
         """The k nearest (cosine) matching vectors after skipping `offset`; fewer only when fewer
-        match."""
+        match. Hits scoring below `min_score` are not returned."""
+
+    async def browse(self, tenant: str, filters: Filters, k: int,
+                     offset: int = 0) -> tuple[BrowseHit, ...]:
+        """Every matching image, newest first (then by id), paged."""
+
+    async def find_duplicate(self, tenant: str, content_sha256: str, embedding: Vector | None,
+                             min_cosine: float, exclude_id: str) -> str | None:
+        """A stored image other than `exclude_id` with the same bytes, else the nearest by image
+        embedding with cosine >= min_cosine, else None."""
+
+    async def list_people(self, tenant: str, k: int, offset: int = 0) -> tuple[Person, ...]:
+        """People with at least one face, most faces first (then by id)."""
+
+    async def get_person(self, tenant: str, person_id: str) -> Person | None: ...
+
+    async def rename_person(self, tenant: str, person_id: str, name: str) -> Person | None:
+        """None when no stored face belongs to the person."""
+
+    async def merge_people(self, tenant: str, person_ids: Sequence[str],
+                           target_id: str) -> Person | None:
+        """Moves every face of `person_ids` to `target_id`; None when the target is unknown."""
 
     async def search_text(
         self,
