@@ -554,7 +554,8 @@ def markdown(results: Json, images: list[Path]) -> str:
     not_measured = [
         "## 7. Search", "", "The vector store has its own script, `.venv/bin/python -m "
         "bench.store` (insert rate, k=10 p50/p95 and recall@10, filtered and unfiltered, at "
-        "100 000 × 1280-d and × 128-d; `bench/report/store.json`, figures in the README); ingest "
+        "100 000 × 1280-d and × 128-d): figures in [report/store.md](report/store.md), raw in "
+        "`bench/report/store.json`; ingest "
         "end to end is in `bench/MODELS.md` (`python -m bench.models`).", "",
         "## 8. GPU", "", "Not measured: no accelerator was lent to this task (the device tool's "
         "status said so in every session), so every figure here is CPU-only (Triton's Python "

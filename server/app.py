@@ -24,7 +24,7 @@ from server.reflection import enable_reflection
 from server.servicers.streams import UploadBudget
 from server.services import SERVICES, Resources, Service
 from server.settings import ConnectionSettings, Settings
-from server.store import Space, StoreConfig, open_store
+from server.store import Space, open_store
 from server.store.timed import TimedStore
 from server.triton.aggregation import Aggregator
 from server.triton.breaker import CircuitBreaker
@@ -91,7 +91,9 @@ async def _start(settings: Settings, services: Sequence[Service],
     stack.push_async_callback(triton.close)
     operations = await start_operations(settings, triton, stack)
     await check_models(triton, services, settings)
-    store = TimedStore(await open_store(store_config(settings)))
+    store = TimedStore(await open_store(
+        settings.store, {Space.IMAGES: settings.embedding.output_dimension,
+                         Space.FACES: settings.faces.output_dimension}))
     stack.push_async_callback(store.close)
     detection_calls: Inference = triton
     if settings.aggregation.enabled:
@@ -136,15 +138,6 @@ async def _start(settings: Settings, services: Sequence[Service],
              settings.triton.url)
     return RunningServer(server, port, watcher, health_servicer, in_flight, admission,
                          stream_admission, resources, stack, operations)
-
-
-def store_config(settings: Settings) -> StoreConfig:
-    store = settings.store
-    return StoreConfig(
-        backend=store.backend, path=store.path, url=store.url, index_prefix=store.index_prefix,
-        username=store.username, password=store.password,
-        dims={Space.IMAGES: settings.embedding.output_dimension,
-              Space.FACES: settings.faces.output_dimension})
 
 
 def server_options(connection: ConnectionSettings) -> list[tuple[str, int]]:

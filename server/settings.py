@@ -234,16 +234,19 @@ class TlsSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
-    """Where ingested images are stored (server/store). The embedded store is one directory
-    owned by one server process; several processes share an OpenSearch cluster instead."""
+    """Where ingested images are stored (server/store; `open_store` takes this object). The
+    embedded store is one directory, which the processes of `--workers N` share (SQLite takes
+    every process's writes); several servers on several machines share an OpenSearch cluster."""
 
     backend: Literal["embedded", "opensearch"] = Field(
         "embedded", description="embedded (a directory, no server) or opensearch.")
-    path: str = Field("var/store", description="The embedded store's directory.")
+    path: Path = Field(Path("var/store"), description="The embedded store's directory.")
     url: str = Field("http://127.0.0.1:4607", description="OpenSearch's URL.")
     index_prefix: str = Field("vision", description="Prefix of the OpenSearch index aliases.")
     username: str | None = Field(None, description="OpenSearch basic-auth user, if any.")
     password: str | None = Field(None, description="OpenSearch basic-auth password, if any.")
+    verify_certs: bool = Field(True, description="Check OpenSearch's TLS certificate.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout to OpenSearch, seconds.")
 
 
 class Settings(BaseSettings):

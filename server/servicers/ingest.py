@@ -12,9 +12,9 @@ from google.protobuf import timestamp_pb2
 from server import converters, request_ids, tenants
 from server.errors import RequestPaths, unary
 from server.pipeline.ingest import IngestInput, IngestPipeline
+from server.records import ImageRecord
 from server.servicers.streams import StreamLimits, UploadStream
 from server.servicers.uploads import CompletedUpload, UploadAssembler
-from server.store.base import ImageRecord
 from vision.v1 import detection_pb2, embedding_pb2, face_pb2, ingest_pb2, ocr_pb2
 from vision.v1 import ingest_service_pb2 as ing_pb2
 from vision.v1 import ingest_service_pb2_grpc as ing_grpc

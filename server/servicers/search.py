@@ -11,7 +11,7 @@ from server import converters, request_ids, tenants
 from server.errors import RequestPaths, unary
 from server.pipeline.search import FiltersInput, RangeInput, SearchInput, SearchPage
 from server.pipeline.search import SearchPipeline as Pipeline
-from server.store.base import IndexKind
+from server.records import IndexKind
 from vision.v1 import search_service_pb2 as search_pb2
 from vision.v1 import search_service_pb2_grpc as search_grpc
 

@@ -1,8 +1,10 @@
-"""The vector store interface: what an ingested image is stored as, how it is queried, the errors.
+"""The vector store interface: how stored images are queried, the filters, the limits.
 
-Both backends (embedded SQLite + HNSW, OpenSearch) implement `VectorStore` and accept exactly the
-records and filters defined here, validated by the same functions, so the pipeline above never
-knows which one it talks to. Nothing here knows gRPC, protobuf or the pipeline.
+Both backends (embedded SQLite + HNSW, OpenSearch) implement `VectorStore` over the records of
+server/records.py (re-exported here) and the filters defined here. `open_store` wraps each in
+`CheckedStore` (checked.py), which checks every argument once, so the backends trust what
+reaches them and the pipeline above never knows which one it talks to. Nothing here knows gRPC,
+protobuf or the pipeline.
 """
 
 from __future__ import annotations
@@ -13,20 +15,31 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import MappingProxyType
 from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-from server.domain import (
-    Box,
-    FieldViolation,
-    Input,
-    InvalidArgumentError,
+from server.domain import Box
+from server.records import (
+    FaceRecord,
+    ImageRecord,
+    IndexKind,
+    Label,
+    ObjectRecord,
+    OcrLine,
+    Vector,
+    frozen_vector,
 )
 
-Vector = npt.NDArray[np.float32]
+__all__ = [
+    "FaceRecord",
+    "ImageRecord",
+    "IndexKind",
+    "Label",
+    "ObjectRecord",
+    "OcrLine",
+    "Vector",
+    "frozen_vector",
+]
+
 
 MAX_TENANT_CHARS = 128
 MAX_IMAGE_ID_CHARS = 256
@@ -52,15 +65,6 @@ class Space(enum.StrEnum):
     FACES = "faces"
 
 
-class IndexKind(enum.StrEnum):
-    """The four indexes an ingested image feeds; also the unit of `count` and `Filters.indexes`."""
-
-    IMAGES = "images"
-    FACES = "faces"
-    OBJECTS = "objects"
-    OCR = "ocr"
-
-
 SPACE_KIND = {Space.IMAGES: IndexKind.IMAGES, Space.FACES: IndexKind.FACES}
 
 
@@ -70,122 +74,6 @@ class MatchKind(enum.StrEnum):
     OCR_LINE = "ocr_line"
     LABEL = "label"
     OBJECT = "object"
-
-
-@dataclass(frozen=True, slots=True)
-class Label:
-    """An image-level label (ImageNet class or a detected COCO class) with its score in [0, 1]."""
-
-    name: str
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRecord:
-    label: str
-    score: float
-    box: Box
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class FaceRecord:
-    """A detected face; `embedding` is float32, read-only, stored and returned as given."""
-
-    box: Box
-    score: float
-    embedding: Vector
-    person_id: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "embedding", frozen_vector(self.embedding))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FaceRecord):
-            return NotImplemented
-        return (
-            self.box == other.box
-            and self.score == other.score
-            and self.person_id == other.person_id
-            and np.array_equal(self.embedding, other.embedding)
-        )
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-@dataclass(frozen=True, slots=True)
-class OcrLine:
-    text: str
-    confidence: float
-    box: Box
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class ImageRecord:
-    """Everything the store keeps for one ingested image; the unit of upsert, get and delete.
-
-    Boxes are in pixels of the decoded image (`width` x `height`). `created_at` must be
-    timezone-aware; it comes back as UTC with microsecond precision.
-    """
-
-    tenant: str
-    image_id: str
-    created_at: datetime
-    width: int
-    height: int
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    embedding: Vector | None = None
-    labels: tuple[Label, ...] = ()
-    objects: tuple[ObjectRecord, ...] = ()
-    faces: tuple[FaceRecord, ...] = ()
-    ocr_lines: tuple[OcrLine, ...] = ()
-    ocr_text: str = ""
-    content_sha256: str = ""
-    duplicate_of: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
-        if self.embedding is not None:
-            object.__setattr__(self, "embedding", frozen_vector(self.embedding))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ImageRecord):
-            return NotImplemented
-        same_embedding = (self.embedding is None and other.embedding is None) or (
-            self.embedding is not None
-            and other.embedding is not None
-            and np.array_equal(self.embedding, other.embedding)
-        )
-        return same_embedding and (
-            self.tenant,
-            self.image_id,
-            self.created_at,
-            self.width,
-            self.height,
-            dict(self.metadata),
-            self.labels,
-            self.objects,
-            self.faces,
-            self.ocr_lines,
-            self.ocr_text,
-            self.content_sha256,
-            self.duplicate_of,
-        ) == (
-            other.tenant,
-            other.image_id,
-            other.created_at,
-            other.width,
-            other.height,
-            dict(other.metadata),
-            other.labels,
-            other.objects,
-            other.faces,
-            other.ocr_lines,
-            other.ocr_text,
-            other.content_sha256,
-            other.duplicate_of,
-        )
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,118 +238,9 @@ class VectorStore(Protocol):
     async def close(self) -> None: ...
 
 
-def frozen_vector(values: npt.ArrayLike) -> Vector:
-    """A read-only, contiguous float32 copy (or the array itself when it already is one)."""
-    array = np.asarray(values, dtype=np.float32)
-    if array.flags.writeable or not array.flags.c_contiguous:
-        array = np.ascontiguousarray(array).copy()
-        array.flags.writeable = False
-    return array
-
-
 def metadata_number(value: str) -> float | None:
     """The numeric reading of a metadata value used by numeric ranges, or None."""
     if _NUMBER.fullmatch(value) is None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def _bad(field_path: str, description: str) -> InvalidArgumentError:
-    """Paths are relative to the store call's arguments; the pipeline checks what a caller sends
-    before it reaches the store, so these name programming errors more than bad requests."""
-    return InvalidArgumentError.one("INVALID_STORE_ARGUMENT", Input.REQUEST, field_path,
-                                    description)
-
-
-def check_tenant(tenant: str) -> None:
-    if not tenant or len(tenant) > MAX_TENANT_CHARS:
-        raise _bad("tenant", f"must be 1 to {MAX_TENANT_CHARS} characters")
-
-
-def check_image_id(image_id: str) -> None:
-    if not image_id or len(image_id) > MAX_IMAGE_ID_CHARS:
-        raise _bad("image_id", f"must be 1 to {MAX_IMAGE_ID_CHARS} characters")
-
-
-def check_vector(values: Vector, dim: int, field_path: str) -> None:
-    if values.ndim != 1 or values.shape[0] != dim:
-        raise _bad(field_path, f"must have {dim} dimensions, has shape {values.shape}")
-    if not np.all(np.isfinite(values)):
-        raise _bad(field_path, "must be finite")
-    # Cosine similarity is undefined for a zero vector (OpenSearch rejects one outright).
-    if not np.any(values):
-        raise _bad(field_path, "must not be all zeros")
-
-
-def check_score(value: float, field_path: str) -> None:
-    if not math.isfinite(value):
-        raise _bad(field_path, "must be finite")
-
-
-def check_record(record: ImageRecord, dims: Mapping[Space, int]) -> None:
-    """Raise InvalidArgumentError (with the field path) unless every backend can store this."""
-    check_tenant(record.tenant)
-    check_image_id(record.image_id)
-    if record.created_at.tzinfo is None:
-        raise _bad("created_at", "must be timezone-aware")
-    if record.width < 0 or record.height < 0:
-        raise _bad("width", "image size must not be negative")
-    check_metadata(record.metadata, "metadata")
-    if record.embedding is not None:
-        check_vector(record.embedding, dims[Space.IMAGES], "embedding")
-    for i, label in enumerate(record.labels):
-        check_score(label.score, f"labels[{i}].score")
-    for i, obj in enumerate(record.objects):
-        check_score(obj.score, f"objects[{i}].score")
-    for i, face in enumerate(record.faces):
-        check_score(face.score, f"faces[{i}].score")
-        check_vector(face.embedding, dims[Space.FACES], f"faces[{i}].embedding")
-    for i, line in enumerate(record.ocr_lines):
-        check_score(line.confidence, f"ocr_lines[{i}].confidence")
-
-
-def check_batch(records: Sequence[ImageRecord], dims: Mapping[Space, int]) -> None:
-    seen: set[tuple[str, str]] = set()
-    for i, record in enumerate(records):
-        try:
-            check_record(record, dims)
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(
-                exc.reason,
-                tuple(FieldViolation(v.input, f"records[{i}].{v.path}", v.description)
-                      for v in exc.violations),
-            ) from None
-        if (record.tenant, record.image_id) in seen:
-            raise _bad(f"records[{i}].image_id", "appears twice in one batch")
-        seen.add((record.tenant, record.image_id))
-
-
-def check_metadata(metadata: Mapping[str, str], field_path: str) -> None:
-    if len(metadata) > MAX_METADATA_ENTRIES:
-        raise _bad(field_path, f"at most {MAX_METADATA_ENTRIES} entries")
-    for key, value in metadata.items():
-        if not key or len(key) > MAX_METADATA_KEY_CHARS:
-            raise _bad(f"{field_path}[{key!r}]", f"keys are 1 to {MAX_METADATA_KEY_CHARS} chars")
-        if len(value) > MAX_METADATA_VALUE_CHARS:
-            raise _bad(f"{field_path}[{key!r}]", f"values are at most {MAX_METADATA_VALUE_CHARS}")
-
-
-def check_query(k: int, offset: int, filters: Filters) -> None:
-    if not 1 <= k <= MAX_K:
-        raise _bad("k", f"must be 1 to {MAX_K}")
-    if not 0 <= offset <= MAX_OFFSET:
-        raise _bad("offset", f"must be 0 to {MAX_OFFSET}")
-    check_metadata(filters.metadata, "filters.metadata")
-    for i, bound in enumerate(filters.ranges):
-        path = f"filters.ranges[{i}]"
-        if not bound.key:
-            raise _bad(f"{path}.key", "must not be empty")
-        if bound.gte is None and bound.lte is None:
-            raise _bad(path, "needs gte, lte or both")
-        kinds = {isinstance(b, str) for b in (bound.gte, bound.lte) if b is not None}
-        if len(kinds) > 1:
-            raise _bad(path, "gte and lte must both be numbers or both be strings")
-        for name, b in (("gte", bound.gte), ("lte", bound.lte)):
-            if isinstance(b, float | int) and not math.isfinite(b):
-                raise _bad(f"{path}.{name}", "must be finite")

@@ -21,7 +21,7 @@ from server.store import (
     StoreUnavailableError,
 )
 from server.store.embedded import EmbeddedOptions, EmbeddedStore
-from server.store.hnsw import HnswParams
+from server.store.embedded.hnsw import HnswParams
 from tests.contract.store_data import clustered, exact_top, record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ import asyncio, sys
 import numpy as np
 from server.store import Space
 from server.store.embedded import EmbeddedOptions, EmbeddedStore
-from server.store.hnsw import HnswParams
+from server.store.embedded.hnsw import HnswParams
 from tests.unit.test_store_embedded import DIMS, durable_record
 
 async def main() -> None:

@@ -245,7 +245,7 @@ async def test_bulk_gives_up_after_bounded_retries(monkeypatch: pytest.MonkeyPat
     async def no_wait(_: float) -> None:
         return None
 
-    monkeypatch.setattr("server.store.opensearch.asyncio.sleep", no_wait)
+    monkeypatch.setattr("server.store.opensearch.store.asyncio.sleep", no_wait)
     busy = {"errors": True, "items": [{"index": {"status": 429}}]}
     cluster = FakeCluster(
         lambda call: (200, busy) if call.path == "/_bulk" else existing_aliases(call)

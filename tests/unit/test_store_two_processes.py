@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from server.store import Filters, ImageRecord, IndexKind, Space, TextHit, VectorHit
 from server.store.embedded import EmbeddedOptions, EmbeddedStore
-from server.store.hnsw import HnswParams
+from server.store.embedded.hnsw import HnswParams
 from tests.contract.store_data import clustered, exact_top, record
 
 DIMS = {Space.IMAGES: 32, Space.FACES: 16}

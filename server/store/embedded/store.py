@@ -2,7 +2,7 @@
 
 Writes run on one dedicated thread that owns the write connection (SQLite has one writer
 anyway); reads run on a small pool of threads with a connection each (WAL lets them read while
-the writer commits). The event loop only validates arguments and awaits.
+the writer commits). The event loop only awaits; arguments arrive checked (checked.py).
 
 Several processes may open one directory at once (N server processes on one port). SQLite
 (WAL, a busy timeout) serialises their writes and stays the only truth: a write is acknowledged
@@ -10,17 +10,11 @@ once its commit is fsynced, whichever process made it, and get, text search and 
 SQLite directly. The HNSW caches live in each process's memory, so each follows the vectors
 table by itself: a k-NN first compares its cache's change marks with its snapshot's (one
 lookup when nothing changed) and applies the vectors added and the tombstones written since
-(records.py), and the writer thread does the same after each commit. Exactly one process, the
+(changes.py), and the writer thread does the same after each commit. Exactly one process, the
 one holding the directory's lock file (taken without waiting, tried again when a save is due
 and at close), writes the cache files; the others never do, so no two processes write one file.
 
-A k-NN ranks exactly. When few rows can match (a selective filter, a small tenant) they are
-all candidates: their ids come from covering indexes, their cosines are first judged on the
-cache's in-memory f16 vectors (within a known bound of the exact ones), and only the rows that
-this bound cannot rule out of the best k are checked against the tenant and filters, read from
-SQLite as float32 and scored exactly. Otherwise HNSW is over-fetched and its candidates are
-re-checked and scored the same way. Measured (bench/store.py, 1 000 matching rows of 100 000):
-reading, checking and decoding every matching row was most of a selective query's time.
+How a k-NN chooses what to score is planner.py.
 """
 
 from __future__ import annotations
@@ -28,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -39,10 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-
 from server.domain import StoreError, StoreUnavailableError
-from server.store import records, text
+from server.store import text
 from server.store.base import (
     DEFAULT_FACE_DIM,
     DEFAULT_IMAGE_DIM,
@@ -56,15 +47,11 @@ from server.store.base import (
     TextHit,
     Vector,
     VectorHit,
-    check_batch,
-    check_image_id,
-    check_query,
-    check_record,
-    check_tenant,
-    check_vector,
-    frozen_vector,
 )
-from server.store.hnsw import HnswCache, HnswParams
+from server.store.embedded import changes, fulltext, planner, records, schema
+from server.store.embedded.candidates import face_boxes
+from server.store.embedded.hnsw import HnswCache, HnswParams
+from server.store.embedded.schema import transaction
 
 _log = logging.getLogger(__name__)
 
@@ -105,10 +92,6 @@ class EmbeddedOptions:
 
 # A process that did not get the lock file tries again no sooner than this after a failure.
 _LOCK_RETRY_S = 5.0
-# Cosine scores are rounded to 6 decimals before ties fall to the id (see `rank`).
-_ROUNDING = 1e-6
-# The cache screens candidates only when there are this many times more than it keeps.
-_SHORTLIST_FROM = 4
 
 
 class EmbeddedStore:
@@ -117,6 +100,7 @@ class EmbeddedStore:
     def __init__(self, path: Path, options: EmbeddedOptions) -> None:
         self.path = path
         self.options = options
+        self._limits = planner.PlanLimits(options.exact_threshold, options.max_fetch)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
         self._readers = ThreadPoolExecutor(
             max_workers=options.readers, thread_name_prefix="store-read"
@@ -148,11 +132,10 @@ class EmbeddedStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         self._take_lock(retry_now=True)
-        conn = records.connect(self.path / "store.sqlite3")
+        conn = schema.connect(self.path / "store.sqlite3")
         self._write_conn = conn
-        records.create_schema(conn)
-        conn.execute("BEGIN")
-        try:
+        schema.create_schema(conn)
+        with transaction(conn):
             for space in Space:
                 cache = HnswCache(
                     self.path / f"hnsw-{space.value}.usearch",
@@ -162,8 +145,6 @@ class EmbeddedStore:
                 )
                 cache.open(conn)
                 self.caches[space] = cache
-        finally:
-            conn.execute("COMMIT")
 
     @property
     def holds_lock(self) -> bool:
@@ -198,7 +179,7 @@ class EmbeddedStore:
     def _read_conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = records.connect(self.path / "store.sqlite3")
+            conn = schema.connect(self.path / "store.sqlite3")
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -207,13 +188,10 @@ class EmbeddedStore:
     # Writes -----------------------------------------------------------------------------------
 
     async def upsert(self, record: ImageRecord) -> None:
-        check_record(record, self.options.dims)
         await self._call(self._writer, self._upsert_sync, (record,))
 
     async def upsert_many(self, batch: Sequence[ImageRecord]) -> None:
-        check_batch(batch, self.options.dims)
-        if batch:
-            await self._call(self._writer, self._upsert_sync, tuple(batch))
+        await self._call(self._writer, self._upsert_sync, batch)
 
     def _upsert_sync(self, batch: Sequence[ImageRecord]) -> None:
         assert self._write_conn is not None
@@ -221,8 +199,6 @@ class EmbeddedStore:
         self._follow_commit()
 
     async def delete(self, tenant: str, image_id: str) -> bool:
-        check_tenant(tenant)
-        check_image_id(image_id)
         return await self._call(self._writer, self._delete_sync, tenant, image_id)
 
     def _delete_sync(self, tenant: str, image_id: str) -> bool:
@@ -238,12 +214,9 @@ class EmbeddedStore:
         assert self._write_conn is not None
         conn = self._write_conn
         try:
-            conn.execute("BEGIN")
-            try:
+            with transaction(conn):
                 for cache in self.caches.values():
                     cache.catch_up(conn)
-            finally:
-                conn.execute("COMMIT")
         except sqlite3.Error:  # the write is committed; the next query catches up instead
             _log.exception("following a commit into the hnsw caches failed")
         self._save_due()
@@ -263,7 +236,7 @@ class EmbeddedStore:
             except OSError:  # every write is durable in SQLite; the next open catches up
                 _log.exception("saving the hnsw %s cache failed", cache.space)
         try:
-            records.prune_tombstones(self._write_conn, self.options.tombstones_kept)
+            changes.prune_tombstones(self._write_conn, self.options.tombstones_kept)
         except sqlite3.Error:
             _log.exception("pruning vector tombstones failed")
 
@@ -283,16 +256,13 @@ class EmbeddedStore:
     # Reads ------------------------------------------------------------------------------------
 
     async def get(self, tenant: str, image_id: str) -> ImageRecord | None:
-        check_tenant(tenant)
-        check_image_id(image_id)
         return await self._call(self._readers, self._get_sync, tenant, image_id)
 
     def _get_sync(self, tenant: str, image_id: str) -> ImageRecord | None:
         return records.get(self._read_conn(), tenant, image_id)
 
     async def count(self, tenant: str, kind: IndexKind) -> int:
-        check_tenant(tenant)
-        return await self._call(self._readers, self._count_sync, tenant, IndexKind(kind))
+        return await self._call(self._readers, self._count_sync, tenant, kind)
 
     def _count_sync(self, tenant: str, kind: IndexKind) -> int:
         return records.count(self._read_conn(), tenant, kind)
@@ -306,13 +276,8 @@ class EmbeddedStore:
         filters: Filters = NO_FILTERS,
         offset: int = 0,
     ) -> tuple[VectorHit, ...]:
-        check_tenant(tenant)
-        space = Space(space)
-        query = frozen_vector(vector)
-        check_vector(query, self.options.dims[space], "vector")
-        check_query(k, offset, filters)
         return await self._call(
-            self._readers, self._knn_sync, tenant, space, query, k, filters, offset
+            self._readers, self._knn_sync, tenant, space, vector, k, filters, offset
         )
 
     def _knn_sync(
@@ -323,18 +288,13 @@ class EmbeddedStore:
         conn = self._read_conn()
         cache = self.caches[space]
         need = k + offset
-        conn.execute("BEGIN")
-        try:
+        with transaction(conn):
             cache.catch_up(conn)
-            candidates = self._candidates(conn, cache, tenant, query, need, filters)
-            ranked = rank(query, candidates, need)[offset:]
+            found = planner.find_candidates(conn, cache, tenant, query, need, filters, self._limits)
+            ranked = planner.rank(query, found, need)[offset:]
             boxes = (
-                records.face_boxes(conn, (c.vector_id for c, _ in ranked))
-                if space is Space.FACES
-                else {}
+                face_boxes(conn, (c.vector_id for c, _ in ranked)) if space is Space.FACES else {}
             )
-        finally:
-            conn.execute("COMMIT")
         self._queue_save(cache)
         return tuple(
             VectorHit(
@@ -347,112 +307,6 @@ class EmbeddedStore:
             for c, score in ranked
         )
 
-    def _candidates(
-        self,
-        conn: sqlite3.Connection,
-        cache: HnswCache,
-        tenant: str,
-        query: Vector,
-        need: int,
-        filters: Filters,
-    ) -> records.Candidates:
-        """Vectors to rank exactly: the matching ones that can be among the best `need` when
-        few can match, else HNSW's best re-checked.
-
-        Few can match when the tenant has few vectors in the space (counted in memory) or one
-        filter condition selects few images (counted in SQLite up to the threshold); the exact
-        path then starts from those rows. Otherwise HNSW is over-fetched and re-checked.
-        """
-        space = cache.space
-        threshold = max(self.options.exact_threshold, need)
-        tenant_vectors = cache.counts.get(tenant, 0)
-        if tenant_vectors <= threshold:
-            return self._exact(conn, cache, tenant, query, need, filters, tenant_vectors)
-        for condition in records.conditions(filters):
-            selected = records.condition_size(conn, condition, threshold + 1)
-            if selected <= threshold:
-                return self._exact(conn, cache, tenant, query, need, filters, selected, condition)
-        size = cache.size
-        # One candidate in size/tenant_vectors is the tenant's: ask for four times the share
-        # that holds `need` of them. The filter conditions each select more than `threshold`
-        # rows, but together may select few: widen until enough candidates match.
-        fetch = max(64, math.ceil(4 * need * size / tenant_vectors))
-        if fetch > self.options.max_fetch:
-            return self._exact(conn, cache, tenant, query, need, filters, tenant_vectors)
-        fetch = min(size, fetch)
-        while True:
-            keys = cache.search(query, fetch).tolist()
-            if len(keys) <= _SHORTLIST_FROM * (need + max(need, 32)):
-                # A few dozen: checked and read in one pass (the cache would save little).
-                found = records.matching_vectors(conn, tenant, space, filters, keys)
-            else:
-                rows = records.matching_rows(conn, tenant, space, filters, keys)
-                found = records.with_vectors(conn, shortlist(cache, query, rows, need))
-            if len(found) >= need:
-                return found
-            if fetch >= size or fetch >= self.options.max_fetch:
-                break
-            shortfall = need / max(len(found), 1)
-            fetch = min(size, self.options.max_fetch, int(fetch * max(4.0, 2 * shortfall)))
-        _log.debug("hnsw %s over-fetch came up short; answering exactly", space)
-        return self._exact(conn, cache, tenant, query, need, filters, tenant_vectors)
-
-    def _exact(
-        self,
-        conn: sqlite3.Connection,
-        cache: HnswCache,
-        tenant: str,
-        query: Vector,
-        need: int,
-        filters: Filters,
-        reachable: int,
-        drive: records.Condition | None = None,
-    ) -> records.Candidates:
-        """Every matching vector that can be among the best `need`, reached from the images
-        `drive` selects (else from the tenant's), read from SQLite; `reachable` says about how
-        many rows that start reaches (images the condition selects, or the tenant's vectors).
-
-        Checking a row against the tenant and filters costs SQLite a lookup per row, so rows
-        are checked in the order of the cache's similarities and only as far as the bound of
-        `shortlist` needs: until `keep` rows passed, then on to the floor they set, less twice
-        the cache's error. Rows the cache lacks are checked first and always kept.
-        """
-        space = cache.space
-        keep = need + max(need, 32)
-        error = cache.cosine_error
-        if reachable <= _SHORTLIST_FROM * keep or error is None:
-            return records.matching_vectors(conn, tenant, space, filters, drive=drive)
-        ids = records.vector_ids(conn, tenant, space, drive)
-        if len(ids) <= _SHORTLIST_FROM * keep:
-            return records.matching_vectors(conn, tenant, space, filters, ids, drive)
-        present, similarity = cache.similarities(query, ids)
-        held = np.zeros(len(ids), dtype=bool)
-        held[present] = True
-        order = [*np.flatnonzero(~held).tolist(), *present[np.argsort(-similarity)].tolist()]
-        of_id = dict(zip((ids[i] for i in present.tolist()), similarity.tolist(), strict=True))
-        passed: list[records.Candidate] = []
-        passed_scores: list[float] = []  # of the passed rows the cache holds, best first
-        floor: float | None = None
-        done = 0
-        step = 2 * keep
-        while done < len(order):
-            batch = [ids[i] for i in order[done : done + step]]
-            done += len(batch)
-            for row in records.matching_rows(conn, tenant, space, filters, batch, drive):
-                passed.append(row)
-                if row.vector_id in of_id:
-                    passed_scores.append(of_id[row.vector_id])
-            if floor is None and len(passed_scores) >= keep:
-                floor = sorted(passed_scores, reverse=True)[keep - 1]
-            last = of_id.get(batch[-1])
-            if floor is not None and last is not None and last < floor - 2 * error - _ROUNDING:
-                break  # every row after this one scores lower still on the cache
-            step *= 2
-        if floor is not None:
-            cut = floor - 2 * error - _ROUNDING
-            passed = [row for row in passed if of_id.get(row.vector_id, math.inf) >= cut]
-        return records.with_vectors(conn, passed)
-
     async def search_text(
         self,
         tenant: str,
@@ -461,8 +315,6 @@ class EmbeddedStore:
         filters: Filters = NO_FILTERS,
         offset: int = 0,
     ) -> tuple[TextHit, ...]:
-        check_tenant(tenant)
-        check_query(k, offset, filters)
         query_terms = text.terms(query)[: text.MAX_QUERY_TERMS]
         return await self._call(
             self._readers, self._search_text_sync, tenant, query_terms, k, filters, offset
@@ -471,15 +323,14 @@ class EmbeddedStore:
     def _search_text_sync(
         self, tenant: str, query_terms: tuple[str, ...], k: int, filters: Filters, offset: int
     ) -> tuple[TextHit, ...]:
-        kinds = [kind for kind in records.TEXT_COLUMNS if filters.allows(kind)]
+        kinds = [kind for kind in fulltext.TEXT_COLUMNS if filters.allows(kind)]
         if not query_terms or not kinds:
             return ()
         conn = self._read_conn()
-        columns = [records.TEXT_COLUMNS[kind] for kind in kinds]
+        columns = [fulltext.TEXT_COLUMNS[kind] for kind in kinds]
         match_kinds = frozenset(_MATCH_KINDS[kind] for kind in kinds)
-        conn.execute("BEGIN")
-        try:
-            rows = records.search_text(conn, tenant, query_terms, columns, filters, k, offset)
+        with transaction(conn):
+            rows = fulltext.search_text(conn, tenant, query_terms, columns, filters, k, offset)
             return tuple(
                 TextHit(
                     row.image_id,
@@ -488,8 +339,6 @@ class EmbeddedStore:
                 )
                 for row in rows
             )
-        finally:
-            conn.execute("COMMIT")
 
     # Lifecycle --------------------------------------------------------------------------------
 
@@ -527,66 +376,3 @@ class EmbeddedStore:
             os.close(self._lock_fd)  # releases the lock for another process to take
             self._lock_fd = None
             self._holds_lock = False
-
-
-def shortlist(
-    cache: HnswCache, query: Vector, rows: list[records.Candidate], need: int
-) -> list[records.Candidate]:
-    """The rows that can be among the best `need`, judged on the cache's in-memory vectors so
-    that only those are read from SQLite and scored exactly.
-
-    A cached similarity is within e = `cache.cosine_error` of the exact one. If `need` rows
-    score at least f on the cache, each scores at least f - e exactly, so a row of the exact
-    answer scores at least f - e (less the rounding of scores) and at least f - 2e on the cache:
-    every row below that is dropped, with f the cache's shortlist-th best (no higher than its
-    need-th). Rows the cache does not hold are kept. Only worth it when it saves most of the
-    reads: HNSW's few dozen over-fetched candidates are read whole (measured 13 % slower
-    through the cache at 64 candidates, 1280-d).
-    """
-    keep_at_least = need + max(need, 32)
-    error = cache.cosine_error
-    if len(rows) <= _SHORTLIST_FROM * keep_at_least or error is None:
-        return rows
-    present, similarity = cache.similarities(query, [row.vector_id for row in rows])
-    if present.size <= keep_at_least:
-        return rows
-    cut = present.size - keep_at_least
-    floor = float(np.partition(similarity, cut)[cut])
-    keep = np.ones(len(rows), dtype=bool)
-    keep[present] = similarity >= floor - 2 * error - _ROUNDING
-    return [rows[i] for i in np.flatnonzero(keep).tolist()]
-
-
-def rank(
-    query: Vector, candidates: records.Candidates, need: int
-) -> list[tuple[records.Candidate, float]]:
-    """The best `need` candidates by exact cosine similarity, best first; ties by image id,
-    then sub-record.
-
-    A float32 pass over every candidate keeps the best `need` plus a margin, and everything
-    tied with the last of those (so ties still fall to the id); only those are scored in
-    float64, rounded below float32 resolution so that equal vectors score exactly equal
-    whatever the BLAS blocking, and sorted.
-    """
-    if not len(candidates):
-        return []
-    matrix = candidates.matrix
-    keep = np.arange(len(candidates))
-    shortlist = need + max(need, 32)
-    if len(candidates) > shortlist:
-        # Each row divided by its largest component first, so that no finite vector
-        # overflows or underflows in float32 (a store takes any magnitude).
-        scaled = matrix / np.abs(matrix).max(axis=1, keepdims=True)
-        q32 = query / np.abs(query).max()
-        approx = (scaled @ q32) / np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
-        floor = np.partition(approx, len(approx) - shortlist)[len(approx) - shortlist]
-        keep = np.flatnonzero(approx >= floor - 1e-4 * float(np.linalg.norm(q32)))
-    kept = matrix[keep].astype(np.float64)
-    q = query.astype(np.float64)
-    cosine = (kept @ q) / (np.linalg.norm(kept, axis=1) * np.linalg.norm(q))
-    scores: list[float] = np.round(np.clip(cosine, -1.0, 1.0), 6).tolist()
-    picked = [candidates.rows[i] for i in keep.tolist()]
-    order = sorted(
-        range(len(picked)), key=lambda j: (-scores[j], picked[j].image_id, picked[j].sub)
-    )
-    return [(picked[j], scores[j]) for j in order[:need]]
