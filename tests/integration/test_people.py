@@ -17,12 +17,11 @@ from server.settings import Settings
 from tests.images import photo
 from tests.integration.conftest import settings_for
 from tests.integration.status_details import status_of, violations
-from vision.v1 import image_pb2, ingest_pb2
+from vision.v1 import image_pb2, ingest_pb2, person_pb2
 from vision.v1 import ingest_service_pb2 as ing_pb2
 from vision.v1 import ingest_service_pb2_grpc as ing_grpc
 from vision.v1 import people_service_pb2 as people_pb2
 from vision.v1 import people_service_pb2_grpc as people_grpc
-from vision.v1 import person_pb2
 
 OBAMA = ("obama.jpg", "obama2.jpg", "obama3.jpg")
 PHOTOS = (*OBAMA, "biden.jpg", "sample1.jpg")
