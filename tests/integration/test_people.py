@@ -5,8 +5,9 @@ and a restart, people vanishing with their last face, and NOT_FOUND naming the f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -148,7 +149,7 @@ async def test_a_person_whose_last_face_is_deleted_disappears(album: Album) -> N
 
 async def test_unknown_people_and_bad_arguments(album: Album) -> None:
     (obama,) = await faces(album, "obama.jpg")
-    calls = [
+    calls: list[tuple[Awaitable[Any], grpc.StatusCode, list[str]]] = [
         (album.people.GetPerson(people_pb2.GetPersonRequest(id="p-nobody")),
          grpc.StatusCode.NOT_FOUND, ["id"]),
         (album.people.UpdatePerson(people_pb2.UpdatePersonRequest(
