@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from tests.images import PHOTOS, photo
-from tests.integration.conftest import ROOT, free_port
+from server.app import create_server
+from tests.integration.conftest import ROOT, free_port, settings_for
 from vision_client import VisionClient
 
 PHOTO_LABELS = {"astronaut.png": "person", "chelsea.png": "cat", "coffee.png": "cup",
@@ -141,8 +142,17 @@ def json_lines(out: str) -> list[dict[str, object]]:
 
 
 async def test_duplicates_people_and_more_like_this_from_the_shell(
-    target: str, tmp_path: Path,
+    triton_url: str, tmp_path: Path,
 ) -> None:
+    # A server of its own: duplicates and people are judged against everything stored.
+    running = await create_server(settings_for(triton_url))
+    try:
+        await duplicates_people_and_more_like_this(f"127.0.0.1:{running.port}", tmp_path)
+    finally:
+        await running.stop(grace_s=1)
+
+
+async def duplicates_people_and_more_like_this(target: str, tmp_path: Path) -> None:
     folder = tmp_path / "album2"
     folder.mkdir()
     for name in ("obama3.jpg", "biden.jpg", "coffee.png"):
