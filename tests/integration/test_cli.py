@@ -15,8 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.images import PHOTOS, photo
 from server.app import create_server
+from tests.images import PHOTOS, photo
 from tests.integration.conftest import ROOT, free_port, settings_for
 from vision_client import VisionClient
 
