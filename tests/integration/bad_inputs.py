@@ -24,6 +24,7 @@ from vision.v1 import (
     image_pb2,
     model_pb2,
     ocr_pb2,
+    person_pb2,
     upload_pb2,
 )
 from vision.v1 import analysis_service_pb2 as an_pb2
@@ -33,7 +34,6 @@ from vision.v1 import face_service_pb2 as face_pb2s
 from vision.v1 import model_service_pb2 as mod_pb2
 from vision.v1 import ocr_service_pb2 as ocr_pb2s
 from vision.v1 import people_service_pb2 as people_pb2
-from vision.v1 import person_pb2
 from vision.v1 import search_service_pb2 as search_pb2
 
 IA = grpc.StatusCode.INVALID_ARGUMENT
