@@ -26,7 +26,7 @@ integration: setup
 bench: setup
 	$(PY) -c 'import matplotlib, psutil, fastapi, uvicorn, uvloop, httptools, aiohttp' \
 	  2>/dev/null || \
-	  .venv/bin/pip install -q -c requirements/dev.lock -e ".[dev,bench]"
+	  .venv/bin/pip install -q -c requirements/dev.lock -e api/python -e ".[dev,bench]"
 	$(PY) -m bench $(BENCH_ARGS)
 
 check: lint typecheck proto-check deploy-check
@@ -42,7 +42,7 @@ typecheck:
 deploy-check:
 	scripts/check-deploy
 
-# Regenerates vision/, clients/node/src/gen and api/vision.binpb from protos/ (commit the result).
+# Regenerates api/python/vision/, clients/node/src/gen and api/vision.binpb from protos/ (commit the result).
 proto:
 	scripts/gen-protos
 	scripts/gen-stubs

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from server.background import run_in_background
 from server.health import TritonHealthWatcher
 from server.interceptors.admission import Admission, AdmissionInterceptor, AdmissionLimits
 from server.interceptors.inflight import InFlight
@@ -131,8 +132,7 @@ async def _start(settings: Settings, services: Sequence[Service],
         triton, health_servicer, {s.name: s.models(settings) for s in services},
         settings.triton.health_poll_interval_s)
     await server.start()
-    watch_task = asyncio.create_task(watcher.run())
-    stack.push_async_callback(_cancel, watch_task)
+    run_in_background(stack, watcher.run())
     log.info("vision-grpc listening on %s:%d%s (metrics :%d, triton %s)", settings.host, port,
              " with TLS" if settings.tls.cert_file else "", operations.metrics_port,
              settings.triton.url)
@@ -183,9 +183,3 @@ async def check_models(triton: TritonCalls, services: Sequence[Service],
                 raise ModelContractError(
                     f"model {model!r} does not match what {service.name} sends and reads: "
                     + "; ".join(problems))
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

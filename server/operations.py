@@ -4,11 +4,8 @@ the /metrics endpoint and the Triton statistics poller, and the (TLS or plaintex
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -16,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server import metrics
 from server.auth import KeyStore
+from server.background import run_in_background
 from server.interceptors.auth import AuthInterceptor
 from server.interceptors.metrics import MetricsInterceptor
 from server.interceptors.wrapping import Interceptor
@@ -46,7 +44,7 @@ async def start_operations(settings: Settings, triton: TritonCalls,
     if settings.auth.key_file is not None:
         keys = KeyStore(settings.auth.key_file, settings.auth.reload_interval_s)
         keys.load()
-        _background(stack, keys.run())
+        run_in_background(stack, keys.run())
         open_services = frozenset(
             ({HEALTH_SERVICE} if settings.auth.open_health else set())
             | (REFLECTION_SERVICES if settings.auth.open_reflection else set()))
@@ -61,7 +59,7 @@ async def start_operations(settings: Settings, triton: TritonCalls,
     metrics_port, httpd = metrics.serve(settings.metrics_host or settings.host,
                                         settings.metrics_port)
     stack.callback(metrics.stop_serving, httpd)
-    _background(stack, poller.run())
+    run_in_background(stack, poller.run())
     return Operations(interceptors, keys, metrics_port, poller)
 
 
@@ -74,14 +72,3 @@ def add_port(server: grpc.aio.Server, settings: Settings) -> int:
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return port
-
-
-def _background(stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.create_task(work)
-    stack.push_async_callback(_cancel, task)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

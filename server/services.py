@@ -1,34 +1,47 @@
 """The service registry: each vision.v1 service declares once its servicer (wired to its
 pipeline and adapter), how it is added to a server, its full name, the models it needs and the
 tensors its adapter expects of them. Reflection, health and the start-up model checks are all
-derived from this list, so adding a service means adding an entry here."""
+derived from this list, so adding a service means adding an entry here.
+
+Each task (detection, embedding, faces, OCR) is one TaskEntry in TASKS: its settings block,
+pipeline factory, adapter tensors, analysis key and analysis conversions. Its own service, its
+place in AnalyzeImage, the analysis and ingest services' models and the model catalog are all
+derived from that entry."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from google.rpc import status_pb2
 
 from server.domain import Task
-from server.pipeline.analysis import AnalysisPipeline
+from server.pipeline.analysis import (
+    AnalysisKey,
+    AnalysisPipeline,
+    AnalysisStep,
+    ImageResult,
+    TaskPipeline,
+)
 from server.pipeline.catalog import CatalogPipeline
-from server.pipeline.detection import DetectionConfig, DetectionPipeline
-from server.pipeline.embedding import EmbeddingConfig, EmbeddingPipeline
-from server.pipeline.faces import FacesConfig, FacesPipeline
-from server.pipeline.ingest import IngestConfig, IngestPipeline
-from server.pipeline.ocr import OcrConfig, OcrPipeline
+from server.pipeline.detection import OBJECTS, DetectionConfig, DetectionPipeline
+from server.pipeline.embedding import EMBEDDING, EmbeddingConfig, EmbeddingPipeline
+from server.pipeline.faces import FACES, FacesConfig, FacesPipeline
+from server.pipeline.ingest import STORED_ANALYSES, IngestConfig, IngestPipeline
+from server.pipeline.ocr import TEXT, OcrConfig, OcrPipeline
 from server.pipeline.options import ModelChoice
 from server.pipeline.people import PeoplePipeline
 from server.pipeline.search import SearchPipeline
-from server.servicers.analysis import AnalysisServicer
-from server.servicers.detection import DetectionServicer
-from server.servicers.embedding import EmbeddingServicer
-from server.servicers.faces import FaceServicer
+from server.servicers.analysis import AnalysisConversion, AnalysisServicer
+from server.servicers.detection import DetectionServicer, detection_options, objects_analysis
+from server.servicers.embedding import EmbeddingServicer, embedding_analysis, embedding_options
+from server.servicers.faces import FaceServicer, face_options, faces_analysis
 from server.servicers.ingest import IngestServicer
 from server.servicers.models import ModelServicer
-from server.servicers.ocr import OcrServicer
+from server.servicers.ocr import OcrServicer, ocr_options, text_analysis
 from server.servicers.people import PeopleServicer
 from server.servicers.search import SearchServicer
 from server.servicers.streams import StreamLimits, UploadBudget
@@ -63,6 +76,8 @@ from vision.v1 import (
 )
 
 CATALOG_TIMEOUT_S = 5.0
+G = TypeVar("G")
+R = TypeVar("R", bound=ImageResult)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +107,39 @@ class Service:
     def name(self) -> str:
         name: str = self.descriptor.full_name
         return name
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEntry(Generic[G, R]):
+    """One task, declared once. Its key types the rest: the pipeline takes the key's options
+    and gives its result, and the conversions read and write the key's analysis fields."""
+
+    task: Task
+    task_enum: model_service_pb2.Task.ValueType  # its value in ListModels and Model.task
+    settings: Callable[[Settings], TaskSettings]
+    pipeline: Callable[[Resources], TaskPipeline[G, Any, R]]
+    tensors: Callable[[Settings], ModelTensors]
+    key: AnalysisKey[G, R]
+    # The AnalysisOptions field's message to the task's options as given.
+    options: Callable[[Any], G]
+    # The ImageAnalysis field's message from the task's status and result.
+    message: Callable[[status_pb2.Status, R | None], Message]
+    # The task's own service.
+    descriptor: ServiceDescriptor
+    add_to_server: Callable[[Any, Any], None]
+    servicer: Callable[[Resources], object]
+
+    def service(self) -> Service:
+        return Service(descriptor=self.descriptor, add_to_server=self.add_to_server,
+                       build=self.servicer,
+                       models=lambda settings: list(self.settings(settings).models),
+                       tensors=self.tensors)
+
+    def step(self, resources: Resources) -> AnalysisStep[G, Any, R]:
+        return AnalysisStep(self.key, self.pipeline(resources))
+
+    def conversion(self) -> AnalysisConversion[G, R]:
+        return AnalysisConversion(self.key, self.options, self.message)
 
 
 def _choice(task: TaskSettings) -> ModelChoice:
@@ -150,17 +198,14 @@ def _stream_limits(resources: Resources) -> StreamLimits:
         max_protocol_errors=limits.max_stream_protocol_errors, budget=resources.upload_budget)
 
 
-def _detection(resources: Resources) -> DetectionServicer:
-    return DetectionServicer(_detection_pipeline(resources), _stream_limits(resources))
-
-
 def _analysis_pipeline(resources: Resources) -> AnalysisPipeline:
-    return AnalysisPipeline(_detection_pipeline(resources), _embedding_pipeline(resources),
-                            _faces_pipeline(resources), _ocr_pipeline(resources))
+    return AnalysisPipeline([task.step(resources) for task in TASKS],
+                            resources.settings.limits.image_limits())
 
 
 def _analysis(resources: Resources) -> AnalysisServicer:
-    return AnalysisServicer(_analysis_pipeline(resources), _stream_limits(resources))
+    return AnalysisServicer(_analysis_pipeline(resources), _stream_limits(resources),
+                            [task.conversion() for task in TASKS])
 
 
 def _ingest(resources: Resources) -> IngestServicer:
@@ -180,49 +225,69 @@ def _search(resources: Resources) -> SearchServicer:
 
 
 def _every_default_model(settings: Settings) -> list[str]:
-    return [settings.detection.default_model, settings.embedding.default_model,
-            settings.faces.default_model, settings.ocr.default_model]
+    return [task.settings(settings).default_model for task in TASKS]
+
+
+def _stored_default_models(settings: Settings) -> list[str]:
+    """The default model of each analysis that ingest stores."""
+    return [task.settings(settings).default_model for task in TASKS
+            if STORED_ANALYSES.asks(task.key)]
 
 
 def _models(resources: Resources) -> ModelServicer:
     settings = resources.settings
-    choices = {Task.DETECTION: _choice(settings.detection),
-               Task.EMBEDDING: _choice(settings.embedding),
-               Task.FACES: _choice(settings.faces), Task.OCR: _choice(settings.ocr)}
+    choices = {task.task: _choice(task.settings(settings)) for task in TASKS}
     return ModelServicer(
         CatalogPipeline(TritonCatalog(resources.triton, CATALOG_TIMEOUT_S), choices),
-        settings.limits.image_limits())
+        settings.limits.image_limits(), {task.task: task.task_enum for task in TASKS})
 
 
-SERVICES: tuple[Service, ...] = (
-    Service(
+TASKS = (
+    TaskEntry(
+        task=Task.DETECTION, task_enum=model_service_pb2.TASK_DETECTION,
+        settings=lambda settings: settings.detection,
+        pipeline=_detection_pipeline,
+        tensors=lambda settings: triton_detection.TENSORS,
+        key=OBJECTS, options=detection_options, message=objects_analysis,
         descriptor=detection_service_pb2.DESCRIPTOR.services_by_name["DetectionService"],
         add_to_server=detection_service_pb2_grpc.add_DetectionServiceServicer_to_server,
-        build=_detection,
-        models=lambda settings: list(settings.detection.models),
-        tensors=lambda settings: triton_detection.TENSORS,
+        servicer=lambda resources: DetectionServicer(_detection_pipeline(resources),
+                                                     _stream_limits(resources)),
     ),
-    Service(
+    TaskEntry(
+        task=Task.EMBEDDING, task_enum=model_service_pb2.TASK_EMBEDDING,
+        settings=lambda settings: settings.embedding,
+        pipeline=_embedding_pipeline,
+        tensors=lambda settings: triton_embedding.tensors(settings.embedding.output_dimension),
+        key=EMBEDDING, options=embedding_options, message=embedding_analysis,
         descriptor=embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"],
         add_to_server=embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server,
-        build=lambda resources: EmbeddingServicer(_embedding_pipeline(resources)),
-        models=lambda settings: list(settings.embedding.models),
-        tensors=lambda settings: triton_embedding.tensors(settings.embedding.output_dimension),
+        servicer=lambda resources: EmbeddingServicer(_embedding_pipeline(resources)),
     ),
-    Service(
+    TaskEntry(
+        task=Task.FACES, task_enum=model_service_pb2.TASK_FACES,
+        settings=lambda settings: settings.faces,
+        pipeline=_faces_pipeline,
+        tensors=lambda settings: triton_faces.tensors(settings.faces.output_dimension),
+        key=FACES, options=face_options, message=faces_analysis,
         descriptor=face_service_pb2.DESCRIPTOR.services_by_name["FaceService"],
         add_to_server=face_service_pb2_grpc.add_FaceServiceServicer_to_server,
-        build=lambda resources: FaceServicer(_faces_pipeline(resources)),
-        models=lambda settings: list(settings.faces.models),
-        tensors=lambda settings: triton_faces.tensors(settings.faces.output_dimension),
+        servicer=lambda resources: FaceServicer(_faces_pipeline(resources)),
     ),
-    Service(
+    TaskEntry(
+        task=Task.OCR, task_enum=model_service_pb2.TASK_OCR,
+        settings=lambda settings: settings.ocr,
+        pipeline=_ocr_pipeline,
+        tensors=lambda settings: triton_ocr.TENSORS,
+        key=TEXT, options=ocr_options, message=text_analysis,
         descriptor=ocr_service_pb2.DESCRIPTOR.services_by_name["OcrService"],
         add_to_server=ocr_service_pb2_grpc.add_OcrServiceServicer_to_server,
-        build=lambda resources: OcrServicer(_ocr_pipeline(resources)),
-        models=lambda settings: list(settings.ocr.models),
-        tensors=lambda settings: triton_ocr.TENSORS,
+        servicer=lambda resources: OcrServicer(_ocr_pipeline(resources)),
     ),
+)
+
+SERVICES: tuple[Service, ...] = (
+    *(task.service() for task in TASKS),
     Service(
         descriptor=analysis_service_pb2.DESCRIPTOR.services_by_name["AnalysisService"],
         add_to_server=analysis_service_pb2_grpc.add_AnalysisServiceServicer_to_server,
@@ -234,7 +299,7 @@ SERVICES: tuple[Service, ...] = (
         descriptor=ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"],
         add_to_server=ingest_service_pb2_grpc.add_IngestServiceServicer_to_server,
         build=_ingest,
-        models=_every_default_model,
+        models=_stored_default_models,
         tensors=None,
     ),
     Service(

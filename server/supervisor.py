@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from server import metrics
+from server.background import run_in_background
 from server.settings import Settings
 from server.triton.breaker import CircuitBreaker
 from server.triton.calls import TritonCalls, create_client
@@ -253,8 +254,7 @@ async def supervise(settings: Settings) -> int:
             poller = metrics.TritonStatsPoller(
                 lambda: triton.inference_statistics(STATS_TIMEOUT_S),
                 settings.triton_stats_interval_s)
-            polling = asyncio.create_task(poller.run())
-            stack.push_async_callback(_cancel, polling)
+            run_in_background(stack, poller.run())
             log.info("supervisor: %d workers on %s:%d, metrics :%d", settings.workers,
                      settings.host, port, metrics_port)
             workers = settings.model_copy(
@@ -262,9 +262,3 @@ async def supervise(settings: Settings) -> int:
             return await Supervisor(workers, settings.workers, metrics_dir, stop).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

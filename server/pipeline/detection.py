@@ -16,10 +16,14 @@ from server.domain import (
     InvalidArgumentError,
 )
 from server.images import inspect_image
+from server.pipeline.analysis import AnalysisKey
 from server.pipeline.options import ModelChoice, check_version, count, unit_interval
 
 MAX_ALLOWLIST = 100
 MAX_DETECTIONS = 1000
+
+# Detection in an analysis: AnalysisOptions.objects and ImageAnalysis.objects.
+OBJECTS: AnalysisKey[DetectOptionsInput, DetectionResult] = AnalysisKey("objects")
 
 
 class Detector(Protocol):

@@ -16,9 +16,13 @@ from server.domain import (
     InvalidArgumentError,
 )
 from server.images import inspect_image
+from server.pipeline.analysis import AnalysisKey
 from server.pipeline.options import ModelChoice, check_version, count
 
 MAX_CLASSIFICATIONS = 1000
+
+# The embedding and classes in an analysis: AnalysisOptions.embedding, ImageAnalysis.embedding.
+EMBEDDING: AnalysisKey[EmbedOptionsInput, EmbeddingResult] = AnalysisKey("embedding")
 
 
 class Embedder(Protocol):

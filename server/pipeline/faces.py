@@ -15,9 +15,13 @@ from server.domain import (
     InvalidArgumentError,
 )
 from server.images import inspect_image
+from server.pipeline.analysis import AnalysisKey
 from server.pipeline.options import ModelChoice, check_version, count, unit_interval
 
 MAX_FACES = 1000
+
+# Faces in an analysis: AnalysisOptions.faces and ImageAnalysis.faces.
+FACES: AnalysisKey[FaceOptionsInput, FacesResult] = AnalysisKey("faces")
 
 
 class FaceDetector(Protocol):

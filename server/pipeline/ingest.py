@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,7 +32,17 @@ from server.domain import (
     NotFoundError,
     OcrOptionsInput,
 )
-from server.pipeline.analysis import AnalysisInput, AnalysisPipeline, AnalysisResult
+from server.pipeline.analysis import (
+    AnalysisInput,
+    AnalysisKey,
+    AnalysisPipeline,
+    AnalysisResult,
+    ImageResult,
+)
+from server.pipeline.detection import OBJECTS
+from server.pipeline.embedding import EMBEDDING
+from server.pipeline.faces import FACES
+from server.pipeline.ocr import TEXT
 from server.pipeline.people import assign_people
 from server.store.base import (
     MAX_IMAGE_ID_CHARS,
@@ -46,14 +57,18 @@ from server.store.base import (
     VectorStore,
 )
 
+R = TypeVar("R", bound=ImageResult)
+
 # Classes below this probability say little about the image; the best class is always kept.
 MIN_CLASS_SCORE = 0.1
 
-EVERY_ANALYSIS = AnalysisInput(
-    objects=DetectOptionsInput(ModelRef("")),
-    embedding=EmbedOptionsInput(ModelRef("")),
-    faces=FaceOptionsInput(ModelRef(""), include_embeddings=True),
-    text=OcrOptionsInput(ModelRef("")),
+# What a record is made of (to_record), each with the default model: the faces' identity
+# embeddings feed the face index.
+STORED_ANALYSES = AnalysisInput(
+    OBJECTS.ask(DetectOptionsInput(ModelRef(""))),
+    EMBEDDING.ask(EmbedOptionsInput(ModelRef(""))),
+    FACES.ask(FaceOptionsInput(ModelRef(""), include_embeddings=True)),
+    TEXT.ask(OcrOptionsInput(ModelRef(""))),
 )
 
 
@@ -81,7 +96,7 @@ class IngestPipeline:
     async def ingest(self, tenant: str, given: IngestInput, content: bytes, request_id: str,
                      timeout_s: float | None) -> ImageRecord:
         check_ingest(given)
-        result = await self._analysis.analyze(content, EVERY_ANALYSIS, request_id, timeout_s)
+        result = await self._analysis.analyze(content, STORED_ANALYSES, request_id, timeout_s)
         digest = await asyncio.to_thread(lambda: hashlib.sha256(content).hexdigest())
         record = replace(to_record(tenant, given, result, self._clock()), content_sha256=digest)
         async with self._write:
@@ -140,13 +155,11 @@ def to_record(tenant: str, given: IngestInput, result: AnalysisResult,
               created_at: datetime) -> ImageRecord:
     """The stored form of a complete analysis; raises the first analysis's error if any failed,
     so that an image is stored whole or not at all."""
-    for outcome in (result.objects, result.embedding, result.faces, result.text):
-        if outcome is not None and outcome.error is not None:
+    for outcome in result.outcomes.values():
+        if outcome.error is not None:
             raise outcome.error
-    assert result.objects and result.embedding and result.faces and result.text
-    objects, embedded = result.objects.result, result.embedding.result
-    faces, text = result.faces.result, result.text.result
-    assert objects and embedded and faces and text
+    objects, embedded = _result(result, OBJECTS), _result(result, EMBEDDING)
+    faces, text = _result(result, FACES), _result(result, TEXT)
     labels: dict[str, float] = {}
     for rank, found in enumerate(embedded.classifications):
         if rank == 0 or found.score >= MIN_CLASS_SCORE:
@@ -169,3 +182,9 @@ def to_record(tenant: str, given: IngestInput, result: AnalysisResult,
         ocr_lines=tuple(OcrLine(line.text, line.confidence, line.box) for line in text.lines),
         ocr_text=text.text,
     )
+
+
+def _result(result: AnalysisResult, key: AnalysisKey[Any, R]) -> R:
+    outcome = result.outcome(key)
+    assert outcome is not None and outcome.result is not None, key.name
+    return outcome.result

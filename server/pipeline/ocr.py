@@ -8,7 +8,11 @@ from typing import Protocol
 
 from server.domain import ImageLimits, InvalidArgumentError, OcrOptions, OcrOptionsInput, OcrResult
 from server.images import inspect_image
+from server.pipeline.analysis import AnalysisKey
 from server.pipeline.options import ModelChoice, check_version
+
+# Text in an analysis: AnalysisOptions.text and ImageAnalysis.text.
+TEXT: AnalysisKey[OcrOptionsInput, OcrResult] = AnalysisKey("text")
 
 
 class TextReader(Protocol):

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 
 from server import converters, request_ids
 from server.domain import DetectionResult, DetectOptionsInput
@@ -14,7 +15,7 @@ from server.errors import RequestPaths, unary
 from server.pipeline.detection import DetectionPipeline
 from server.servicers.streams import StreamLimits, UploadStream
 from server.servicers.uploads import CompletedUpload, UploadAssembler
-from vision.v1 import detection_pb2
+from vision.v1 import analysis_pb2, detection_pb2
 from vision.v1 import detection_service_pb2 as det_pb2
 from vision.v1 import detection_service_pb2_grpc as det_grpc
 
@@ -97,3 +98,13 @@ def detect_objects_response(
         image_size=converters.image_size(width=result.width, height=result.height),
         model=converters.model_reference(result.model),
     )
+
+
+def objects_analysis(status: status_pb2.Status,
+                     result: DetectionResult | None) -> analysis_pb2.ObjectsAnalysis:
+    objects = analysis_pb2.ObjectsAnalysis(status=status)
+    if result is not None:
+        detected = detect_objects_response(result)
+        objects.detections.extend(detected.detections)
+        objects.model.CopyFrom(detected.model)
+    return objects

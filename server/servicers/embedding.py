@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 
 from server import converters, request_ids
 from server.domain import EmbeddingResult, EmbedOptionsInput, ModelRef
 from server.errors import RequestPaths, unary
 from server.pipeline.embedding import EmbeddingPipeline
-from vision.v1 import embedding_pb2
+from vision.v1 import analysis_pb2, embedding_pb2
 from vision.v1 import embedding_service_pb2 as emb_pb2
 from vision.v1 import embedding_service_pb2_grpc as emb_grpc
 
@@ -63,3 +64,12 @@ def embed_image_response(result: EmbeddingResult) -> emb_pb2.EmbedImageResponse:
         image_size=converters.image_size(result.width, result.height),
         model=converters.model_reference(result.model),
     )
+
+
+def embedding_analysis(status: status_pb2.Status,
+                       result: EmbeddingResult | None) -> analysis_pb2.EmbeddingAnalysis:
+    embedded = analysis_pb2.EmbeddingAnalysis(status=status)
+    if result is not None:
+        embedded.embedding.CopyFrom(embedding(result.embedding, result.model))
+        embedded.classifications.extend(classifications(result))
+    return embedded

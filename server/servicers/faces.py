@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 
 from server import converters, request_ids
 from server.domain import FaceOptionsInput, FacesResult
 from server.errors import RequestPaths, unary
 from server.pipeline.faces import FacesPipeline
 from server.servicers.embedding import embedding
-from vision.v1 import face_pb2
+from vision.v1 import analysis_pb2, face_pb2
 from vision.v1 import face_service_pb2 as face_svc_pb2
 from vision.v1 import face_service_pb2_grpc as face_grpc
 
@@ -60,3 +61,12 @@ def faces(result: FacesResult) -> list[face_pb2.Face]:
         )
         for face in result.faces
     ]
+
+
+def faces_analysis(status: status_pb2.Status,
+                   result: FacesResult | None) -> analysis_pb2.FacesAnalysis:
+    found = analysis_pb2.FacesAnalysis(status=status)
+    if result is not None:
+        found.faces.extend(faces(result))
+        found.model.CopyFrom(converters.model_reference(result.model))
+    return found

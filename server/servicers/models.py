@@ -1,8 +1,10 @@
 """vision.v1.ModelService: ListModels and GetModel over the catalogue Triton reports, and the
-pure conversions between its messages and the domain."""
+pure conversions between its messages and the domain. Which Task enum value each task answers
+to comes from the registry (server/services.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -14,30 +16,26 @@ from vision.v1 import model_service_pb2 as model_pb2
 from vision.v1 import model_service_pb2_grpc as model_grpc
 
 PATHS = RequestPaths(image="", options="")
-TASKS = {
-    model_pb2.TASK_DETECTION: Task.DETECTION,
-    model_pb2.TASK_EMBEDDING: Task.EMBEDDING,
-    model_pb2.TASK_FACES: Task.FACES,
-    model_pb2.TASK_OCR: Task.OCR,
-}
-TASK_ENUMS = {task: value for value, task in TASKS.items()}
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ModelServicer(model_grpc.ModelServiceServicer):
-    def __init__(self, pipeline: CatalogPipeline, limits: ImageLimits) -> None:
+    def __init__(self, pipeline: CatalogPipeline, limits: ImageLimits,
+                 task_enums: Mapping[Task, model_pb2.Task.ValueType]) -> None:
         self._pipeline = pipeline
         self._limits = limits
+        self._task_enums = dict(task_enums)
+        self._tasks = {value: task for task, value in task_enums.items()}
 
     @unary(PATHS)
     async def ListModels(  # noqa: N802 (gRPC method name)
         self, request: model_pb2.ListModelsRequest, context: Context
     ) -> model_pb2.ListModelsResponse:
         page = await self._pipeline.list_models(
-            TASKS.get(request.task), request.page_size, request.page_token)
+            self._tasks.get(request.task), request.page_size, request.page_token)
         return model_pb2.ListModelsResponse(
-            models=[model(entry, self._limits) for entry in page.entries],
+            models=[model(entry, self._limits, self._task_enums) for entry in page.entries],
             next_page_token=page.next_page_token)
 
     @unary(PATHS)
@@ -45,14 +43,15 @@ class ModelServicer(model_grpc.ModelServiceServicer):
         self, request: model_pb2.GetModelRequest, context: Context
     ) -> model_pb2.GetModelResponse:
         entry = await self._pipeline.get_model(request.name, request.version)
-        return model_pb2.GetModelResponse(model=model(entry, self._limits))
+        return model_pb2.GetModelResponse(model=model(entry, self._limits, self._task_enums))
 
 
-def model(entry: CatalogEntry, limits: ImageLimits) -> model_pb2.Model:
+def model(entry: CatalogEntry, limits: ImageLimits,
+          task_enums: Mapping[Task, model_pb2.Task.ValueType]) -> model_pb2.Model:
     info = entry.info
     return model_pb2.Model(
         name=info.name,
-        task=TASK_ENUMS[info.task],
+        task=task_enums[info.task],
         versions=[model_pb2.ModelVersion(version=v.version, ready=v.ready)
                   for v in info.versions],
         ready=info.ready,

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 
 from server import converters, request_ids
 from server.domain import OcrOptionsInput, OcrResult
 from server.errors import RequestPaths, unary
 from server.pipeline.ocr import OcrPipeline
-from vision.v1 import ocr_pb2
+from vision.v1 import analysis_pb2, ocr_pb2
 from vision.v1 import ocr_service_pb2 as ocr_svc_pb2
 from vision.v1 import ocr_service_pb2_grpc as ocr_grpc
 
@@ -53,3 +54,13 @@ def text_lines(result: OcrResult) -> list[ocr_pb2.TextLine]:
         )
         for line in result.lines
     ]
+
+
+def text_analysis(status: status_pb2.Status,
+                  result: OcrResult | None) -> analysis_pb2.TextAnalysis:
+    text = analysis_pb2.TextAnalysis(status=status)
+    if result is not None:
+        text.text = result.text
+        text.lines.extend(text_lines(result))
+        text.model.CopyFrom(converters.model_reference(result.model))
+    return text

@@ -23,7 +23,7 @@ from vision_client import VisionClient
 PHOTO_LABELS = {"astronaut.png": "person", "chelsea.png": "cat", "coffee.png": "cup",
                 "motorcycle_left.png": "motorcycle"}
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "clients" / "python"),
-                                                    str(ROOT)])}
+                                                    str(ROOT / "api" / "python"), str(ROOT)])}
 
 
 def folder_of_photos(tmp_path: Path, count: int) -> Path:

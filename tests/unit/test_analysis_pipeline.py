@@ -33,11 +33,11 @@ from server.domain import (
     Point,
     TextLine,
 )
-from server.pipeline.analysis import AnalysisInput, AnalysisPipeline
-from server.pipeline.detection import DetectionConfig, DetectionPipeline
-from server.pipeline.embedding import EmbeddingConfig, EmbeddingPipeline
-from server.pipeline.faces import FacesConfig, FacesPipeline
-from server.pipeline.ocr import OcrConfig, OcrPipeline
+from server.pipeline.analysis import AnalysisInput, AnalysisPipeline, AnalysisStep
+from server.pipeline.detection import OBJECTS, DetectionConfig, DetectionPipeline
+from server.pipeline.embedding import EMBEDDING, EmbeddingConfig, EmbeddingPipeline
+from server.pipeline.faces import FACES, FacesConfig, FacesPipeline
+from server.pipeline.ocr import TEXT, OcrConfig, OcrPipeline
 from server.pipeline.options import ModelChoice
 from tests.images import photo
 
@@ -87,20 +87,22 @@ class Fakes:
 
 
 def pipeline(fakes: Fakes) -> AnalysisPipeline:
-    return AnalysisPipeline(
-        DetectionPipeline(fakes, DetectionConfig(ModelChoice(frozenset({"det"}), "det"), 0.25,
-                                                 0.45, 100, LIMITS)),
-        EmbeddingPipeline(fakes, EmbeddingConfig(ModelChoice(frozenset({"emb"}), "emb"), 5,
-                                                 LIMITS)),
-        FacesPipeline(fakes, FacesConfig(ModelChoice(frozenset({"face"}), "face"), 0.6, 100,
-                                         LIMITS)),
-        OcrPipeline(fakes, OcrConfig(ModelChoice(frozenset({"ocr"}), "ocr"), LIMITS)),
-    )
+    return AnalysisPipeline([
+        AnalysisStep(OBJECTS, DetectionPipeline(fakes, DetectionConfig(
+            ModelChoice(frozenset({"det"}), "det"), 0.25, 0.45, 100, LIMITS))),
+        AnalysisStep(EMBEDDING, EmbeddingPipeline(fakes, EmbeddingConfig(
+            ModelChoice(frozenset({"emb"}), "emb"), 5, LIMITS))),
+        AnalysisStep(FACES, FacesPipeline(fakes, FacesConfig(
+            ModelChoice(frozenset({"face"}), "face"), 0.6, 100, LIMITS))),
+        AnalysisStep(TEXT, OcrPipeline(fakes, OcrConfig(
+            ModelChoice(frozenset({"ocr"}), "ocr"), LIMITS))),
+    ], LIMITS)
 
 
-ALL = AnalysisInput(objects=DetectOptionsInput(ModelRef("")),
-                    embedding=EmbedOptionsInput(ModelRef("")),
-                    faces=FaceOptionsInput(ModelRef("")), text=OcrOptionsInput(ModelRef("")))
+ALL = AnalysisInput(OBJECTS.ask(DetectOptionsInput(ModelRef(""))),
+                    EMBEDDING.ask(EmbedOptionsInput(ModelRef(""))),
+                    FACES.ask(FaceOptionsInput(ModelRef(""))),
+                    TEXT.ask(OcrOptionsInput(ModelRef(""))))
 
 
 async def test_every_requested_analysis_runs_concurrently_with_its_own_outcome() -> None:
@@ -108,23 +110,27 @@ async def test_every_requested_analysis_runs_concurrently_with_its_own_outcome()
     result = await pipeline(fakes).analyze(photo("chelsea.png"), ALL, "r", None)
     assert fakes.most_at_once == 4
     assert (result.width, result.height) == (451, 300)
-    assert result.objects is not None and result.objects.result is not None
-    assert result.objects.result.detections[0].label == "cat"
-    assert result.embedding is not None and result.embedding.error is None
-    assert result.text is not None and result.text.result is not None
-    assert result.faces is not None and isinstance(result.faces.error, ModelNotFoundError)
+    objects, embedding = result.outcome(OBJECTS), result.outcome(EMBEDDING)
+    faces, text = result.outcome(FACES), result.outcome(TEXT)
+    assert objects is not None and objects.result is not None
+    assert objects.result.detections[0].label == "cat"
+    assert embedding is not None and embedding.error is None
+    assert text is not None and text.result is not None
+    assert faces is not None and isinstance(faces.error, ModelNotFoundError)
 
 
 async def test_only_requested_analyses_run() -> None:
     result = await pipeline(Fakes()).analyze(
-        photo("chelsea.png"), AnalysisInput(text=OcrOptionsInput(ModelRef(""))), "r", None)
-    assert (result.objects, result.embedding, result.faces) == (None, None, None)
-    assert result.text is not None and result.text.result is not None
+        photo("chelsea.png"), AnalysisInput(TEXT.ask(OcrOptionsInput(ModelRef("")))), "r",
+        None)
+    assert [result.outcome(key) for key in (OBJECTS, EMBEDDING, FACES)] == [None, None, None]
+    text = result.outcome(TEXT)
+    assert text is not None and text.result is not None
 
 
 async def test_options_of_every_task_are_checked_at_once_under_their_key() -> None:
-    given = AnalysisInput(objects=DetectOptionsInput(ModelRef(""), score_threshold=2.0),
-                          faces=FaceOptionsInput(ModelRef("", "x"), max_faces=-1))
+    given = AnalysisInput(OBJECTS.ask(DetectOptionsInput(ModelRef(""), score_threshold=2.0)),
+                          FACES.ask(FaceOptionsInput(ModelRef("", "x"), max_faces=-1)))
     with pytest.raises(InvalidArgumentError) as caught:
         await pipeline(Fakes()).analyze(photo("chelsea.png"), given, "r", None)
     assert [(v.input, v.path) for v in caught.value.violations] == [
@@ -133,7 +139,7 @@ async def test_options_of_every_task_are_checked_at_once_under_their_key() -> No
 
 
 async def test_unknown_model_names_its_task() -> None:
-    given = AnalysisInput(embedding=EmbedOptionsInput(ModelRef("clip")))
+    given = AnalysisInput(EMBEDDING.ask(EmbedOptionsInput(ModelRef("clip"))))
     with pytest.raises(ModelNotFoundError) as caught:
         await pipeline(Fakes()).analyze(photo("chelsea.png"), given, "r", None)
     assert caught.value.path == "embedding.model.name"

@@ -23,7 +23,11 @@ from server.domain import (
     TextLine,
 )
 from server.pipeline.analysis import AnalysisResult, Outcome
+from server.pipeline.detection import OBJECTS
+from server.pipeline.embedding import EMBEDDING
+from server.pipeline.faces import FACES
 from server.pipeline.ingest import IngestInput, check_ingest, to_record
+from server.pipeline.ocr import TEXT
 from server.pipeline.search import fuse
 from server.store.base import IndexKind, MatchKind, TextHit, TextMatch
 
@@ -48,12 +52,15 @@ def analysis(faces_error: Exception | None = None) -> AnalysisResult:
     face = Face(Box(1, 1, 3, 3), 0.9, (Point(0, 0),) * 5, (0.0, 1.0))
     return AnalysisResult(
         10, 20,
-        Outcome(DetectionResult((Detection("cup", 41, 0.8, Box(0, 0, 5, 5)),), 10, 20, M)),
-        Outcome(EmbeddingResult((1.0, 0.0), (Classification("espresso", 967, 0.9),
-                                             Classification("cup", 968, 0.05),
-                                             Classification("plate", 923, 0.02)), 10, 20, M)),
-        Outcome(error=faces_error) if faces_error else Outcome(FacesResult((face,), 10, 20, M)),
-        Outcome(OcrResult((line,), 10, 20, M)),
+        (OBJECTS, Outcome(DetectionResult((Detection("cup", 41, 0.8, Box(0, 0, 5, 5)),), 10, 20,
+                                          M))),
+        (EMBEDDING, Outcome(EmbeddingResult((1.0, 0.0), (Classification("espresso", 967, 0.9),
+                                                         Classification("cup", 968, 0.05),
+                                                         Classification("plate", 923, 0.02)),
+                                            10, 20, M))),
+        (FACES, Outcome(error=faces_error) if faces_error
+         else Outcome(FacesResult((face,), 10, 20, M))),
+        (TEXT, Outcome(OcrResult((line,), 10, 20, M))),
     )
 
 

@@ -34,9 +34,10 @@ from vision_client.client import DEFAULT_CONCURRENCY, IngestImage, StreamImage, 
 from vision_client.errors import vision_error
 from vision_client.progress import Progress
 
-TASKS = {"detection": model_service_pb2.TASK_DETECTION,
-         "embedding": model_service_pb2.TASK_EMBEDDING,
-         "faces": model_service_pb2.TASK_FACES, "ocr": model_service_pb2.TASK_OCR}
+# `models --task`: each Task of the API by its lower-case name (TASK_OCR: ocr).
+TASKS = {name.removeprefix("TASK_").lower(): value
+         for name, value in model_service_pb2.Task.items()
+         if value != model_service_pb2.TASK_UNSPECIFIED}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE, EXIT_CALL_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
