@@ -56,7 +56,11 @@ class ObjectRecord:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class FaceRecord:
-    """A detected face; `embedding` is float32, read-only, stored and returned as given."""
+    """A detected face; `embedding` is float32, read-only, stored and returned as given.
+
+    `person_id`: the person the face belongs to ("" for none); assigned before the face is
+    stored, and changed afterwards only by merging people.
+    """
 
     box: Box
     score: float
@@ -91,7 +95,9 @@ class ImageRecord:
     """Everything the store keeps for one ingested image; the unit of upsert, get and delete.
 
     Boxes are in pixels of the decoded image (`width` x `height`). `created_at` must be
-    timezone-aware; it comes back as UTC with microsecond precision.
+    timezone-aware; it comes back as UTC with microsecond precision. `content_sha256`: the
+    SHA-256 of the image's bytes as uploaded (lowercase hex, or "" when unknown);
+    `duplicate_of`: the id of an image stored earlier that this one duplicates, or "".
     """
 
     tenant: str

@@ -247,6 +247,10 @@ class StoreSettings(BaseModel):
     password: str | None = Field(None, description="OpenSearch basic-auth password, if any.")
     verify_certs: bool = Field(True, description="Check OpenSearch's TLS certificate.")
     timeout_s: float = Field(10.0, gt=0, description="Per-request timeout to OpenSearch, seconds.")
+    ef_search: int = Field(
+        1000, ge=1, le=10_000, description="OpenSearch k-NN's method_parameters.ef_search: the "
+        "candidates Lucene's HNSW search keeps, at least k (1 000 on every page of a search); "
+        "higher finds more of the true nearest neighbours, slower.")
 
 
 class Settings(BaseSettings):

@@ -109,8 +109,7 @@ class PeoplePipeline:
         for i, person_id in enumerate(person_ids):
             if await self._store.get_person(tenant, person_id) is None:
                 raise NotFoundError("person", person_id, f"person_ids[{i}]")
-        merged = await self._store.merge_people(tenant, tuple(dict.fromkeys(person_ids)),
-                                                target_id)
+        merged = await self._store.merge_people(tenant, frozenset(person_ids), target_id)
         if merged is None:  # the target's last face was deleted meanwhile
             raise NotFoundError("person", target_id, "target_id")
         return merged

@@ -37,6 +37,7 @@ from server.store.base import (
     DEFAULT_FACE_DIM,
     DEFAULT_IMAGE_DIM,
     NO_FILTERS,
+    BrowseHit,
     FaceRecord,
     Filters,
     ImageRecord,
@@ -46,6 +47,7 @@ from server.store.base import (
     MetadataRange,
     ObjectRecord,
     OcrLine,
+    Person,
     Space,
     TextHit,
     TextMatch,
@@ -60,6 +62,7 @@ StoreConfig = StoreSettings
 
 __all__ = [
     "NO_FILTERS",
+    "BrowseHit",
     "FaceRecord",
     "Filters",
     "ImageRecord",
@@ -69,6 +72,7 @@ __all__ = [
     "MetadataRange",
     "ObjectRecord",
     "OcrLine",
+    "Person",
     "Space",
     "StoreConfig",
     "StoreError",
@@ -105,6 +109,7 @@ async def open_store(
             password=config.password,
             verify_certs=config.verify_certs,
             timeout_s=config.timeout_s,
+            ef_search=config.ef_search,
         )
     else:
         raise ValueError(f"unknown store backend {config.backend!r}")

@@ -47,6 +47,10 @@ MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_CHARS = 128
 MAX_METADATA_VALUE_CHARS = 1024
 MAX_K = 1000
+MAX_PERSON_ID_CHARS = 128
+MAX_PERSON_NAME_CHARS = 256
+# Ids in one person_ids or exclude_ids filter (OpenSearch's `terms` takes up to 65 536).
+MAX_FILTER_IDS = 1024
 # offset + k stays within OpenSearch's default index.max_result_window (10 000).
 MAX_OFFSET = 9_000
 
@@ -99,7 +103,9 @@ class Filters:
 
     labels: any of these image-level labels. metadata: every key equal to its value.
     ranges: every range holds. indexes: hits only from these indexes (k-NN: the space's own
-    index must be listed; text: images = image labels, objects = object labels, ocr = OCR text).
+    index must be listed; text: images = image labels, objects = object labels, ocr = OCR text;
+    browsing lists images and ignores it). person_ids: images with a face of any of these
+    people (in the faces space: those people's faces). exclude_ids: images never returned.
     """
 
     labels: frozenset[str] = frozenset()
@@ -120,7 +126,8 @@ NO_FILTERS = Filters()
 class VectorHit:
     """One k-NN hit: `score` is the exact cosine similarity in [-1, 1], higher is nearer.
 
-    For the faces space `face_index` is the position in `ImageRecord.faces` and `box` its box.
+    For the faces space `face_index` is the position in `ImageRecord.faces`, `box` its box and
+    `person_id` its person ("" for none).
     """
 
     image_id: str
@@ -133,13 +140,18 @@ class VectorHit:
 
 @dataclass(frozen=True, slots=True)
 class BrowseHit:
+    """One image listed by `browse`: newest first, ties by image id."""
+
     image_id: str
     created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class Person:
-    """Faces grouped by identity; the cover is the person's highest-scoring face."""
+    """Faces grouped under one person id; exists while at least one stored face carries the id.
+
+    cover_image_id and cover_box: the person's highest-scoring face (ties: image id, position).
+    """
 
     id: str
     name: str
@@ -161,7 +173,12 @@ class TextMatch:
 
 @dataclass(frozen=True, slots=True)
 class TextHit:
-    """One image found by text; `score` is BM25 (higher is better, comparable within a query)."""
+    """One image found by text; higher `score` is better, comparable within a query only.
+
+    Images with a whole query word come first, scored by BM25 (> 0); images matched only by
+    parts of words (terms of 3 or more characters inside or at the start of a word) follow,
+    with scores in (-1, 0) that order them by BM25 over the words' three-letter pieces.
+    """
 
     image_id: str
     score: float
@@ -199,28 +216,8 @@ class VectorStore(Protocol):
         min_score: float | None = None,
     ) -> tuple[VectorHit, ...]:
         """The k nearest (cosine) matching vectors after skipping `offset`; fewer only when fewer
-        match. Hits scoring below `min_score` are not returned."""
-
-    async def browse(self, tenant: str, filters: Filters, k: int,
-                     offset: int = 0) -> tuple[BrowseHit, ...]:
-        """Every matching image, newest first (then by id), paged."""
-
-    async def find_duplicate(self, tenant: str, content_sha256: str, embedding: Vector | None,
-                             min_cosine: float, exclude_id: str) -> str | None:
-        """A stored image other than `exclude_id` with the same bytes, else the nearest by image
-        embedding with cosine >= min_cosine, else None."""
-
-    async def list_people(self, tenant: str, k: int, offset: int = 0) -> tuple[Person, ...]:
-        """People with at least one face, most faces first (then by id)."""
-
-    async def get_person(self, tenant: str, person_id: str) -> Person | None: ...
-
-    async def rename_person(self, tenant: str, person_id: str, name: str) -> Person | None:
-        """None when no stored face belongs to the person."""
-
-    async def merge_people(self, tenant: str, person_ids: Sequence[str],
-                           target_id: str) -> Person | None:
-        """Moves every face of `person_ids` to `target_id`; None when the target is unknown."""
+        match. Hits whose score is below `min_score` are not returned (the same hits on every
+        page: the floor cuts the one ranking that pages walk)."""
 
     async def search_text(
         self,
@@ -230,7 +227,39 @@ class VectorStore(Protocol):
         filters: Filters = NO_FILTERS,
         offset: int = 0,
     ) -> tuple[TextHit, ...]:
-        """Images ranked by BM25 of the query's terms (any term) over OCR text and labels."""
+        """Images ranked by BM25 of the query's terms (any term) over OCR text and labels;
+        terms of 3 or more characters also match inside words, ranked after whole words."""
+
+    async def browse(
+        self, tenant: str, filters: Filters, k: int, offset: int = 0
+    ) -> tuple[BrowseHit, ...]:
+        """Every image that matches the filters, newest first (created_at, then image id)."""
+
+    async def find_duplicate(
+        self,
+        tenant: str,
+        content_sha256: str,
+        embedding: Vector | None,
+        min_cosine: float,
+        exclude_id: str,
+    ) -> str | None:
+        """The id of a stored image other than `exclude_id` with these bytes (the earliest
+        stored), else the nearest by image embedding with cosine >= min_cosine, else None."""
+
+    async def list_people(self, tenant: str, k: int, offset: int = 0) -> tuple[Person, ...]:
+        """The tenant's people, most faces first, then by id."""
+
+    async def get_person(self, tenant: str, person_id: str) -> Person | None: ...
+
+    async def rename_person(self, tenant: str, person_id: str, name: str) -> Person | None:
+        """Name a person (stored apart from the faces, so it survives re-ingests of other
+        images and restarts); None when no face carries the id."""
+
+    async def merge_people(
+        self, tenant: str, person_ids: frozenset[str], target_id: str
+    ) -> Person | None:
+        """Move every face of `person_ids` to `target_id`; None when no face carries
+        `target_id`. The merged people disappear (no face carries their ids any more)."""
 
     async def count(self, tenant: str, kind: IndexKind) -> int:
         """How many entries the tenant has in one index (images, faces, objects or OCR lines)."""

@@ -51,8 +51,11 @@ def record(
     ocr: tuple[str, ...] = (),
     metadata: dict[str, str] | None = None,
     offset_s: int = 0,
+    people: tuple[str, ...] = (),
+    content_sha256: str = "",
 ) -> ImageRecord:
-    """A complete record whose sub-records are derived from the arguments deterministically."""
+    """A complete record whose sub-records are derived from the arguments deterministically;
+    `people[i]` is the person of face i (faces past its end have none)."""
     return ImageRecord(
         tenant=tenant,
         image_id=image_id,
@@ -67,7 +70,8 @@ def record(
             for i, name in enumerate(objects)
         ),
         faces=tuple(
-            FaceRecord(Box(5.0 * i, 5.0, 5.0 * i + 40, 60.0), 0.95, vector)
+            FaceRecord(Box(5.0 * i, 5.0, 5.0 * i + 40, 60.0), 0.95, vector,
+                       people[i] if i < len(people) else "")  # fmt: skip
             for i, vector in enumerate(faces or [])
         ),
         ocr_lines=tuple(
@@ -75,4 +79,5 @@ def record(
             for i, line in enumerate(ocr)
         ),
         ocr_text="\n".join(ocr),
+        content_sha256=content_sha256,
     )

@@ -4,7 +4,6 @@ the real stores are checked by tests/contract and the whole path by tests/integr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -51,7 +50,7 @@ class MemoryStore:
         self.records = {r.image_id: r for r in records}
         self.knn_calls: list[dict[str, Any]] = []
         self.browse_calls: list[tuple[Filters, int, int]] = []
-        self.merged: list[tuple[tuple[str, ...], str]] = []
+        self.merged: list[tuple[frozenset[str], str]] = []
 
     async def get(self, tenant: str, image_id: str) -> ImageRecord | None:
         return self.records.get(image_id)
@@ -96,9 +95,9 @@ class MemoryStore:
         found = self._person(person_id)
         return replace(found, name=name) if found else None
 
-    async def merge_people(self, tenant: str, person_ids: Sequence[str],
+    async def merge_people(self, tenant: str, person_ids: frozenset[str],
                            target_id: str) -> Person | None:
-        self.merged.append((tuple(person_ids), target_id))
+        self.merged.append((person_ids, target_id))
         return self._person(target_id)
 
     async def list_people(self, tenant: str, k: int, offset: int = 0) -> tuple[Person, ...]:
@@ -246,7 +245,7 @@ async def test_unknown_people_are_not_found_naming_the_field() -> None:
         assert caught.value.path == path
     assert memory.merged == []
     merged = await people.merge("t", ("p-1", "p-1"), "p-2")
-    assert merged.id == "p-2" and memory.merged == [(("p-1",), "p-2")]
+    assert merged.id == "p-2" and memory.merged == [(frozenset({"p-1"}), "p-2")]
 
 
 async def test_merge_and_rename_arguments_are_checked() -> None:

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from server.domain import Box
 from server.store.base import Filters, Space
-from server.store.embedded.filters import Condition, where
+from server.store.embedded.filters import Condition, Where, face_where, where
 
 
 class Candidate(NamedTuple):
@@ -49,15 +49,16 @@ def _matching_sql(
     drive: Condition | None,
 ) -> tuple[str, list[object]]:
     """The query behind `matching_rows` and `matching_vectors`: see there."""
+    image = where(tenant, filters, skip=drive)
+    face = face_where(filters) if space is Space.FACES else Where((), ())
+    cond = Where(image.clauses + face.clauses, image.params + face.params)
     if among is not None:
-        cond = where(tenant, filters, skip=drive)
         sql = (
             f"SELECT {columns} FROM vectors v CROSS JOIN images i ON i.id = v.image"
             f" WHERE v.id IN ({', '.join('?' * len(among))}) AND v.space = ? AND {cond.sql}"
         )
         return sql, [*among, space.value, *cond.params]
     if drive is not None:
-        cond = where(tenant, filters, skip=drive)
         sql = (
             f"SELECT {columns} FROM (SELECT DISTINCT image FROM ({drive.images_sql})) d"
             " CROSS JOIN images i ON i.id = d.image"
@@ -65,7 +66,6 @@ def _matching_sql(
             f" WHERE {cond.sql}"
         )
         return sql, [*drive.params, space.value, *cond.params]
-    cond = where(tenant, filters)
     sql = (
         f"SELECT {columns} FROM images i CROSS JOIN vectors v ON v.image = i.id AND v.space = ?"
         f" WHERE {cond.sql}"
@@ -150,17 +150,18 @@ def with_vectors(conn: sqlite3.Connection, rows: Sequence[Candidate]) -> Candida
     return Candidates(list(rows), matrix[order])
 
 
-def face_boxes(conn: sqlite3.Connection, vector_ids: Iterable[int]) -> dict[int, Box]:
+def face_details(conn: sqlite3.Connection, vector_ids: Iterable[int]) -> dict[int, tuple[Box, str]]:
+    """The box and person id of each face vector."""
     ids = list(vector_ids)
     if not ids:
         return {}
     rows = conn.execute(
-        "SELECT v.id, f.x_min, f.y_min, f.x_max, f.y_max FROM vectors v"
+        "SELECT v.id, f.x_min, f.y_min, f.x_max, f.y_max, f.person_id FROM vectors v"
         " JOIN faces f ON f.image = v.image AND f.idx = v.sub"
         f" WHERE v.id IN ({', '.join('?' * len(ids))})",
         ids,
     )
-    return {row[0]: Box(*row[1:]) for row in rows}
+    return {row[0]: (Box(*row[1:5]), str(row[5])) for row in rows}
 
 
 def vectors_by_id(

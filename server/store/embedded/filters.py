@@ -8,6 +8,7 @@ one image row (`exists`), and a query can leave out the condition that drives it
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server.store.base import Filters
@@ -49,8 +50,7 @@ def conditions(filters: Filters) -> list[Condition]:
     found: list[Condition] = []
     if filters.labels:
         names = sorted(filters.labels)
-        found.append(Condition("labels", (f"name IN ({', '.join('?' * len(names))})",),
-                               tuple(names)))  # fmt: skip
+        found.append(Condition("labels", (f"name IN ({_marks(names)})",), tuple(names)))
     for key, value in sorted(filters.metadata.items()):
         found.append(Condition("metadata", ("key = ?", "value = ?"), (key, value)))
     for bound in filters.ranges:
@@ -66,7 +66,14 @@ def conditions(filters: Filters) -> list[Condition]:
         if bound.numeric:
             clauses.append("num IS NOT NULL")
         found.append(Condition("metadata", tuple(clauses), tuple(params)))
+    if filters.person_ids:
+        people = sorted(filters.person_ids)
+        found.append(Condition("faces", (f"person_id IN ({_marks(people)})",), tuple(people)))
     return found
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def where(tenant: str, filters: Filters, alias: str = "i", skip: Condition | None = None) -> Where:
@@ -75,11 +82,28 @@ def where(tenant: str, filters: Filters, alias: str = "i", skip: Condition | Non
     condition the query already meets (the one driving it)."""
     clauses = [f"{alias}.tenant = ?"]
     params: list[object] = [tenant]
+    if filters.exclude_ids:
+        excluded = sorted(filters.exclude_ids)
+        clauses.append(f"{alias}.image_id NOT IN ({_marks(excluded)})")
+        params.extend(excluded)
     for condition in conditions(filters):
         if condition != skip:  # equal, not identical: conditions() builds new ones
             clauses.append(condition.exists(alias))
             params.extend(condition.params)
     return Where(tuple(clauses), tuple(params))
+
+
+def face_where(filters: Filters, alias: str = "v") -> Where:
+    """For rows of `vectors AS alias` in the faces space: the face itself belongs to one of
+    `filters.person_ids` (`where` only asks that the image has such a face)."""
+    if not filters.person_ids:
+        return Where((), ())
+    people = sorted(filters.person_ids)
+    return Where(
+        (f"EXISTS (SELECT 1 FROM faces f WHERE f.image = {alias}.image AND f.idx = {alias}.sub"
+         f" AND f.person_id IN ({_marks(people)}))",),
+        tuple(people),
+    )  # fmt: skip
 
 
 def condition_size(conn: sqlite3.Connection, condition: Condition, limit: int) -> int:

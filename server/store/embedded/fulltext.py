@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from server.store import text
 from server.store.base import Filters, IndexKind
 from server.store.embedded.filters import where
 
@@ -29,16 +30,34 @@ def search_text(
     limit: int,
     offset: int,
 ) -> list[TextRow]:
-    """Images ranked by FTS5 bm25() over the columns, any term matching; ties by image id."""
-    phrase = " OR ".join(f'"{term}"' for term in query_terms)
-    expression = "{" + " ".join(columns) + "} : (" + phrase + ")"
+    """Images ranked by FTS5 bm25() over the columns, any term matching as a word; then the
+    images where only parts of words match (`text_parts`, terms of 3 or more characters),
+    ranked by bm25() over the pieces; ties by image id. Scores: see `TextHit`."""
+    parts = text.part_terms(tuple(query_terms))
     cond = where(tenant, filters)
-    rows = conn.execute(
-        "SELECT i.id, i.image_id, bm25(text_index) AS rank FROM text_index"
-        " JOIN images i ON i.id = text_index.rowid"
-        f" WHERE text_index MATCH ? AND {cond.sql}"
-        " ORDER BY rank, i.image_id LIMIT ? OFFSET ?",
-        [expression, *cond.params, limit, offset],
+    # bm25() is lower-is-better and negative; negated, whole-word scores are > 0, and partial
+    # ones are mapped into (-1, 0) so that every whole-word hit ranks first.
+    found = (
+        "SELECT rowid AS id, -bm25(text_index) AS score FROM text_index"
+        " WHERE text_index MATCH ?"
     )
-    # bm25() is lower-is-better; negate it so every store's scores read higher-is-better.
-    return [TextRow(rowid, image_id, -rank) for rowid, image_id, rank in rows]
+    args: list[object] = [_expression(columns, query_terms)]
+    if parts:
+        found += (
+            " UNION ALL SELECT rowid, -1.0 / (1.0 - bm25(text_parts)) FROM text_parts"
+            " WHERE text_parts MATCH ? AND rowid NOT IN"
+            " (SELECT rowid FROM text_index WHERE text_index MATCH ?)"
+        )
+        args += [_expression(columns, parts), args[0]]
+    rows = conn.execute(
+        f"SELECT i.id, i.image_id, f.score FROM ({found}) f JOIN images i ON i.id = f.id"
+        f" WHERE {cond.sql} ORDER BY f.score DESC, i.image_id LIMIT ? OFFSET ?",
+        [*args, *cond.params, limit, offset],
+    )
+    return [TextRow(rowid, image_id, score) for rowid, image_id, score in rows]
+
+
+def _expression(columns: Sequence[str], query_terms: Sequence[str]) -> str:
+    """An FTS5 query: any of the terms (each a quoted phrase) in any of the columns."""
+    phrase = " OR ".join(f'"{term}"' for term in query_terms)
+    return "{" + " ".join(columns) + "} : (" + phrase + ")"

@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from server.domain import Box
+from server.store import text
 from server.store.base import (
     FaceRecord,
+    Filters,
     ImageRecord,
     IndexKind,
     Label,
@@ -25,7 +27,10 @@ from server.store.base import (
     Vector,
     metadata_number,
 )
+from server.store.embedded.filters import where
 from server.store.embedded.schema import transaction
+
+_IMAGE_COLUMNS = "id, created_us, width, height, ocr_text, content_sha256, duplicate_of"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -57,6 +62,7 @@ def _delete_image(conn: sqlite3.Connection, image_rowid: int, tenant: str) -> No
         (tenant, image_rowid),
     )
     conn.execute("DELETE FROM text_index WHERE rowid = ?", (image_rowid,))
+    conn.execute("DELETE FROM text_parts WHERE rowid = ?", (image_rowid,))
     conn.execute("DELETE FROM images WHERE id = ?", (image_rowid,))
 
 
@@ -82,8 +88,8 @@ def _replace(conn: sqlite3.Connection, record: ImageRecord) -> None:
         _delete_image(conn, old, record.tenant)
     created_us = (record.created_at - _EPOCH) // _MICROSECOND
     cursor = conn.execute(
-        "INSERT INTO images (tenant, image_id, created_us, width, height, ocr_text)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO images (tenant, image_id, created_us, width, height, ocr_text,"
+        " content_sha256, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.tenant,
             record.image_id,
@@ -91,6 +97,8 @@ def _replace(conn: sqlite3.Connection, record: ImageRecord) -> None:
             record.width,
             record.height,
             record.ocr_text,
+            record.content_sha256,
+            record.duplicate_of,
         ),
     )
     rowid = cursor.lastrowid
@@ -108,8 +116,9 @@ def _replace(conn: sqlite3.Connection, record: ImageRecord) -> None:
         [(rowid, i, o.label, o.score, *_box(o.box)) for i, o in enumerate(record.objects)],
     )
     conn.executemany(
-        "INSERT INTO faces VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(rowid, i, f.score, *_box(f.box)) for i, f in enumerate(record.faces)],
+        "INSERT INTO faces (image, idx, score, x_min, y_min, x_max, y_max, person_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(rowid, i, f.score, *_box(f.box), f.person_id) for i, f in enumerate(record.faces)],
     )
     conn.executemany(
         "INSERT INTO ocr_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -118,14 +127,18 @@ def _replace(conn: sqlite3.Connection, record: ImageRecord) -> None:
             for i, line in enumerate(record.ocr_lines)
         ],
     )
+    texts = (
+        record.ocr_text,
+        "\n".join(label.name for label in record.labels),
+        "\n".join(o.label for o in record.objects),
+    )
     conn.execute(
         "INSERT INTO text_index (rowid, ocr, labels, objects) VALUES (?, ?, ?, ?)",
-        (
-            rowid,
-            record.ocr_text,
-            "\n".join(label.name for label in record.labels),
-            "\n".join(o.label for o in record.objects),
-        ),
+        (rowid, *texts),
+    )
+    conn.execute(
+        "INSERT INTO text_parts (rowid, ocr, labels, objects) VALUES (?, ?, ?, ?)",
+        (rowid, *map(text.fold, texts)),
     )
     wanted: list[tuple[Space, int, Vector]] = []
     if record.embedding is not None:
@@ -154,7 +167,7 @@ def get(conn: sqlite3.Connection, tenant: str, image_id: str) -> ImageRecord | N
     """The whole record, read in one transaction so a concurrent upsert is seen whole or not."""
     with transaction(conn):
         row = conn.execute(
-            "SELECT id, created_us, width, height, ocr_text FROM images"
+            f"SELECT {_IMAGE_COLUMNS} FROM images"
             " WHERE tenant = ? AND image_id = ?",
             (tenant, image_id),
         ).fetchone()
@@ -165,16 +178,15 @@ def get(conn: sqlite3.Connection, tenant: str, image_id: str) -> ImageRecord | N
 
 def get_by_rowid(conn: sqlite3.Connection, rowid: int) -> ImageRecord:
     row = conn.execute(
-        "SELECT id, created_us, width, height, ocr_text, tenant, image_id FROM images WHERE id = ?",
-        (rowid,),
+        f"SELECT {_IMAGE_COLUMNS}, tenant, image_id FROM images WHERE id = ?", (rowid,)
     ).fetchone()
-    return _load(conn, row[5], row[6], row[:5])
+    return _load(conn, row[-2], row[-1], row[:-2])
 
 
 def _load(
     conn: sqlite3.Connection, tenant: str, image_id: str, row: Sequence[object]
 ) -> ImageRecord:
-    rowid, created_us, width, height, ocr_text = row
+    rowid, created_us, width, height, ocr_text, content_sha256, duplicate_of = row
     assert isinstance(created_us, int)
     face_vectors = {
         sub: _vector(blob)
@@ -211,9 +223,9 @@ def _load(
             )
         ),
         faces=tuple(
-            FaceRecord(Box(*box), score, face_vectors[idx])
-            for idx, score, *box in conn.execute(
-                "SELECT idx, score, x_min, y_min, x_max, y_max FROM faces"
+            FaceRecord(Box(*box), score, face_vectors[idx], person_id)
+            for idx, score, person_id, *box in conn.execute(
+                "SELECT idx, score, person_id, x_min, y_min, x_max, y_max FROM faces"
                 " WHERE image = ? ORDER BY idx",
                 (rowid,),
             )
@@ -227,8 +239,35 @@ def _load(
             )
         ),
         ocr_text=str(ocr_text),
+        content_sha256=str(content_sha256),
+        duplicate_of=str(duplicate_of),
     )
 
 
 def count(conn: sqlite3.Connection, tenant: str, kind: IndexKind) -> int:
     return int(conn.execute(_COUNT_SQL[kind], (tenant,)).fetchone()[0])
+
+
+def browse(
+    conn: sqlite3.Connection, tenant: str, filters: Filters, limit: int, offset: int
+) -> list[tuple[str, datetime]]:
+    """(image id, created_at) of the matching images, newest first, ties by image id."""
+    cond = where(tenant, filters)
+    rows = conn.execute(
+        f"SELECT i.image_id, i.created_us FROM images i WHERE {cond.sql}"
+        " ORDER BY i.created_us DESC, i.image_id LIMIT ? OFFSET ?",
+        [*cond.params, limit, offset],
+    )
+    return [(image_id, _EPOCH + created_us * _MICROSECOND) for image_id, created_us in rows]
+
+
+def same_bytes(
+    conn: sqlite3.Connection, tenant: str, content_sha256: str, exclude_id: str
+) -> str | None:
+    """The earliest stored image of the tenant with these bytes, other than `exclude_id`."""
+    row = conn.execute(
+        "SELECT image_id FROM images WHERE tenant = ? AND content_sha256 = ? AND image_id != ?"
+        " ORDER BY created_us, image_id LIMIT 1",
+        (tenant, content_sha256, exclude_id),
+    ).fetchone()
+    return None if row is None else str(row[0])

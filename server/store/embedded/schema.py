@@ -11,13 +11,14 @@ row of the FTS5 table `text_index` with the image's row id. Deleting a vector le
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 2
-# Version 1 lacked `vector_tombstones` and `vectors_image_sub`; the schema script adds both.
-_MIGRATES_FROM = {1}
+SCHEMA_VERSION = 3
+# Version 1 lacked `vector_tombstones` and `vectors_image_sub` (the schema statements add both);
+# version 2 lacked the columns of _ADDED_COLUMNS, the `people` names and the `text_parts` index.
+_MIGRATES_FROM = {1, 2}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -28,6 +29,8 @@ CREATE TABLE IF NOT EXISTS images (
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
     ocr_text TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL DEFAULT '',
+    duplicate_of TEXT NOT NULL DEFAULT '',
     UNIQUE (tenant, image_id)
 );
 CREATE TABLE IF NOT EXISTS metadata (
@@ -60,6 +63,7 @@ CREATE TABLE IF NOT EXISTS faces (
     idx INTEGER NOT NULL,
     score REAL NOT NULL,
     x_min REAL NOT NULL, y_min REAL NOT NULL, x_max REAL NOT NULL, y_max REAL NOT NULL,
+    person_id TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (image, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ocr_lines (
@@ -91,6 +95,32 @@ CREATE TABLE IF NOT EXISTS vector_tombstones (
 CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING fts5 (
     ocr, labels, objects, tokenize = 'unicode61 remove_diacritics 2'
 );
+-- The same text folded (text.fold: no diacritics, lower case) in three-letter pieces, so that a
+-- term matches inside words; trigram's own diacritics folding needs SQLite 3.45.
+CREATE VIRTUAL TABLE IF NOT EXISTS text_parts USING fts5 (
+    ocr, labels, objects, tokenize = 'trigram'
+);
+-- Person names, apart from the faces: a name outlives re-ingests of the person's images.
+CREATE TABLE IF NOT EXISTS people (
+    tenant TEXT NOT NULL,
+    person_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (tenant, person_id)
+) WITHOUT ROWID
+"""
+
+# Columns a version-2 file lacks; created with the tables in a new file.
+_ADDED_COLUMNS = (
+    ("images", "content_sha256", "TEXT NOT NULL DEFAULT ''"),
+    ("images", "duplicate_of", "TEXT NOT NULL DEFAULT ''"),
+    ("faces", "person_id", "TEXT NOT NULL DEFAULT ''"),
+)
+
+# Indexes over those columns, created once they exist.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS images_newest ON images (tenant, created_us DESC, image_id);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images (tenant, content_sha256, created_us);
+CREATE INDEX IF NOT EXISTS faces_person ON faces (person_id, image)
 """
 
 
@@ -114,13 +144,29 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(_SCHEMA)
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0 or version in _MIGRATES_FROM:
+def create_schema(conn: sqlite3.Connection, fold: Callable[[str], str]) -> None:
+    """Create the schema, or migrate an older file to it, in one write transaction (so that two
+    processes opening one new directory never both migrate). `fold`: how text is folded for
+    `text_parts`, filled here from `text_index` when an older file lacks it."""
+    with transaction(conn, write=True):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION, *_MIGRATES_FROM):
+            raise RuntimeError(f"store schema version {version}, this code reads {SCHEMA_VERSION}")
+        for statement in _SCHEMA.split(";\n"):
+            conn.execute(statement)
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        for statement in _INDEXES.split(";\n"):
+            conn.execute(statement)
+        if version in _MIGRATES_FROM:
+            rows = conn.execute("SELECT rowid, ocr, labels, objects FROM text_index").fetchall()
+            conn.executemany(
+                "INSERT INTO text_parts (rowid, ocr, labels, objects) VALUES (?, ?, ?, ?)",
+                [(rowid, *map(fold, texts)) for rowid, *texts in rows],
+            )
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    elif version != SCHEMA_VERSION:
-        raise RuntimeError(f"store schema version {version}, this code reads {SCHEMA_VERSION}")
 
 
 @contextmanager

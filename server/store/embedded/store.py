@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,17 +40,19 @@ from server.store.base import (
     DEFAULT_IMAGE_DIM,
     NO_FILTERS,
     SPACE_KIND,
+    BrowseHit,
     Filters,
     ImageRecord,
     IndexKind,
     MatchKind,
+    Person,
     Space,
     TextHit,
     Vector,
     VectorHit,
 )
-from server.store.embedded import changes, fulltext, planner, records, schema
-from server.store.embedded.candidates import face_boxes
+from server.store.embedded import changes, fulltext, people, planner, records, schema
+from server.store.embedded.candidates import face_details
 from server.store.embedded.hnsw import HnswCache, HnswParams
 from server.store.embedded.schema import transaction
 
@@ -134,7 +137,7 @@ class EmbeddedStore:
         self._take_lock(retry_now=True)
         conn = schema.connect(self.path / "store.sqlite3")
         self._write_conn = conn
-        schema.create_schema(conn)
+        schema.create_schema(conn, text.fold)
         with transaction(conn):
             for space in Space:
                 cache = HnswCache(
@@ -256,16 +259,14 @@ class EmbeddedStore:
     # Reads ------------------------------------------------------------------------------------
 
     async def get(self, tenant: str, image_id: str) -> ImageRecord | None:
-        return await self._call(self._readers, self._get_sync, tenant, image_id)
-
-    def _get_sync(self, tenant: str, image_id: str) -> ImageRecord | None:
-        return records.get(self._read_conn(), tenant, image_id)
+        found: ImageRecord | None = await self._call(
+            self._readers, self._on_reader, records.get, tenant, image_id)
+        return found
 
     async def count(self, tenant: str, kind: IndexKind) -> int:
-        return await self._call(self._readers, self._count_sync, tenant, kind)
-
-    def _count_sync(self, tenant: str, kind: IndexKind) -> int:
-        return records.count(self._read_conn(), tenant, kind)
+        counted: int = await self._call(self._readers, self._on_reader, records.count, tenant,
+                                        kind)  # fmt: skip
+        return counted
 
     async def knn(
         self,
@@ -275,13 +276,21 @@ class EmbeddedStore:
         k: int,
         filters: Filters = NO_FILTERS,
         offset: int = 0,
+        min_score: float | None = None,
     ) -> tuple[VectorHit, ...]:
         return await self._call(
-            self._readers, self._knn_sync, tenant, space, vector, k, filters, offset
+            self._readers, self._knn_sync, tenant, space, vector, k, filters, offset, min_score
         )
 
     def _knn_sync(
-        self, tenant: str, space: Space, query: Vector, k: int, filters: Filters, offset: int
+        self,
+        tenant: str,
+        space: Space,
+        query: Vector,
+        k: int,
+        filters: Filters,
+        offset: int,
+        min_score: float | None,
     ) -> tuple[VectorHit, ...]:
         if not filters.allows(SPACE_KIND[space]):
             return ()
@@ -292,8 +301,12 @@ class EmbeddedStore:
             cache.catch_up(conn)
             found = planner.find_candidates(conn, cache, tenant, query, need, filters, self._limits)
             ranked = planner.rank(query, found, need)[offset:]
-            boxes = (
-                face_boxes(conn, (c.vector_id for c, _ in ranked)) if space is Space.FACES else {}
+            if min_score is not None:  # scores fall along the ranking: the floor cuts its tail
+                ranked = [(c, score) for c, score in ranked if score >= min_score]
+            faces = (
+                face_details(conn, (c.vector_id for c, _ in ranked))
+                if space is Space.FACES
+                else {}
             )
         self._queue_save(cache)
         return tuple(
@@ -302,7 +315,8 @@ class EmbeddedStore:
                 score=score,
                 space=space,
                 face_index=c.sub if space is Space.FACES else None,
-                box=boxes.get(c.vector_id),
+                box=faces[c.vector_id][0] if c.vector_id in faces else None,
+                person_id=faces[c.vector_id][1] if c.vector_id in faces else "",
             )
             for c, score in ranked
         )
@@ -339,6 +353,61 @@ class EmbeddedStore:
                 )
                 for row in rows
             )
+
+    async def browse(
+        self, tenant: str, filters: Filters, k: int, offset: int = 0
+    ) -> tuple[BrowseHit, ...]:
+        rows: list[tuple[str, datetime]] = await self._call(
+            self._readers, self._on_reader, records.browse, tenant, filters, k, offset)
+        return tuple(BrowseHit(image_id, created_at) for image_id, created_at in rows)
+
+    async def find_duplicate(
+        self,
+        tenant: str,
+        content_sha256: str,
+        embedding: Vector | None,
+        min_cosine: float,
+        exclude_id: str,
+    ) -> str | None:
+        if content_sha256:
+            same: str | None = await self._call(
+                self._readers, self._on_reader, records.same_bytes, tenant, content_sha256,
+                exclude_id)  # fmt: skip
+            if same is not None:
+                return same
+        if embedding is None:
+            return None
+        others = Filters(exclude_ids=frozenset({exclude_id}))
+        nearest = await self.knn(tenant, Space.IMAGES, embedding, 1, others, 0, min_cosine)
+        return nearest[0].image_id if nearest else None
+
+    # People -----------------------------------------------------------------------------------
+
+    async def list_people(self, tenant: str, k: int, offset: int = 0) -> tuple[Person, ...]:
+        found: list[Person] = await self._call(
+            self._readers, self._on_reader, people.list_people, tenant, k, offset)
+        return tuple(found)
+
+    async def get_person(self, tenant: str, person_id: str) -> Person | None:
+        return await self._call(self._readers, self._on_reader, people.get_person, tenant,
+                                person_id)  # fmt: skip
+
+    async def rename_person(self, tenant: str, person_id: str, name: str) -> Person | None:
+        return await self._call(self._writer, self._on_writer, people.rename_person, tenant,
+                                person_id, name)  # fmt: skip
+
+    async def merge_people(
+        self, tenant: str, person_ids: frozenset[str], target_id: str
+    ) -> Person | None:
+        return await self._call(self._writer, self._on_writer, people.merge_people, tenant,
+                                sorted(person_ids), target_id)  # fmt: skip
+
+    def _on_reader(self, fn: Callable[..., _T], *args: object) -> _T:
+        return fn(self._read_conn(), *args)
+
+    def _on_writer(self, fn: Callable[..., _T], *args: object) -> _T:
+        assert self._write_conn is not None
+        return fn(self._write_conn, *args)
 
     # Lifecycle --------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from server.domain import Box
@@ -28,10 +28,18 @@ from server.store.base import (
 )
 from server.store.opensearch.mappings import POSITION, Json, alias
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 
 def doc_key(tenant: str, image_id: str) -> str:
-    """The image document's _id: fixed length whatever the ids (an _id is at most 512 bytes)."""
+    """The image document's _id: fixed length whatever the ids (an _id is at most 512 bytes);
+    also the _id of a person's name document, from the person id."""
     return hashlib.sha256(f"{len(tenant)}:{tenant}{image_id}".encode()).hexdigest()
+
+
+def created_us(when: datetime) -> int:
+    return (when - _EPOCH) // _MICROSECOND
 
 
 def _box(box: Box) -> list[float]:
@@ -62,20 +70,25 @@ def documents(prefix: str, record: ImageRecord) -> list[tuple[str, str, Json]]:
         "image_id": record.image_id,
         "image_key": key,
         "created_at": record.created_at.isoformat(),
+        "created_us": created_us(record.created_at),
         "label_names": sorted({label.name for label in record.labels}),
+        "person_ids": sorted({f.person_id for f in record.faces if f.person_id}),
         "metadata": _metadata_entries(record.metadata),
     }
     image: Json = common | {
         "ocr_text": record.ocr_text,
         "label_text": "\n".join(label.name for label in record.labels),
         "object_text": "\n".join(o.label for o in record.objects),
+        "content_sha256": record.content_sha256,
         "record": {
+            "duplicate_of": record.duplicate_of,
             "width": record.width,
             "height": record.height,
             "metadata": dict(record.metadata),
             "labels": [[label.name, label.score] for label in record.labels],
             "objects": [[o.label, o.score, _box(o.box)] for o in record.objects],
-            "faces": [[f.score, _box(f.box), vector_json(f.embedding)] for f in record.faces],
+            "faces": [[f.score, _box(f.box), vector_json(f.embedding), f.person_id]
+                      for f in record.faces],  # fmt: skip
             "ocr_lines": [[li.text, li.confidence, _box(li.box)] for li in record.ocr_lines],
         },
     }
@@ -90,6 +103,7 @@ def documents(prefix: str, record: ImageRecord) -> list[tuple[str, str, Json]]:
             "box": _box(face.box),
         }
         source["embedding"] = vector_json(face.embedding)
+        source["person_id"] = face.person_id
         docs.append((alias(prefix, IndexKind.FACES), f"{key}-f{i}", source))
     for i, obj in enumerate(record.objects):
         source = common | {
@@ -125,9 +139,11 @@ def record_from_source(source: Mapping[str, Any]) -> ImageRecord:
         embedding=None if embedding is None else frozen_vector(embedding),
         labels=tuple(Label(name, score) for name, score in stored["labels"]),
         objects=tuple(ObjectRecord(lb, s, unbox(b)) for lb, s, b in stored["objects"]),
-        faces=tuple(FaceRecord(unbox(b), s, frozen_vector(e)) for s, b, e in stored["faces"]),
+        faces=tuple(FaceRecord(unbox(b), s, frozen_vector(e), p) for s, b, e, p in stored["faces"]),
         ocr_lines=tuple(OcrLine(t, c, unbox(b)) for t, c, b in stored["ocr_lines"]),
         ocr_text=source["ocr_text"],
+        content_sha256=source["content_sha256"],
+        duplicate_of=stored["duplicate_of"],
     )
 
 
