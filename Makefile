@@ -1,6 +1,7 @@
 # The two commands of the README: `make run` (set up, local Triton + service) and `make test`
 # (set up, static checks, the whole test suite against a real local Triton).
-.PHONY: setup run test check lint typecheck proto proto-check deploy-check api-release unit integration bench
+.PHONY: setup run test check lint typecheck proto proto-check deploy-check api-release unit integration bench \
+  examples
 
 PY := .venv/bin/python
 BUF := node_modules/.bin/buf
@@ -28,6 +29,14 @@ bench: setup
 	  2>/dev/null || \
 	  .venv/bin/pip install -q -c requirements/dev.lock -e api/python -e ".[dev,bench]"
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The Go and Node caller examples against a running server (scripts/examples; Go from Debian's
+# packages, clients/go/build): make examples TARGET=host:port IMAGES=dir
+# [EXAMPLE_FLAGS="--ca ca.pem --cert cert.pem --key key.pem"]
+TARGET ?= 127.0.0.1:4603
+IMAGES ?= ../shared/testdata/images
+examples:
+	scripts/examples "$(TARGET)" "$(IMAGES)" $(EXAMPLE_FLAGS)
 
 check: lint typecheck proto-check deploy-check
 

@@ -557,6 +557,13 @@ def markdown(results: Json, images: list[Path]) -> str:
         "100 000 × 1280-d and × 128-d): figures in [report/store.md](report/store.md), raw in "
         "`bench/report/store.json`; ingest "
         "end to end is in `bench/MODELS.md` (`python -m bench.models`).", "",
+        "## Reports of their own", "",
+        "- [report/embeddings.md](report/embeddings.md): the image embedding against "
+        "MobileNetV2's canonical ImageNet preprocessing, per photo (cosine, top-1 class).",
+        "- [report/idle_memory.md](report/idle_memory.md): idle Triton memory on the CPU "
+        "configuration, every model loaded vs the served ones (`python -m bench.idle_memory`).",
+        "- [report/overload.md](report/overload.md): admission under overload and retry "
+        "storms (`python -m bench.overload`).", "",
         "## 8. GPU", "", "Not measured: no accelerator was lent to this task (the device tool's "
         "status said so in every session), so every figure here is CPU-only (Triton's Python "
         "backend running onnxruntime on 2 cores). The GPU configuration's shape (each "

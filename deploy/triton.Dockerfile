@@ -6,3 +6,6 @@ FROM nvcr.io/nvidia/tritonserver:24.08-py3
 # the same for the local Triton).
 # pyclipper: ppocr_v6's text-box expansion.
 RUN pip install --no-cache-dir "numpy<2" "opencv-python-headless<4.12" "pyclipper==1.4.0"
+# The library every model.py imports (decoding, resize policies, NMS, step calls).
+COPY triton_models /opt/vision/triton_models
+ENV PYTHONPATH=/opt/vision

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TRITON_VENV = REPO_ROOT / ".triton-venv"
 BACKEND_DIR = REPO_ROOT / ".triton" / "backends"
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+MODEL_LIBRARY_PARENT = REPO_ROOT  # holds triton_models/, the library every model.py imports
 VAR_DIR = REPO_ROOT / "var"
 DEFAULT_LOG = VAR_DIR / "triton.log"
 PIDFILE = VAR_DIR / "triton.pid"
@@ -120,8 +122,10 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
     # image-sized tensor a mapping of its own, returned when freed) saved tritonserver 32 MiB
     # after an overload but cost the model stubs 4.5 ms of CPU per image in page faults
     # (30.3 -> 25.8 ms per YOLOX image; bench/REPORT.md, CPU path).
-    env.pop("PYTHONPATH", None)
     env.pop("PYTHONHOME", None)
+    # The models' shared library (triton_models/) is imported from the repository itself, as
+    # deploy/triton.Dockerfile puts it on the image's path: one copy, no install to go stale.
+    env["PYTHONPATH"] = str(MODEL_LIBRARY_PARENT)
     return env
 
 
@@ -268,6 +272,28 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+TASK_PARAMETER = re.compile(r'key:\s*"task"')
+
+
+def model_config(model_dir: Path, config_name: str) -> Path:
+    """The config Triton reads for the model: configs/<config_name>.pbtxt, else config.pbtxt."""
+    chosen = model_dir / "configs" / f"{config_name}.pbtxt"
+    return chosen if chosen.is_file() else model_dir / "config.pbtxt"
+
+
+def served_models(repository: Path, config_name: str = MODEL_CONFIG_NAME) -> list[str]:
+    """The models a request can name: those whose config carries the `task` parameter the
+    server's model catalogue reads (server/triton/catalog.py). On the CPU configuration these
+    run their networks in their own process, so the step models beside them (the GPU shape's
+    ensemble and BLS steps) serve nobody there (bench/report/idle_memory.md)."""
+    return sorted(
+        config.parent.name if config.name == "config.pbtxt" else config.parent.parent.name
+        for config in (model_config(model_dir, config_name)
+                       for model_dir in repository.iterdir() if model_dir.is_dir())
+        if config.is_file() and TASK_PARAMETER.search(config.read_text())
+    )
+
+
 def start_triton(
     *,
     grpc_port: int = DEFAULT_GRPC_PORT,
@@ -279,9 +305,12 @@ def start_triton(
     model_config_name: str = MODEL_CONFIG_NAME,
     ready_timeout: float = READY_TIMEOUT_S,
     wait: bool = True,
+    all_models: bool = False,
 ) -> LocalTriton:
     """Start tritonserver on 127.0.0.1 and (by default) return once every model is ready.
-    extra_repositories are served beside model_repository (e.g. tests/model_repository)."""
+    extra_repositories are served beside model_repository (e.g. tests/model_repository).
+    Only the served models (served_models) are loaded, an ensemble's steps with it, unless
+    all_models: the GPU shape's BLS models call steps that Triton cannot know they need."""
     install = find_install()
     backends = build_backend_dir(install)
     log_path = log_path.resolve()
@@ -293,6 +322,9 @@ def start_triton(
         f"--backend-directory={backends.resolve()}",
         # Models with configs/<name>.pbtxt load that; the others fall back to config.pbtxt.
         f"--model-config-name={model_config_name}",
+        *([] if all_models else ["--model-control-mode=explicit", *(
+            f"--load-model={name}" for repository in (model_repository, *extra_repositories)
+            for name in served_models(repository, model_config_name))]),
         f"--http-address={HOST}",
         f"--http-port={http_port}",
         f"--grpc-address={HOST}",
@@ -375,6 +407,7 @@ def _start_from_args(args: argparse.Namespace) -> LocalTriton:
         extra_repositories=args.extra_repository,
         model_config_name=args.model_config_name,
         ready_timeout=args.timeout,
+        all_models=args.all_models,
     )
     print(f"ready in {time.monotonic() - start:.1f} s (log: {triton.log_path})")
     return triton
@@ -394,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra-repository", type=Path, action="append", default=[],
                         help="another model repository to serve too (repeatable)")
     parser.add_argument("--model-config-name", default=MODEL_CONFIG_NAME)
+    parser.add_argument("--all-models", action="store_true",
+                        help="load every model, step models too (default: the served ones)")
     parser.add_argument("--log", type=Path, default=DEFAULT_LOG)
     parser.add_argument("--pidfile", type=Path, default=PIDFILE)
     parser.add_argument("--timeout", type=float, default=READY_TIMEOUT_S, help="seconds to ready")

@@ -107,6 +107,19 @@ def make_yunet_batch_dynamic(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model)
 
 
+CHARACTER_KEY = "character"
+
+
+def recogniser_characters(model: onnx.ModelProto) -> str:
+    """The PP-OCR recogniser's character set, one a line, as its ONNX metadata carries it:
+    written to a file so that the Triton model reads text, not the ONNX protobuf (the GPU
+    image's Python has neither onnx nor onnxruntime)."""
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    if CHARACTER_KEY not in metadata:
+        raise PrepareError(f"the recogniser has no {CHARACTER_KEY!r} metadata")
+    return metadata[CHARACTER_KEY]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One network file: where it comes from, what it must hash to, where it goes."""
@@ -119,6 +132,8 @@ class ModelSpec:
     # An installed package that ships the file (filename is then relative to the package
     # folder); such files are copied from it, never from the cache or url.
     package: str | None = None
+    # Files written beside the target from the network's own file: name -> how to make it.
+    companions: tuple[tuple[str, Callable[[onnx.ModelProto], str]], ...] = ()
 
 
 # Add a model here by one entry; the SHA-256 pins match ../shared/models/SHA256SUMS.
@@ -177,6 +192,7 @@ MODELS: dict[str, ModelSpec] = {
         url=None,
         target="ppocr_v6_rec/1/model.onnx",
         package="rapidocr",
+        companions=(("characters.txt", recogniser_characters),),
     ),
 }
 
@@ -227,7 +243,9 @@ def fetch_source(spec: ModelSpec, cache: Path) -> bytes:
 def is_prepared(spec: ModelSpec, repository: Path) -> bool:
     target = repository / spec.target
     marker = target.parent / SOURCE_SHA_NAME
-    return target.is_file() and marker.is_file() and marker.read_text().strip() == spec.sha256
+    companions = all((target.parent / name).is_file() for name, _ in spec.companions)
+    return (target.is_file() and companions and marker.is_file()
+            and marker.read_text().strip() == spec.sha256)
 
 
 def prepare(spec: ModelSpec, cache: Path, repository: Path, *, force: bool = False) -> Path:
@@ -237,11 +255,20 @@ def prepare(spec: ModelSpec, cache: Path, repository: Path, *, force: bool = Fal
         return target
     data = fetch_source(spec, cache)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if spec.transform is not None:
+    if spec.transform is not None or spec.companions:
         model = onnx.load_from_string(data)
-        spec.transform(model)
-        data = model.SerializeToString()
-    # Write beside the target and rename, so Triton never sees a half-written file.
+        if spec.transform is not None:
+            spec.transform(model)
+            data = model.SerializeToString()
+        for name, make in spec.companions:
+            write_atomically(target.parent / name, make(model).encode("utf-8"))
+    write_atomically(target, data)
+    (target.parent / SOURCE_SHA_NAME).write_text(spec.sha256 + "\n")
+    return target
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write beside the target and rename, so Triton never sees a half-written file."""
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".tmp") as tmp:
         tmp.write(data)
     tmp_path = Path(tmp.name)
@@ -251,8 +278,6 @@ def prepare(spec: ModelSpec, cache: Path, repository: Path, *, force: bool = Fal
     except OSError:
         tmp_path.unlink(missing_ok=True)
         raise
-    (target.parent / SOURCE_SHA_NAME).write_text(spec.sha256 + "\n")
-    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:

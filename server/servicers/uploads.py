@@ -115,8 +115,12 @@ class UploadAssembler:
                           "printable ASCII characters without spaces")
         if rid in self._seen:
             return _error("header.request_id", "already used on this stream")
-        if header.size_bytes <= 0:
+        if header.size_bytes < 0:
             return _error("header.size_bytes", "required, > 0")
+        if header.size_bytes == 0:
+            # A declared size of 0 is an empty image, answered as a unary call's empty content is.
+            return InvalidArgumentError.one(
+                "EMPTY_IMAGE", Input.REQUEST, "header.size_bytes", "the image is empty")
         if header.size_bytes > self._max_bytes:
             return InvalidArgumentError.one(
                 "IMAGE_TOO_LARGE", Input.REQUEST, "header.size_bytes",

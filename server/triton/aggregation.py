@@ -139,6 +139,9 @@ class Aggregator:
         check_statuses(outputs)
         return outputs
 
+    def served(self, model: ModelRef) -> ModelRef:
+        return self._calls.served(model)
+
     async def _alone(self, lane: _Lane, inputs: Mapping[str, Array], request_id: str,
                      timeout_s: float | None) -> dict[str, Array]:
         """A call with nothing to wait for goes as a batch of its own, in the caller's task: no

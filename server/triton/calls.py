@@ -67,6 +67,10 @@ class Inference(Protocol):
     async def infer(self, model: ModelRef, tensors: ModelTensors, inputs: Mapping[str, Array],
                     request_id: str, timeout_s: float | None) -> dict[str, Array]: ...
 
+    def served(self, model: ModelRef) -> ModelRef:
+        """`model` naming the version that answered it (TritonCalls.served)."""
+        ...
+
 
 class TritonClient:
     """The process's one channel to Triton and the generated stub over it."""
@@ -93,6 +97,8 @@ class TritonCalls:
         self._stub = client.stub
         self._default_timeout_s = default_timeout_s
         self.breaker = breaker or CircuitBreaker(failure_threshold=5, reset_after_s=2.0)
+        # Per model name, the version of Triton's latest answer (ModelInferResponse.model_version).
+        self._answered: dict[str, str] = {}
 
     async def infer(
         self,
@@ -139,7 +145,18 @@ class TritonCalls:
             self.breaker.settled()  # cancelled by the caller: nothing learnt about Triton
             raise
         self.breaker.succeeded()
+        if response.model_version:
+            self._answered[model.name] = response.model_version
         return wire.response_outputs(response)
+
+    def served(self, model: ModelRef) -> ModelRef:
+        """`model` with the version that answered: the pinned one, else the version of
+        Triton's latest answer for that name (Triton runs an unpinned name's newest ready
+        version). Called after `infer`, so the answer is known; while Triton swaps versions, a
+        call answered by the old one at the same moment may be named with the new one."""
+        if model.version:
+            return model
+        return ModelRef(model.name, self._answered.get(model.name, ""))
 
     async def server_ready(self, timeout_s: float) -> bool:
         return await self._ready(self._stub.ServerReady(

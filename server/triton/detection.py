@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.domain import Box, Detection, DetectionResult, DetectOptions
+from server.domain import Box, Detection, DetectionResult, DetectOptions, ModelRef
 from server.triton.calls import Array, Inference, scalar
 from server.triton.tensors import IMAGE, IMAGE_SIZE, IMAGE_STATUS, ModelTensors, TensorSpec
 
@@ -53,10 +53,10 @@ class TritonDetector:
             request_id,
             timeout_s,
         )
-        return _detections(outputs, options)
+        return _detections(outputs, self._calls.served(options.model))
 
 
-def _detections(outputs: dict[str, Array], options: DetectOptions) -> DetectionResult:
+def _detections(outputs: dict[str, Array], model: ModelRef) -> DetectionResult:
     # Python lists first: converting numpy scalars one by one costs more than the rest of this.
     boxes = outputs[BOXES].reshape(-1, 4).tolist()
     scores = outputs[SCORES].reshape(-1).tolist()
@@ -73,4 +73,4 @@ def _detections(outputs: dict[str, Array], options: DetectOptions) -> DetectionR
         for box, score, class_id, label in zip(boxes, scores, class_ids, labels, strict=True)
         if class_id >= 0
     )
-    return DetectionResult(detections=detections, width=width, height=height, model=options.model)
+    return DetectionResult(detections=detections, width=width, height=height, model=model)

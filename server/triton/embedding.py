@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.domain import Classification, EmbeddingResult, EmbedOptions
+from server.domain import Classification, EmbeddingResult, EmbedOptions, ModelRef
 from server.triton.calls import Array, TritonCalls, scalar
 from server.triton.tensors import IMAGE, IMAGE_SIZE, IMAGE_STATUS, ModelTensors, TensorSpec
 
@@ -43,10 +43,11 @@ class TritonEmbedder:
             {IMAGE: scalar(content, np.object_),
              TOP_K: scalar(options.max_classifications, np.int32)},
             request_id, timeout_s)
-        return _result(outputs, options)
+        return _result(outputs, options, self._calls.served(options.model))
 
 
-def _result(outputs: dict[str, Array], options: EmbedOptions) -> EmbeddingResult:
+def _result(outputs: dict[str, Array], options: EmbedOptions, model: ModelRef
+            ) -> EmbeddingResult:
     height, width = (int(v) for v in outputs[IMAGE_SIZE].reshape(-1)[:2])
     classes = tuple(
         Classification(label=_text(label), class_id=int(class_id), score=float(score))
@@ -58,7 +59,7 @@ def _result(outputs: dict[str, Array], options: EmbedOptions) -> EmbeddingResult
     return EmbeddingResult(
         embedding=tuple(outputs[EMBEDDING].reshape(-1).tolist()),
         classifications=classes[: options.max_classifications],
-        width=width, height=height, model=options.model)
+        width=width, height=height, model=model)
 
 
 def _text(value: object) -> str:

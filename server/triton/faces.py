@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.domain import Box, Face, FaceOptions, FacesResult, Point
+from server.domain import Box, Face, FaceOptions, FacesResult, ModelRef, Point
 from server.triton.calls import Array, TritonCalls, scalar
 from server.triton.tensors import IMAGE, IMAGE_SIZE, IMAGE_STATUS, ModelTensors, TensorSpec
 
@@ -49,9 +49,10 @@ class TritonFaceDetector:
              SCORE_THRESHOLD: scalar(options.score_threshold, np.float32),
              INCLUDE_EMBEDDINGS: scalar(options.include_embeddings, np.bool_)},
             request_id, timeout_s)
-        return self._result(outputs, options)
+        return self._result(outputs, options, self._calls.served(options.model))
 
-    def _result(self, outputs: dict[str, Array], options: FaceOptions) -> FacesResult:
+    def _result(self, outputs: dict[str, Array], options: FaceOptions, model: ModelRef
+                ) -> FacesResult:
         height, width = (int(v) for v in outputs[IMAGE_SIZE].reshape(-1)[:2])
         boxes = outputs[BOXES].reshape(-1, 4)
         scores = outputs[SCORES].reshape(-1)
@@ -67,4 +68,4 @@ class TritonFaceDetector:
             )
             for i in range(len(scores)) if scores[i] >= 0
         )
-        return FacesResult(faces=faces, width=width, height=height, model=options.model)
+        return FacesResult(faces=faces, width=width, height=height, model=model)

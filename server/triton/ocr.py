@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.domain import OcrOptions, OcrResult, Point, TextLine
+from server.domain import ModelRef, OcrOptions, OcrResult, Point, TextLine
 from server.triton.calls import Array, TritonCalls, scalar
 from server.triton.tensors import IMAGE, IMAGE_SIZE, IMAGE_STATUS, ModelTensors, TensorSpec
 
@@ -33,10 +33,10 @@ class TritonTextReader:
                         timeout_s: float | None) -> OcrResult:
         outputs = await self._calls.infer(
             options.model, TENSORS, {IMAGE: scalar(content, np.object_)}, request_id, timeout_s)
-        return _result(outputs, options)
+        return _result(outputs, self._calls.served(options.model))
 
 
-def _result(outputs: dict[str, Array], options: OcrOptions) -> OcrResult:
+def _result(outputs: dict[str, Array], model: ModelRef) -> OcrResult:
     height, width = (int(v) for v in outputs[IMAGE_SIZE].reshape(-1)[:2])
     polygons = outputs[POLYGONS].reshape(-1, 4, 2)
     lines = tuple(
@@ -51,7 +51,7 @@ def _result(outputs: dict[str, Array], options: OcrOptions) -> OcrResult:
                                              strict=True)
         if confidence >= 0
     )
-    return OcrResult(lines=lines, width=width, height=height, model=options.model)
+    return OcrResult(lines=lines, width=width, height=height, model=model)
 
 
 def _point(xy: Array) -> Point:

@@ -252,7 +252,9 @@ CASES: tuple[Case, ...] = (
     streamed("stream: end with no image", STREAM_DETECT, detect_stream(END), IA,
              "UPLOAD_PROTOCOL", "end"),
     streamed("stream: size_bytes 0", STREAM_DETECT, detect_stream(
-        ("header", _header("a", 0)), END), IA, "UPLOAD_PROTOCOL", "header.size_bytes"),
+        ("header", _header("a", 0)), END), IA, "EMPTY_IMAGE", "header.size_bytes"),
+    streamed("stream: size_bytes negative", STREAM_DETECT, detect_stream(
+        ("header", _header("a", -1)), END), IA, "UPLOAD_PROTOCOL", "header.size_bytes"),
     streamed("stream: size_bytes over the limit", STREAM_DETECT, detect_stream(
         ("header", _header("a", 64 << 20)), END), IA, "IMAGE_TOO_LARGE", "header.size_bytes"),
     streamed("stream: no request id", STREAM_DETECT, detect_stream(

@@ -43,7 +43,7 @@ def ensemble_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         (repository / model / "configs" / "cpu.pbtxt").unlink()  # config.pbtxt loads instead
     triton = start_triton(http_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port(), log_path=Path(repository) / "triton.log",
-                          model_repository=repository)
+                          model_repository=repository, all_models=True)
     try:
         yield triton.grpc_url
     finally:
@@ -120,3 +120,15 @@ async def test_a_fused_models_bad_option_fails_only_its_own_request(
     for answer in (answers[0], *answers[2:]):
         assert not isinstance(answer, BaseException), answer
         assert answer.as_numpy("IMAGE_STATUS").reshape(-1).tolist() == [0]
+
+
+def test_the_cpu_configuration_loads_only_the_models_requests_reach(triton_url: str) -> None:
+    """The step models of the GPU shape stay in the repository, unloaded: on the CPU
+    configuration the entry models run their networks themselves."""
+    with InferenceServerClient(triton_url) as client:
+        index = client.get_model_repository_index(as_json=True)["models"]
+    ready = sorted(model["name"] for model in index if model.get("state") == "READY")
+    assert ready == ["header_detector", "mobilenet_v2", "ppocr_v6", "yolox_nano",
+                     "yunet_mobilefacenet"]
+    assert {"yolox_nano_onnx", "ppocr_v6_det", "mobilefacenet_onnx"} <= {
+        model["name"] for model in index}

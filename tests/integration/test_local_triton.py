@@ -19,7 +19,7 @@ def test_stop_ends_the_process_group_and_removes_shared_memory(tmp_path: Path) -
                     repository / "yolox_postprocess")
     triton = start_triton(http_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port(), log_path=tmp_path / "triton.log",
-                          model_repository=repository)
+                          model_repository=repository, all_models=True)
     try:
         members = group_members(triton.pid)
         regions = shm_regions(members)

@@ -22,14 +22,14 @@ DETECT = det_pb2.DetectObjectsRequest(image=image_pb2.Image(content=photo("chels
 async def test_a_model_whose_tensors_differ_from_its_adapter_stops_start_up(
     triton_url: str,
 ) -> None:
-    # yolox_preprocess is a real, ready Triton model, but not a detector: its inputs and
-    # outputs are not the detection adapter's.
+    # mobilenet_v2 is a real, ready Triton model, but not a detector: its inputs and outputs
+    # are not the detection adapter's.
     settings = settings_for(triton_url)
-    settings.detection = DetectionSettings(models=["yolox_preprocess"])
+    settings.detection = DetectionSettings(models=["mobilenet_v2"])
     with pytest.raises(ModelContractError) as caught:
         await create_server(settings)
     message = str(caught.value)
-    assert "'yolox_preprocess'" in message
+    assert "'mobilenet_v2'" in message
     assert "input 'SCORE_THRESHOLD' is missing" in message
     assert "output 'BOXES' is missing" in message
     assert "yolox_nano" not in message

@@ -1,31 +1,22 @@
-"""Unit tests of model_repository's cpu_steps.py (shared by the CPU configurations): networks
-run a few images per onnxruntime call and answer as one call on the whole batch would."""
+"""Unit tests of triton_models.steps (the CPU configurations' network runs): networks run a
+few images per onnxruntime call and answer as one call on the whole batch would; the step
+object an entry model gets from its config; and which models the CPU configuration's Triton
+loads (tools.local_triton.served_models)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tools.local_triton import served_models
+from triton_models import steps as cpu_steps
+
 MODELS = Path(__file__).resolve().parents[2] / "model_repository"
-
-
-def _load_cpu_steps() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "cpu_steps_under_test", MODELS / "yolox_nano" / "1" / "cpu_steps.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cpu_steps = _load_cpu_steps()
 
 
 class RecordingSession:
@@ -45,7 +36,7 @@ class RecordingSession:
 def test_a_large_batch_runs_a_few_images_at_a_time_and_is_answered_whole() -> None:
     session = RecordingSession()
     images = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
-    double, total = cpu_steps.CpuNetwork(session, 2).run(["double", "total"], {"images": images})
+    double, total = cpu_steps.OnnxNetwork(session, 2).run(["double", "total"], {"images": images})
     assert session.batches == [2, 2, 1]
     np.testing.assert_array_equal(double, images * 2)
     np.testing.assert_array_equal(total, images.sum(axis=(1, 2)))
@@ -53,7 +44,7 @@ def test_a_large_batch_runs_a_few_images_at_a_time_and_is_answered_whole() -> No
 
 def test_a_batch_within_the_run_size_is_one_call() -> None:
     session = RecordingSession()
-    (double,) = cpu_steps.CpuNetwork(session, 4).run(
+    (double,) = cpu_steps.OnnxNetwork(session, 4).run(
         ["double"], {"images": np.ones((3, 2, 3), np.float32)})
     assert session.batches == [3] and double.shape == (3, 2, 3)
 
@@ -68,20 +59,38 @@ def test_images_per_run_comes_from_the_model_config(parameters: dict[str, Any],
     assert cpu_steps.images_per_run({"parameters": parameters}) == expected
 
 
-def test_in_process_steps_take_the_run_size_of_the_config() -> None:
-    steps = cpu_steps.in_process_steps({"parameters": {
+def test_the_config_chooses_in_process_steps_with_its_run_size() -> None:
+    args = {"model_repository": str(MODELS / "ppocr_v6")}
+    backend = ModuleType("triton_python_backend_utils")
+    steps = cpu_steps.steps_for(args, {"parameters": {
         "steps_in_process": {"string_value": "true"},
-        "images_per_run": {"string_value": "3"}}})
-    assert steps is not None and steps._per_run == 3
-    assert cpu_steps.in_process_steps({"parameters": {}}) is None
+        "images_per_run": {"string_value": "3"}}}, backend)
+    assert isinstance(steps, cpu_steps.InProcessSteps) and steps._per_run == 3
+    assert isinstance(cpu_steps.steps_for(args, {"parameters": {}}, backend),
+                      cpu_steps.TritonSteps)
 
 
 @pytest.mark.skipif(not (MODELS / "mobilefacenet_onnx" / "1" / "model.onnx").is_file(),
                     reason="model files not prepared (python -m tools.prepare_models)")
 def test_a_real_network_answers_in_parts_as_on_the_whole_batch() -> None:
-    network = cpu_steps.cpu_session("mobilefacenet_onnx", 1, per_run=2)
+    path = MODELS / "mobilefacenet_onnx" / "1" / "model.onnx"
+    network = cpu_steps.OnnxNetwork(cpu_steps.onnx_session(path, 1), per_run=2)
     faces = np.random.default_rng(3).uniform(-1, 1, (5, 3, 112, 112)).astype(np.float32)
     (parts,) = network.run(["embeddings"], {"input": faces})
     (whole,) = network.session.run(["embeddings"], {"input": faces})
     assert parts.shape == whole.shape == (5, whole.shape[1])
     np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_triton_serves_the_models_whose_chosen_config_names_a_task(tmp_path: Path) -> None:
+    task = 'parameters { key: "task" value: { string_value: "detection" } }\n'
+    configs = {"entry/config.pbtxt": task, "step/config.pbtxt": "",
+               "fused/config.pbtxt": "", "fused/configs/cpu.pbtxt": task,
+               "gpu_only/config.pbtxt": task, "gpu_only/configs/cpu.pbtxt": ""}
+    for path, text in configs.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    assert served_models(tmp_path, "cpu") == ["entry", "fused"]
+    assert served_models(tmp_path, "gpu") == ["entry", "gpu_only"]
+    assert served_models(MODELS) == ["mobilenet_v2", "ppocr_v6", "yolox_nano",
+                                     "yunet_mobilefacenet"]

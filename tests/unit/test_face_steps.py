@@ -1,11 +1,12 @@
-"""Unit tests of the yunet_mobilefacenet BLS model's numpy/OpenCV code (detector input, YuNet
-grid decoding, NMS, alignment, packing) and its execute() with the two step models run
-in-process through a stand-in pb_utils; plus the YuNet batch edit of the model preparation."""
+"""Unit tests of triton_models.faces' numpy/OpenCV code (detector input, YuNet grid decoding,
+NMS, alignment, packing), of the yunet_mobilefacenet BLS model's execute() with the two step
+models run in-process behind a stand-in pb_utils, and of the YuNet batch edit of the model
+preparation."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from tests.unit.test_mobilenet_steps import (
     stand_in_pb_utils,
 )
 from tools import prepare_models
+from triton_models import faces
+from triton_models.nms import nms
+from triton_models.steps import Arrays, TritonSteps
 
 FloatArray = npt.NDArray[np.float32]
 CACHE = prepare_models.default_cache()
@@ -88,7 +92,15 @@ PB_UTILS.TRITONSERVER_MEMORY_CPU = "CPU"  # type: ignore[attr-defined]
 PB_UTILS.get_output_tensor_by_name = (  # type: ignore[attr-defined]
     lambda response, name: FakeTensor(name, response.outputs[name])
 )
-faces = load_model("yunet_mobilefacenet", PB_UTILS)
+face_model = load_model("yunet_mobilefacenet", PB_UTILS)
+
+
+def faces_model() -> Any:
+    """The BLS model as the GPU configuration runs it: its steps called through Triton (here
+    the Steps stand-in)."""
+    model = face_model.TritonPythonModel()
+    model.steps = TritonSteps(PB_UTILS)
+    return model
 
 
 # --- detector input ----------------------------------------------------------------------------
@@ -167,8 +179,8 @@ def test_decode_detections_rejects_outputs_of_another_size() -> None:
 def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], dtype=np.float32)
     scores = np.array([0.6, 0.9, 0.7], dtype=np.float32)
-    assert faces.nms(boxes, scores, 0.3).tolist() == [1, 2]
-    assert faces.nms(boxes, scores, 0.7).tolist() == [1, 2, 0]  # IoU 81/119 = 0.68
+    assert nms(boxes, scores, 0.3).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.7).tolist() == [1, 2, 0]  # IoU 81/119 = 0.68
 
 
 def test_detect_faces_maps_back_by_the_scale_clips_and_sorts() -> None:
@@ -281,22 +293,23 @@ def test_pack_faces_without_embeddings_has_zero_embedding_rows() -> None:
     assert scores.shape == (1, 0) and embeddings.shape == (1, 0, 128)
 
 
-def test_embed_all_sends_at_most_32_faces_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embed_all_sends_at_most_32_faces_per_call() -> None:
     calls: list[int] = []
 
-    def fake_step(model: str, inputs: dict[str, FloatArray], outputs: list[str]) -> Any:
-        calls.append(len(inputs["input"]))
-        return {"embeddings": np.ones((len(inputs["input"]), 128), dtype=np.float32)}
+    class FakeSteps:
+        def run(self, step: str, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
+            calls.append(len(inputs["input"]))
+            return {"embeddings": np.ones((len(inputs["input"]), 128), dtype=np.float32)}
 
-    monkeypatch.setattr(faces, "call_step", fake_step)
     image = np.zeros((300, 300, 3), dtype=np.uint8)
     items = [faces.Item(image, 0.6, True, some_faces(n)) for n in (25, 15)]
     items.append(faces.Item(image, 0.6, False, some_faces(4)))
-    faces.embed_all(items)
+    faces.embed_all(items, FakeSteps())
     assert calls == [32, 8]
-    assert [item.embeddings.shape for item in items[:2]] == [(25, 128), (15, 128)]
-    assert items[2].embeddings is None
-    np.testing.assert_allclose(np.linalg.norm(items[0].embeddings, axis=1), 1.0, rtol=1e-6)
+    first, second, third = (item.embeddings for item in items)
+    assert first is not None and second is not None and third is None
+    assert [first.shape, second.shape] == [(25, 128), (15, 128)]
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-6)
 
 
 # --- execute with the real networks in-process -------------------------------------------------
@@ -335,7 +348,7 @@ def face_request(images: list[bytes], threshold: float = 0.6, embed: bool = True
 @needs_cache
 def test_execute_batches_all_images_and_all_faces(real_steps: Steps) -> None:
     real_steps.calls.clear()
-    first, second, third = faces.TritonPythonModel().execute(
+    first, second, third = faces_model().execute(
         [
             face_request([photo("sample4.jpg"), b"garbage", photo("chelsea.png")]),
             face_request([photo("sample5.jpg")]),
@@ -368,7 +381,7 @@ def test_execute_batches_all_images_and_all_faces(real_steps: Steps) -> None:
 @needs_cache
 def test_execute_shares_one_yunet_call_for_equally_sized_images(real_steps: Steps) -> None:
     real_steps.calls.clear()
-    responses = faces.TritonPythonModel().execute(
+    responses = faces_model().execute(
         [face_request([photo("obama.jpg")]), face_request([photo("obama.jpg")])]
     )
     assert [r.outputs["SCORES"].shape for r in responses] == [(1, 1), (1, 1)]
@@ -379,7 +392,7 @@ def test_execute_shares_one_yunet_call_for_equally_sized_images(real_steps: Step
 
 @needs_cache
 def test_execute_fails_only_the_request_with_a_bad_threshold(real_steps: Steps) -> None:
-    good, bad = faces.TritonPythonModel().execute(
+    good, bad = faces_model().execute(
         [face_request([photo("astronaut.png")]), face_request([photo("astronaut.png")], 1.5)]
     )
     assert good.error is None and good.outputs["SCORES"].shape == (1, 1)
@@ -391,7 +404,7 @@ def test_execute_fails_only_the_request_with_a_bad_threshold(real_steps: Steps) 
 def test_execute_reports_a_failing_step_on_every_request(real_steps: Steps) -> None:
     real_steps.failing = "mobilefacenet_onnx"
     try:
-        responses = faces.TritonPythonModel().execute(
+        responses = faces_model().execute(
             [face_request([photo("astronaut.png")]), face_request([photo("obama.jpg")])]
         )
     finally:
@@ -403,7 +416,7 @@ def test_execute_reports_a_failing_step_on_every_request(real_steps: Steps) -> N
 def test_an_image_with_no_decodable_bytes_costs_no_step_call() -> None:
     truncated_png = encode(np.full((50, 50, 3), 9, dtype=np.uint8))[:40]
     STEPS.calls.clear()
-    (response,) = faces.TritonPythonModel().execute([face_request([b"", truncated_png])])
+    (response,) = faces_model().execute([face_request([b"", truncated_png])])
     assert STEPS.calls == []
     assert response.outputs["IMAGE_STATUS"].tolist() == [[1], [1]]
     assert response.outputs["BOXES"].shape == (2, 0, 4)

@@ -108,4 +108,4 @@ def test_the_upload_state_machine_holds_its_invariants(
     assert len(events) <= len(messages) + 1
     for event in events:
         if isinstance(event, FailedUpload):
-            assert event.error.reason in {"UPLOAD_PROTOCOL", "IMAGE_TOO_LARGE"}
+            assert event.error.reason in {"UPLOAD_PROTOCOL", "IMAGE_TOO_LARGE", "EMPTY_IMAGE"}

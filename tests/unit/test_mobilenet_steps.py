@@ -1,6 +1,6 @@
-"""Unit tests of the MobileNetV2 embedding steps (preprocess, the CPU network runner shared by
-all single-input network steps, postprocess) under a stand-in pb_utils, and of the ImageNet
-label file; no Triton."""
+"""Unit tests of the MobileNetV2 embedding steps (triton_models.mobilenet, the network runner
+every network step shares, the ensemble steps' model.py under a stand-in pb_utils) and of the
+ImageNet label file; no Triton."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+
+from triton_models import images, mobilenet, steps
+from triton_models.serving import read_labels
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = REPO_ROOT / "model_repository"
@@ -81,46 +84,30 @@ def encode(image: npt.NDArray[np.uint8], ext: str = ".png") -> bytes:
 PB_UTILS = stand_in_pb_utils()
 pre = load_model("mobilenet_v2_preprocess", PB_UTILS)
 post = load_model("mobilenet_v2_postprocess", PB_UTILS)
-network = load_model("mobilenet_v2_onnx", PB_UTILS)
 
 
 # --- preprocess --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("height", "width", "expected"),
-    [
-        (300, 451, (256, 384)),
-        (451, 300, (384, 256)),
-        (500, 500, (256, 256)),
-        (100, 3000, (256, 7680)),
-    ],
-)
-def test_shorter_side_becomes_256_and_the_longer_is_truncated(
-    height: int, width: int, expected: tuple[int, int]
-) -> None:
-    assert pre.resized_shape(height, width) == expected
 
 
 def test_centre_crop_takes_the_middle_224_columns() -> None:
     # 256 x 512 keeps its size; the crop starts at column (512 - 224) / 2 = 144.
     image = np.zeros((256, 512, 3), dtype=np.uint8)
     image[:, 256:] = 255
-    crop = pre.resize_and_crop(image)
+    crop = mobilenet.resize_and_crop(image)
     assert crop.shape == (224, 224, 3)
     assert np.all(crop[:, : 256 - 144] == 0) and np.all(crop[:, 256 - 144 :] == 255)
 
 
 def test_resize_and_crop_of_a_small_image_enlarges_it() -> None:
     image = np.full((10, 20, 3), 77, dtype=np.uint8)
-    crop = pre.resize_and_crop(image)
+    crop = mobilenet.resize_and_crop(image)
     assert crop.shape == (224, 224, 3) and np.all(crop == 77)
 
 
 def test_an_extreme_strip_is_cut_to_its_middle_before_resizing() -> None:
     strip = np.zeros((2, 3000, 3), dtype=np.uint8)
     strip[:, 1500:] = 255
-    crop = pre.resize_and_crop(strip)
+    crop = mobilenet.resize_and_crop(strip)
     # The middle 32 columns are kept and enlarged 128 times (to 256 x 4096): the crop shows the
     # dark-to-bright edge at its centre, blurred over 128 px by the bilinear enlargement.
     assert crop.shape == (224, 224, 3)
@@ -131,7 +118,7 @@ def test_an_extreme_strip_is_cut_to_its_middle_before_resizing() -> None:
 
 def test_normalise_swaps_to_rgb_and_applies_imagenet_mean_and_std() -> None:
     pixel = np.array([[[255, 0, 128]]], dtype=np.uint8)  # B, G, R
-    tensor = pre.normalise(pixel)
+    tensor = mobilenet.normalise(pixel)
     assert tensor.shape == (3, 1, 1) and tensor.dtype == np.float32
     expected = [(128 / 255 - 0.485) / 0.229, (0 - 0.456) / 0.224, (1 - 0.406) / 0.225]
     np.testing.assert_allclose(tensor[:, 0, 0], expected, rtol=1e-6)
@@ -139,11 +126,11 @@ def test_normalise_swaps_to_rgb_and_applies_imagenet_mean_and_std() -> None:
 
 @pytest.mark.parametrize("data", [b"", b"not an image", b"\x89PNG\r\n\x1a\n truncated"])
 def test_decode_image_returns_none_for_undecodable_bytes(data: bytes) -> None:
-    assert pre.decode_image(data) is None
+    assert images.decode(data) == (None, images.STATUS_UNDECODABLE)
 
 
 def test_decode_image_expands_grey_to_three_channels() -> None:
-    decoded = pre.decode_image(encode(np.full((5, 6), 90, dtype=np.uint8)))
+    decoded, _ = images.decode(encode(np.full((5, 6), 90, dtype=np.uint8)))
     assert decoded is not None and decoded.shape == (5, 6, 3)
 
 
@@ -166,12 +153,12 @@ def test_preprocess_execute_flags_a_bad_image_and_keeps_the_others() -> None:
 
 def test_softmax_of_known_logits_is_stable_for_large_values() -> None:
     logits = np.array([1000.0, 1000.0 + np.log(3.0), 1000.0], dtype=np.float32)
-    np.testing.assert_allclose(post.softmax(logits), [0.2, 0.6, 0.2], rtol=1e-4)
+    np.testing.assert_allclose(mobilenet.softmax(logits), [0.2, 0.6, 0.2], rtol=1e-4)
 
 
 def test_top_k_is_best_first_and_ties_keep_the_lower_class_first() -> None:
     probabilities = np.array([0.1, 0.3, 0.1, 0.5], dtype=np.float32)
-    result = post.top_k(probabilities, 3)
+    result = mobilenet.top_k(probabilities, 3)
     assert result.class_ids.tolist() == [3, 1, 0]
     np.testing.assert_allclose(result.scores, [0.5, 0.3, 0.1])
     assert result.class_ids.dtype == np.int32
@@ -180,7 +167,7 @@ def test_top_k_is_best_first_and_ties_keep_the_lower_class_first() -> None:
 @pytest.mark.parametrize("k", [0, -1, 1001])
 def test_top_k_out_of_range_is_rejected(k: int) -> None:
     with pytest.raises(ValueError, match="TOP_K"):
-        post.check_top_k(k)
+        mobilenet.check_top_k(k)
 
 
 def test_postprocess_image_normalises_the_embedding() -> None:
@@ -188,7 +175,7 @@ def test_postprocess_image_normalises_the_embedding() -> None:
     logits[967] = 10.0
     features = np.zeros(1280, dtype=np.float32)
     features[:2] = (3.0, 4.0)
-    embedding, classes = post.postprocess_image(logits, features, 0, 2)
+    embedding, classes = mobilenet.postprocess_image(logits, features, 0, 2)
     np.testing.assert_allclose(embedding[:3], [0.6, 0.8, 0.0])
     assert classes.class_ids.tolist() == [967, 0]
     assert classes.scores[0] == pytest.approx(np.exp(10) / (np.exp(10) + 999))
@@ -196,13 +183,14 @@ def test_postprocess_image_normalises_the_embedding() -> None:
 
 def test_postprocess_image_of_an_undecoded_image_is_empty() -> None:
     features = np.ones(1280, dtype=np.float32)
-    embedding, classes = post.postprocess_image(np.ones(1000, dtype=np.float32), features, 1, 5)
+    logits = np.ones(1000, dtype=np.float32)
+    embedding, classes = mobilenet.postprocess_image(logits, features, 1, 5)
     assert embedding.shape == (1280,) and not np.any(embedding)
     assert classes.class_ids.shape == (0,) and classes.scores.shape == (0,)
 
 
 def test_labels_are_the_1000_imagenet_classes_in_torchvision_order() -> None:
-    labels = post.read_labels(LABELS)
+    labels = read_labels(LABELS)
     assert len(labels) == 1000 and len(set(labels)) == 1000
     assert labels[0] == "tench" and labels[999] == "toilet tissue"
     assert labels[281:286] == ["tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"]
@@ -243,7 +231,7 @@ def test_postprocess_execute_pads_top_k_lists_and_rejects_a_bad_top_k() -> None:
 
 def test_postprocess_refuses_a_label_file_of_the_wrong_length(tmp_path: Path) -> None:
     (tmp_path / "labels.txt").write_text("a\nb\n")
-    with pytest.raises(RuntimeError, match="2 names"):
+    with pytest.raises(ValueError, match="2 names"):
         post.TritonPythonModel().initialize({"model_repository": str(tmp_path)})
 
 
@@ -270,7 +258,7 @@ def test_run_grouped_makes_one_call_per_input_shape_and_keeps_request_order() ->
         np.full((2, 3, 32, 32), 2, dtype=np.float32),
         np.full((3, 3, 64, 96), 3, dtype=np.float32),
     ]
-    results = network.run_grouped(session, "input", ["a", "b"], batches)
+    results = steps.OnnxNetwork(session, per_run=32).run_grouped("input", ["a", "b"], batches)
     assert sorted(session.calls) == [(2, 3, 32, 32), (4, 3, 64, 96)]
     assert [len(outputs) for outputs in results] == [2, 2, 2]
     assert [outputs[0].ravel().tolist() for outputs in results] == [[1], [2, 2], [3, 3, 3]]
@@ -278,17 +266,18 @@ def test_run_grouped_makes_one_call_per_input_shape_and_keeps_request_order() ->
 
 
 def test_intra_op_threads_comes_from_the_config_parameter() -> None:
-    assert network.intra_op_threads({}) == 2
+    assert steps.intra_op_threads({}) == 2
     config = {"parameters": {"intra_op_threads": {"string_value": "3"}}}
-    assert network.intra_op_threads(config) == 3
+    assert steps.intra_op_threads(config) == 3
 
 
-@pytest.mark.parametrize("step", ["yunet_onnx", "mobilefacenet_onnx"])
+@pytest.mark.parametrize("step", ["mobilenet_v2_onnx", "yunet_onnx", "mobilefacenet_onnx",
+                                  "ppocr_v6_det", "ppocr_v6_cls", "ppocr_v6_rec"])
 def test_every_network_step_runs_the_same_cpu_runner(step: str) -> None:
     # One file, linked from each step (git keeps the link), never a copy that can drift.
     linked = MODELS / step / "1" / "model.py"
     assert linked.is_symlink()
-    assert linked.resolve() == (MODELS / "mobilenet_v2_onnx" / "1" / "model.py").resolve()
+    assert linked.resolve() == (MODELS / "yolox_nano_onnx" / "1" / "model.py").resolve()
 
 
 # --- configurations ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Unit tests of the PP-OCRv6 model steps without Triton: the ppocr_v6 BLS model's numpy/OpenCV
-code (image bounds, DB post-processing, reading order, line crops, CTC decoding, the ONNX
-metadata reader, packing) under a stand-in pb_utils, its whole read path with onnxruntime in
-place of the step calls, and the CPU step runner."""
+"""Unit tests of the PP-OCRv6 steps without Triton: triton_models.ocr's numpy/OpenCV code
+(image bounds, DB post-processing, reading order, line crops, CTC decoding and its character
+file, packing), the ppocr_v6 model's whole read path under a stand-in pb_utils with onnxruntime
+in place of the step calls, and the CPU step runner."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import importlib.util
 import math
 import sys
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from onnx import TensorProto, helper
 
 from tests.images import photo
 from tools import prepare_models
+from triton_models import steps
+from triton_models.ocr import db_postprocess, detection, pipeline, reading_order, recognition
+from triton_models.steps import Arrays
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = REPO_ROOT / "model_repository"
@@ -73,8 +77,7 @@ def load_model(name: str) -> Any:
     return module
 
 
-ocr = load_model("ppocr_v6")
-step = load_model("ppocr_v6_det")
+ocr_model = load_model("ppocr_v6")
 
 
 def box_of(*corners: tuple[float, float]) -> npt.NDArray[np.float32]:
@@ -86,41 +89,41 @@ def box_of(*corners: tuple[float, float]) -> npt.NDArray[np.float32]:
 
 def test_det_input_size_grows_the_shorter_side_to_736_in_multiples_of_32() -> None:
     # page.png: 736 / 191 = 3.853..., width int(384 * 3.853) = 1479 -> 1472
-    assert ocr.det_input_size(191, 384) == (736, 1472)
-    assert ocr.det_input_size(1000, 3000) == (992, 3008)  # no growth, only rounding
-    assert ocr.det_input_size(10, 10) == (736, 736)
+    assert detection.det_input_size(191, 384) == (736, 1472)
+    assert detection.det_input_size(1000, 3000) == (992, 3008)  # no growth, only rounding
+    assert detection.det_input_size(10, 10) == (736, 736)
 
 
 def test_normalise_maps_0_255_to_minus_1_1_channels_first() -> None:
     image = np.zeros((2, 3, 3), dtype=np.uint8)
     image[..., 0], image[..., 2] = 255, 51
-    tensor = ocr.normalise(image)
+    tensor = detection.normalise(image)
     assert tensor.shape == (3, 2, 3) and tensor.dtype == np.float32
     np.testing.assert_allclose(tensor[:, 0, 0], [1.0, -1.0, 51 / 127.5 - 1], rtol=1e-6)
 
 
 def test_bound_image_shrinks_a_large_image_and_records_the_ratios() -> None:
-    bounded, ratio_h, ratio_w = ocr.bound_image(np.zeros((3000, 1000, 3), np.uint8))
+    bounded, ratio_h, ratio_w = detection.bound_image(np.zeros((3000, 1000, 3), np.uint8))
     # 2000 / 3000: 2000 x 666 -> 1984 x 672 (rounded to multiples of 32)
     assert bounded.shape == (1984, 672, 3)
-    assert (ratio_h, ratio_w) == (pytest.approx(3000 / 1984), pytest.approx(1000 / 672))
-    small, ratio_h, ratio_w = ocr.bound_image(np.zeros((100, 200, 3), np.uint8))
+    assert ratio_h == pytest.approx(3000 / 1984) and ratio_w == pytest.approx(1000 / 672)
+    small, ratio_h, ratio_w = detection.bound_image(np.zeros((100, 200, 3), np.uint8))
     assert small.shape == (100, 200, 3) and (ratio_h, ratio_w) == (1.0, 1.0)
 
 
 def test_bound_image_grows_a_thin_strip_to_30_then_32_pixels() -> None:
-    bounded, ratio_h, ratio_w = ocr.bound_image(np.zeros((10, 400, 3), np.uint8))
+    bounded, ratio_h, ratio_w = detection.bound_image(np.zeros((10, 400, 3), np.uint8))
     # 30 / 10: 30 x 1200 -> 32 x 1216
     assert bounded.shape == (32, 1216, 3)
-    assert (ratio_h, ratio_w) == (pytest.approx(10 / 32), pytest.approx(400 / 1216))
+    assert ratio_h == pytest.approx(10 / 32) and ratio_w == pytest.approx(400 / 1216)
 
 
 def test_pad_vertically_adds_black_bands_to_flat_images_only() -> None:
-    padded, top = ocr.pad_vertically(np.full((40, 400, 3), 200, np.uint8))
+    padded, top = detection.pad_vertically(np.full((40, 400, 3), 200, np.uint8))
     # width / height = 10 > 8: target height max(400 / 8, 30) * 2 = 100, bands of 30
     assert top == 30 and padded.shape == (100, 400, 3)
     assert padded[:30].max() == 0 and padded[30:70].min() == 200 and padded[70:].max() == 0
-    unpadded, top = ocr.pad_vertically(np.zeros((40, 300, 3), np.uint8))
+    unpadded, top = detection.pad_vertically(np.zeros((40, 300, 3), np.uint8))
     assert top == 0 and unpadded.shape == (40, 300, 3)
 
 
@@ -132,7 +135,7 @@ def test_db_boxes_on_a_synthetic_probability_map() -> None:
     probabilities[20:30, 10:100] = 0.9  # a line of text
     probabilities[45:55, 10:40] = 0.4  # above the pixel threshold, mean below the box threshold
     probabilities[5:7, 110:112] = 0.95  # a speck, under the minimum size
-    boxes, scores = ocr.db_boxes(probabilities, 128, 256)
+    boxes, scores = db_postprocess.db_boxes(probabilities, 128, 256)
     # After the 2x2 dilation the contour spans x 10..100, y 20..30 (a 90 x 10 rectangle); unclip
     # moves each side out by 90 * 10 * 1.6 / 200 = 7.2, then the map is scaled by 2 and rounded.
     assert boxes.shape == (1, 4, 2)
@@ -145,7 +148,7 @@ def test_db_boxes_follow_rotated_text_clockwise_from_the_top_left() -> None:
     probabilities = np.zeros((200, 200), dtype=np.float32)
     kernel = cv2.boxPoints(((100, 100), (120, 20), 30)).astype(np.int32)
     cv2.fillPoly(probabilities, [kernel], 0.8)
-    boxes, _ = ocr.db_boxes(probabilities, 200, 200)
+    boxes, _ = db_postprocess.db_boxes(probabilities, 200, 200)
     (box,) = boxes
     np.testing.assert_allclose(box.mean(axis=0), [100, 100], atol=1.5)
     # Filled and dilated, the 120 x 20 kernel covers about 122 x 22 px; unclip moves each side
@@ -158,12 +161,12 @@ def test_db_boxes_follow_rotated_text_clockwise_from_the_top_left() -> None:
 
 
 def test_db_boxes_of_an_empty_map() -> None:
-    boxes, scores = ocr.db_boxes(np.zeros((32, 32), np.float32), 32, 32)
+    boxes, scores = db_postprocess.db_boxes(np.zeros((32, 32), np.float32), 32, 32)
     assert boxes.shape == (0, 4, 2) and scores.shape == (0,)
 
 
 def test_unclip_grows_a_rectangle_by_area_ratio_over_perimeter() -> None:
-    grown = ocr.unclip(box_of((0, 0), (100, 0), (100, 20), (0, 20)))
+    grown = db_postprocess.unclip(box_of((0, 0), (100, 0), (100, 20), (0, 20)))
     (cx, cy), (w, h), _ = cv2.minAreaRect(grown.reshape(-1, 1, 2))
     distance = 100 * 20 * 1.6 / 240  # 13.33
     assert cx == pytest.approx(50, abs=0.5) and cy == pytest.approx(10, abs=0.5)
@@ -176,23 +179,22 @@ def test_unclip_grows_a_rectangle_by_area_ratio_over_perimeter() -> None:
 def test_order_clockwise_starts_at_the_top_left() -> None:
     shuffled = box_of((10, 30), (50, 5), (10, 5), (50, 30))
     np.testing.assert_array_equal(
-        ocr.order_clockwise(shuffled), [[10, 5], [50, 5], [50, 30], [10, 30]]
+        db_postprocess.order_clockwise(shuffled), [[10, 5], [50, 5], [50, 30], [10, 30]]
     )
 
 
-def test_detect_batches_same_size_images_within_the_pixel_cap(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_detect_batches_same_size_images_within_the_pixel_cap() -> None:
     calls: list[tuple[int, ...]] = []
 
-    def run_step(model_name: str, batch: Any, output_name: str) -> Any:
-        calls.append(batch.shape)
-        return np.zeros((len(batch), 1, *batch.shape[2:]), np.float32)
+    class DetectorSteps:
+        def run(self, step: str, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
+            batch = inputs["x"]
+            calls.append(batch.shape)
+            return {outputs[0]: np.zeros((len(batch), 1, *batch.shape[2:]), np.float32)}
 
-    monkeypatch.setattr(ocr, "run_step", run_step)
-    wide = ocr.prepare_image(np.zeros((200, 640, 3), np.uint8))  # detector 736 x 2368: 1.7 MP
-    square = ocr.prepare_image(np.zeros((100, 100, 3), np.uint8))  # detector 736 x 736
-    boxes = ocr.detect([wide, square, wide, wide, wide, wide])
+    wide = detection.prepare_image(np.zeros((200, 640, 3), np.uint8))  # detector 736 x 2368: 1.7 MP
+    square = detection.prepare_image(np.zeros((100, 100, 3), np.uint8))  # detector 736 x 736
+    boxes = pipeline.detect([wide, square, wide, wide, wide, wide], DetectorSteps())
     # 8 MP per call: 4 of the 5 wide images, then the fifth; the square one on its own.
     assert calls == [(4, 3, 736, 2368), (1, 3, 736, 2368), (1, 3, 736, 736)]
     assert [b.shape for b in boxes] == [(0, 4, 2)] * 6
@@ -214,13 +216,13 @@ def test_reading_order_rows_top_to_bottom_then_left_to_right() -> None:
             rect(10, 48, 250, 66),  # 3: row 2, left
         ]
     )
-    assert ocr.reading_order(boxes) == [2, 3, 0, 1]
+    assert reading_order.reading_order(boxes) == [2, 3, 0, 1]
 
 
 def test_reading_order_keeps_lines_that_barely_overlap_in_separate_rows() -> None:
     # Lines 2 px apart in overlap out of 20 px height: consecutive text lines, not one row.
     boxes = np.stack([rect(200, 18, 300, 38), rect(10, 0, 100, 20)])
-    assert ocr.reading_order(boxes) == [1, 0]
+    assert reading_order.reading_order(boxes) == [1, 0]
 
 
 # --- line crops ----------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def gradient_image(height: int, width: int) -> npt.NDArray[np.uint8]:
 
 def test_crop_line_of_an_upright_box_copies_the_pixels() -> None:
     image = gradient_image(60, 120)
-    crop = ocr.crop_line(image, rect(10, 5, 50, 25))
+    crop = recognition.crop_line(image, rect(10, 5, 50, 25))
     assert crop.shape == (20, 40, 3)
     np.testing.assert_array_equal(crop, image[5:25, 10:50])
 
@@ -242,7 +244,7 @@ def test_crop_line_rectifies_a_rotated_box() -> None:
     image = np.full((200, 200, 3), 255, dtype=np.uint8)
     corners = cv2.boxPoints(((100, 100), (120, 30), 30))
     cv2.fillPoly(image, [corners.astype(np.int32)], (0, 0, 0))
-    crop = ocr.crop_line(image, ocr.order_clockwise(corners.astype(np.float32)))
+    crop = recognition.crop_line(image, db_postprocess.order_clockwise(corners.astype(np.float32)))
     assert crop.shape[:2] == (pytest.approx(30, abs=1), pytest.approx(120, abs=1))
     # the rotated dark rectangle fills the rectified crop
     assert crop[3:-3, 3:-3].max() < 60
@@ -250,25 +252,25 @@ def test_crop_line_rectifies_a_rotated_box() -> None:
 
 def test_crop_line_turns_a_vertical_line_to_lie_flat() -> None:
     image = gradient_image(100, 100)
-    crop = ocr.crop_line(image, rect(10, 10, 30, 90))  # 20 wide, 80 high
+    crop = recognition.crop_line(image, rect(10, 10, 30, 90))  # 20 wide, 80 high
     assert crop.shape == (20, 80, 3)
     np.testing.assert_array_equal(crop, np.rot90(image[10:90, 10:30]))
 
 
 def test_rec_input_pads_to_the_widest_crop_at_height_48() -> None:
     crops = [np.full((10, 100, 3), 255, np.uint8), np.full((20, 40, 3), 0, np.uint8)]
-    batch = ocr.rec_input(crops)
+    batch = recognition.rec_input(crops)
     assert batch.shape == (2, 3, 48, 480)  # 100 / 10 * 48
     np.testing.assert_array_equal(batch[0], 1.0)
     assert (batch[1, :, :, :96] == -1.0).all() and (batch[1, :, :, 96:] == 0.0).all()
-    assert ocr.rec_input([crops[1]]).shape == (1, 3, 48, 320)  # never narrower than 320
+    assert recognition.rec_input([crops[1]]).shape == (1, 3, 48, 320)  # never narrower than 320
 
 
 def test_cls_input_is_48_by_192_and_turns_confident_upside_down_lines() -> None:
     crops = [gradient_image(24, 200), gradient_image(24, 60)]
-    assert ocr.cls_input(crops).shape == (2, 3, 48, 192)
+    assert recognition.cls_input(crops).shape == (2, 3, 48, 192)
     probabilities = np.array([[0.05, 0.95], [0.15, 0.85]], dtype=np.float32)
-    turned, kept = ocr.turn_upside_down_lines(crops, probabilities)
+    turned, kept = recognition.turn_upside_down_lines(crops, probabilities)
     np.testing.assert_array_equal(turned, crops[0][::-1, ::-1])
     np.testing.assert_array_equal(kept, crops[1])
 
@@ -276,19 +278,33 @@ def test_cls_input_is_48_by_192_and_turns_confident_upside_down_lines() -> None:
 # --- CTC -----------------------------------------------------------------------------------------
 
 
-def test_ctc_decode_merges_repeats_and_drops_blanks() -> None:
-    charset = ocr.ctc_charset({"character": "a\nb\nc"})
+def test_ctc_decode_merges_repeats_and_drops_blanks(tmp_path: Path) -> None:
+    (tmp_path / "characters.txt").write_text("a\nb\nc", encoding="utf-8")
+    charset = recognition.read_charset(tmp_path / "characters.txt")
     assert charset == ["", "a", "b", "c", " "]
     indices = np.array([0, 1, 1, 0, 1, 2, 2, 4, 3, 0])
     probabilities = np.array([0.9, 0.8, 0.6, 0.9, 0.7, 0.5, 0.9, 0.6, 0.4, 0.9], np.float32)
-    text, confidence = ocr.ctc_decode(indices, probabilities, charset)
+    text, confidence = recognition.ctc_decode(indices, probabilities, charset)
     assert text == "aab c"
     # kept steps: 1 (a 0.8), 4 (a 0.7), 5 (b 0.5), 7 (space 0.6), 8 (c 0.4)
     assert confidence == pytest.approx((0.8 + 0.7 + 0.5 + 0.6 + 0.4) / 5)
-    assert ocr.ctc_decode(np.zeros(5, np.int64), np.ones(5, np.float32), charset) == ("", 0.0)
+    blanks = recognition.ctc_decode(np.zeros(5, np.int64), np.ones(5, np.float32), charset)
+    assert blanks == ("", 0.0)
 
 
-def onnx_with_metadata(metadata: dict[str, str]) -> bytes:
+@pytest.mark.skipif(not STEP_FILES["ppocr_v6_rec"].is_file(), reason="run tools.prepare_models")
+def test_the_character_file_is_the_recognisers_metadata_as_onnxruntime_reads_it() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    path = STEP_FILES["ppocr_v6_rec"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    characters = session.get_modelmeta().custom_metadata_map["character"]
+    charset = recognition.read_charset(path.parent / recognition.CHARACTERS_FILE)
+    assert charset == ["", *characters.splitlines(), " "]
+    assert len(charset) == 18710  # the recogniser's class count
+    assert charset[1] == "!" and charset[-1] == " "
+
+
+def test_prepare_models_writes_the_character_file_from_the_metadata() -> None:
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "identity",
@@ -296,53 +312,41 @@ def onnx_with_metadata(metadata: dict[str, str]) -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     model = helper.make_model(graph)
-    onnx.helper.set_model_props(model, metadata)
-    return bytes(model.SerializeToString())
-
-
-def test_read_onnx_metadata_reads_the_metadata_props() -> None:
-    metadata = {"character": "a\nb\n€\n中", "other": ""}
-    assert ocr.read_onnx_metadata(onnx_with_metadata(metadata)) == metadata
-    assert ocr.read_onnx_metadata(onnx_with_metadata({})) == {}
-
-
-@pytest.mark.skipif(not STEP_FILES["ppocr_v6_rec"].is_file(), reason="run tools.prepare_models")
-def test_read_onnx_metadata_matches_onnxruntime_on_the_recogniser() -> None:
-    ort = pytest.importorskip("onnxruntime")
-    path = STEP_FILES["ppocr_v6_rec"]
-    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    metadata = ocr.read_onnx_metadata(path.read_bytes())
-    assert metadata == dict(expected.get_modelmeta().custom_metadata_map)
-    charset = ocr.ctc_charset(metadata)
-    assert len(charset) == 18710  # the recogniser's class count
-    assert charset[1] == "!" and charset[-1] == " "
+    onnx.helper.set_model_props(model, {"character": "a\nb\n€\n中", "other": ""})
+    assert prepare_models.recogniser_characters(model) == "a\nb\n€\n中"
+    onnx.helper.set_model_props(model, {})
+    with pytest.raises(prepare_models.PrepareError, match="character"):
+        prepare_models.recogniser_characters(model)
 
 
 # --- results -------------------------------------------------------------------------------------
 
 
 def test_to_original_undoes_padding_and_scaling_and_clips() -> None:
-    prepared = ocr.PreparedImage(np.zeros((100, 400, 3), np.uint8), 30, 0.5, 0.25)
-    polygon = ocr.to_original(rect(8, 32, 500, 60), prepared, 20, 100)
+    prepared = detection.PreparedImage(np.zeros((100, 400, 3), np.uint8), 30, 0.5, 0.25)
+    polygon = reading_order.to_original(rect(8, 32, 500, 60), prepared, 20, 100)
     np.testing.assert_allclose(polygon, [2, 1, 100, 1, 100, 15, 2, 15])
 
 
 def test_assemble_lines_drops_empty_and_unsure_lines() -> None:
     polygons = [np.full(8, i, np.float32) for i in range(4)]
-    lines = ocr.assemble_lines([("a", 0.9), (" ", 0.99), ("b", 0.3), ("c", 0.5)], polygons)
+    readings = [("a", 0.9), (" ", 0.99), ("b", 0.3), ("c", 0.5)]
+    lines = reading_order.assemble_lines(readings, polygons)
     assert lines.texts == ["a", "c"]
     np.testing.assert_allclose(lines.confidences, [0.9, 0.5])
     np.testing.assert_array_equal(lines.polygons[:, 0], [0, 3])
-    assert ocr.assemble_lines([], []) is ocr.EMPTY_LINES
+    assert reading_order.assemble_lines([], []) is reading_order.EMPTY_LINES
 
 
 def test_pack_lines_pads_shorter_lists_in_a_multi_image_request() -> None:
-    two = ocr.TextLines(["é", "b"], np.array([0.9, 0.8], np.float32), np.ones((2, 8), np.float32))
-    texts, confidences, polygons = ocr.pack_lines([two, ocr.EMPTY_LINES])
+    two = reading_order.TextLines(
+        ["é", "b"], np.array([0.9, 0.8], np.float32), np.ones((2, 8), np.float32)
+    )
+    texts, confidences, polygons = reading_order.pack_lines([two, reading_order.EMPTY_LINES])
     assert texts.tolist() == [["é".encode(), b"b"], [b"", b""]]
     assert confidences.tolist() == [[pytest.approx(0.9), pytest.approx(0.8)], [0.0, 0.0]]
     assert polygons.shape == (2, 2, 8) and polygons[1].max() == 0
-    empty = ocr.pack_lines([ocr.EMPTY_LINES])
+    empty = reading_order.pack_lines([reading_order.EMPTY_LINES])
     assert empty[0].shape == (1, 0) and empty[2].shape == (1, 0, 8)
 
 
@@ -353,35 +357,38 @@ needs_models = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def onnx_steps(monkeypatch_module: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, ...]]]:
-    """Replace the BLS call with onnxruntime on the prepared files; record (step, shape)."""
-    ort = pytest.importorskip("onnxruntime")
-    sessions = {
-        name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for name, path in STEP_FILES.items()
-    }
-    calls: list[tuple[str, tuple[int, ...]]] = []
+class RecordingSteps:
+    """onnxruntime on the prepared files in place of the step calls; records (step, shape)."""
 
-    def run_step(model_name: str, batch: Any, output_name: str) -> Any:
-        calls.append((model_name, batch.shape))
-        return sessions[model_name].run([output_name], {"x": batch})[0]
+    def __init__(self) -> None:
+        ort = pytest.importorskip("onnxruntime")
+        self.sessions = {
+            name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            for name, path in STEP_FILES.items()
+        }
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
 
-    monkeypatch_module.setattr(ocr, "run_step", run_step)
-    return calls
+    def run(self, step: str, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
+        self.calls.append((step, inputs["x"].shape))
+        return dict(zip(outputs, self.sessions[step].run(outputs, inputs), strict=True))
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module() -> Any:
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+def recording_steps() -> RecordingSteps:
+    return RecordingSteps()
 
 
 @pytest.fixture(scope="module")
-def model(onnx_steps: list[tuple[str, tuple[int, ...]]]) -> Any:
-    instance = ocr.TritonPythonModel()
+def onnx_steps(recording_steps: RecordingSteps) -> list[tuple[str, tuple[int, ...]]]:
+    return recording_steps.calls
+
+
+@pytest.fixture(scope="module")
+def model(recording_steps: RecordingSteps) -> Any:
+    instance = ocr_model.TritonPythonModel()
     instance.initialize({"model_repository": str(MODELS / "ppocr_v6"), "model_version": "1",
-                         "model_config": "{}"})  # no steps_in_process: steps via run_step
+                         "model_config": "{}"})  # no steps_in_process: steps through Triton
+    instance.steps = recording_steps
     return instance
 
 
@@ -432,8 +439,8 @@ def test_execute_batches_steps_across_requests_and_isolates_a_corrupt_image(
 
 
 def test_intra_op_threads_comes_from_the_config_parameter() -> None:
-    assert step.intra_op_threads({}) == 2
-    assert step.intra_op_threads({"parameters": {"intra_op_threads": {"string_value": "1"}}}) == 1
+    assert steps.intra_op_threads({}) == 2
+    assert steps.intra_op_threads({"parameters": {"intra_op_threads": {"string_value": "1"}}}) == 1
 
 
 class RecordingSession:
@@ -448,19 +455,13 @@ class RecordingSession:
         return [batch[:, 0, 0, 0], batch[:, 0, 0, 0] * 10]
 
 
-def test_run_batched_makes_one_call_and_splits_every_output_per_request() -> None:
+def test_run_grouped_makes_one_call_and_splits_every_output_per_request() -> None:
     session = RecordingSession()
     batches = [np.full((n, 3, 48, 320), n, dtype=np.float32) for n in (2, 1, 3)]
-    outputs = step.run_batched(session, "x", ["a", "b"], batches)
+    outputs = steps.OnnxNetwork(session, per_run=32).run_grouped("x", ["a", "b"], batches)
     assert session.calls == [(["a", "b"], (6, 3, 48, 320))]
     assert [[part.tolist() for part in request] for request in outputs] == [
         [[2, 2], [20, 20]],
         [[1], [10]],
         [[3, 3, 3], [30, 30, 30]],
     ]
-
-
-def test_the_cls_and_rec_steps_run_the_same_runner() -> None:
-    runner = (MODELS / "ppocr_v6_det" / "1" / "model.py").resolve()
-    for name in ("ppocr_v6_cls", "ppocr_v6_rec"):
-        assert (MODELS / name / "1" / "model.py").resolve() == runner

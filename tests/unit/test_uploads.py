@@ -63,12 +63,16 @@ def test_missing_end_marker_at_close_and_at_next_header() -> None:
 def test_bad_headers() -> None:
     events = run(header("", 1), chunk(b"x"), END,
                  header("a", 0), END,
+                 header("n", -1), END,
                  header("big", 1001), chunk(b"x"), END,
                  header("ok", 1), chunk(b"x"), END,
                  header("ok", 1), chunk(b"y"), END)
-    assert [failure(e)[::2] for e in events if isinstance(e, FailedUpload)] == [
-        ("", "header.request_id"), ("a", "header.size_bytes"), ("big", "header.size_bytes"),
-        ("ok", "header.request_id")]
+    assert [failure(e) for e in events if isinstance(e, FailedUpload)] == [
+        ("", "UPLOAD_PROTOCOL", "header.request_id"),
+        ("a", "EMPTY_IMAGE", "header.size_bytes"),
+        ("n", "UPLOAD_PROTOCOL", "header.size_bytes"),
+        ("big", "IMAGE_TOO_LARGE", "header.size_bytes"),
+        ("ok", "UPLOAD_PROTOCOL", "header.request_id")]
     assert [e.request_id for e in events if isinstance(e, CompletedUpload)] == ["ok"]
 
 

@@ -1,5 +1,6 @@
-"""Unit tests of the YOLOX-nano model steps: model.py numpy code under a stand-in pb_utils, and
-the model preparation (batch-dynamic ONNX edit, SHA-256 pin, idempotence)."""
+"""Unit tests of the YOLOX-nano steps: triton_models.yolox and the model.py files under a
+stand-in pb_utils, and the model preparation (batch-dynamic ONNX edit, SHA-256 pin,
+idempotence)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import numpy.typing as npt
 import pytest
 
 from tools import prepare_models
+from triton_models import images, steps, yolox
+from triton_models.nms import nms, per_class_nms
+from triton_models.resize import YOLOX_PAD_VALUE, letterbox
+from triton_models.serving import read_labels
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = REPO_ROOT / "model_repository"
@@ -73,7 +78,6 @@ def load_model(name: str) -> Any:
 
 pre = load_model("yolox_preprocess")
 post = load_model("yolox_postprocess")
-network = load_model("yolox_nano_onnx")
 
 
 def solid_image(height: int, width: int, bgr: tuple[int, int, int]) -> npt.NDArray[np.uint8]:
@@ -86,11 +90,17 @@ def encode(image: npt.NDArray[np.uint8], ext: str = ".png") -> bytes:
     return bytes(buffer.tobytes())
 
 
+def decode_ok(data: bytes) -> npt.NDArray[np.uint8]:
+    image, status = images.decode(data)
+    assert image is not None and status == images.STATUS_OK
+    return image
+
+
 # --- preprocess --------------------------------------------------------------------------------
 
 
 def test_letterbox_landscape_is_scaled_to_width_and_padded_below() -> None:
-    tensor, scale = pre.letterbox(solid_image(100, 200, (10, 20, 30)))
+    tensor, scale = letterbox(solid_image(100, 200, (10, 20, 30)), yolox.INPUT_SIZE)
     assert tensor.shape == (3, 416, 416) and tensor.dtype == np.float32
     assert scale == pytest.approx(416 / 200)
     new_h = int(100 * 416 / 200)  # 208
@@ -102,7 +112,7 @@ def test_letterbox_landscape_is_scaled_to_width_and_padded_below() -> None:
 
 
 def test_letterbox_portrait_is_scaled_to_height_and_padded_right() -> None:
-    tensor, scale = pre.letterbox(solid_image(300, 100, (200, 0, 50)))
+    tensor, scale = letterbox(solid_image(300, 100, (200, 0, 50)), yolox.INPUT_SIZE)
     assert scale == pytest.approx(416 / 300)
     new_w = int(100 * 416 / 300)  # 138
     assert np.all(tensor[0, :, :new_w] == 200)
@@ -110,34 +120,33 @@ def test_letterbox_portrait_is_scaled_to_height_and_padded_right() -> None:
 
 
 def test_letterbox_of_a_square_image_fills_the_canvas() -> None:
-    tensor, scale = pre.letterbox(solid_image(832, 832, (1, 2, 3)))
+    tensor, scale = letterbox(solid_image(832, 832, (1, 2, 3)), yolox.INPUT_SIZE)
     assert scale == pytest.approx(0.5)
     assert not np.any(tensor == 114)
 
 
 def test_letterbox_keeps_one_pixel_of_an_extreme_aspect_ratio() -> None:
-    tensor, _ = pre.letterbox(solid_image(1, 2000, (7, 7, 7)))
+    tensor, _ = letterbox(solid_image(1, 2000, (7, 7, 7)), yolox.INPUT_SIZE)
     assert tensor[0, 0, 0] == 7 and tensor[0, 1, 0] == 114
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".webp"])
 def test_decode_image_reads_common_formats_as_bgr(ext: str) -> None:
-    decoded = pre.decode_image(encode(solid_image(20, 30, (0, 0, 255)), ext))
+    decoded = decode_ok(encode(solid_image(20, 30, (0, 0, 255)), ext))
     assert decoded.shape == (20, 30, 3)
     assert decoded[10, 15, 2] > 240 and decoded[10, 15, 0] < 15
 
 
 def test_decode_image_expands_grey_and_drops_alpha() -> None:
-    grey = pre.decode_image(encode(np.full((5, 6), 90, dtype=np.uint8)))
+    grey = decode_ok(encode(np.full((5, 6), 90, dtype=np.uint8)))
     assert grey.shape == (5, 6, 3)
-    rgba = pre.decode_image(encode(np.full((5, 6, 4), 90, dtype=np.uint8)))
+    rgba = decode_ok(encode(np.full((5, 6, 4), 90, dtype=np.uint8)))
     assert rgba.shape == (5, 6, 3)
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image", b"\x89PNG\r\n\x1a\n truncated"])
 def test_decode_image_rejects_undecodable_bytes(data: bytes) -> None:
-    with pytest.raises(pre.ImageDecodeError):
-        pre.decode_image(data)
+    assert images.decode(data) == (None, images.STATUS_UNDECODABLE)
 
 
 def test_preprocess_execute_reports_a_bad_image_in_its_status_and_goes_on() -> None:
@@ -146,12 +155,12 @@ def test_preprocess_execute_reports_a_bad_image_in_its_status_and_goes_on() -> N
     responses = pre.TritonPythonModel().execute([{"IMAGE": good}, {"IMAGE": mixed}])
     assert len(responses) == 2
     assert all(response.error is None for response in responses)
-    assert responses[0].outputs["IMAGE_STATUS"].tolist() == [[pre.STATUS_OK]]
+    assert responses[0].outputs["IMAGE_STATUS"].tolist() == [[images.STATUS_OK]]
     assert responses[1].outputs["IMAGE_STATUS"].tolist() == [
-        [pre.STATUS_UNDECODABLE], [pre.STATUS_OK]]
+        [images.STATUS_UNDECODABLE], [images.STATUS_OK]]
     assert responses[1].outputs["IMAGE_STATUS"].dtype == np.int32
     assert responses[1].outputs["IMAGES"].shape == (2, 3, 416, 416)
-    assert (responses[1].outputs["IMAGES"][0] == pre.PAD_VALUE).all()
+    assert (responses[1].outputs["IMAGES"][0] == YOLOX_PAD_VALUE).all()
     assert responses[1].outputs["IMAGE_SIZE"].tolist() == [[0, 0], [100, 200]]
     for outputs, row in ((responses[0].outputs, 0), (responses[1].outputs, 1)):
         assert outputs["IMAGES"].shape[1:] == (3, 416, 416)
@@ -185,7 +194,7 @@ def raw_with(
 
 
 def test_grids_follow_the_network_anchor_order() -> None:
-    grids, strides = post.make_grids()
+    grids, strides = yolox.make_grids()
     assert grids.shape == (ANCHORS, 2) and strides.shape == (ANCHORS, 1)
     assert grids[anchor_index(8, 1, 0)].tolist() == [1, 0]
     assert grids[anchor_index(8, 0, 1)].tolist() == [0, 1]
@@ -202,14 +211,14 @@ def test_decode_predictions_on_a_hand_made_tensor() -> None:
     raw[row, 4] = 0.8
     raw[row, 5 + 17] = 0.5
     raw[row, 5 + 3] = 0.25
-    boxes, scores, class_ids = post.decode_predictions(raw)
+    boxes, scores, class_ids = yolox.decode_predictions(raw)
     # centre ((5 + 0.5) * 8, (3 + 0.5) * 8) = (44, 28), size 32
     np.testing.assert_allclose(boxes[row], [28, 12, 60, 44], rtol=1e-6)
     assert class_ids[row] == 17
     assert scores[row] == pytest.approx(0.4)  # objectness x class score
     row32 = anchor_index(32, 2, 1)
     raw[row32, 2:4] = 0.0  # exp(0) * 32
-    boxes, _, _ = post.decode_predictions(raw)
+    boxes, _, _ = yolox.decode_predictions(raw)
     np.testing.assert_allclose(boxes[row32], [64 - 16, 32 - 16, 64 + 16, 32 + 16])
 
 
@@ -220,24 +229,24 @@ def boxes_of(*rows: list[float]) -> npt.NDArray[np.float32]:
 def test_nms_suppresses_an_overlapping_box_of_the_same_class() -> None:
     boxes = boxes_of([0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60])
     scores = np.array([0.6, 0.9, 0.7], dtype=np.float32)
-    assert post.nms(boxes, scores, 0.45).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.45).tolist() == [1, 2]
     # IoU of the first two is 81/119 = 0.68: above that threshold both stay.
-    assert post.nms(boxes, scores, 0.7).tolist() == [1, 2, 0]
+    assert nms(boxes, scores, 0.7).tolist() == [1, 2, 0]
 
 
 def test_per_class_nms_keeps_overlapping_boxes_of_different_classes() -> None:
     boxes = boxes_of([0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10])
     scores = np.array([0.9, 0.8, 0.7], dtype=np.float32)
     class_ids = np.array([0, 0, 56], dtype=np.int32)
-    kept = post.per_class_nms(boxes, scores, class_ids, 0.45)
+    kept = per_class_nms(boxes, scores, class_ids, 0.45)
     assert kept.tolist() == [0, 2]  # best of class 0, then class 56; sorted by score
-    empty = post.per_class_nms(boxes[:0], scores[:0], class_ids[:0], 0.45)
+    empty = per_class_nms(boxes[:0], scores[:0], class_ids[:0], 0.45)
     assert empty.shape == (0,)
 
 
 def test_to_image_space_divides_by_the_scale_and_clips() -> None:
     boxes = boxes_of([-8, 10, 100, 500], [20, 40, 60, 80])
-    mapped = post.to_image_space(boxes, 2.0, 200, 40)
+    mapped = yolox.to_image_space(boxes, 2.0, 200, 40)
     np.testing.assert_allclose(mapped, [[0, 5, 40, 200], [10, 20, 30, 40]])
 
 
@@ -248,7 +257,7 @@ def test_postprocess_image_thresholds_sorts_and_maps_back() -> None:
         (16, 20, 5, 0.0, 0.0, 64, 41, 0.8),  # cup
         (32, 1, 1, 0.5, 0.5, 32, 2, 0.2),  # car below the score threshold
     )
-    result = post.postprocess_image(raw, 0.5, 300, 600, 0.25, 0.45)
+    result = yolox.postprocess_image(raw, 0.5, 300, 600, 0.25, 0.45)
     assert result.class_ids.tolist() == [0, 41]
     np.testing.assert_allclose(result.scores, [0.9, 0.8], rtol=1e-6)
     # the person kept is the 0.9 one: centre (92, 84), 32 px, then / 0.5
@@ -260,7 +269,7 @@ def test_postprocess_image_thresholds_sorts_and_maps_back() -> None:
 
 def test_postprocess_execute_packs_labels_and_rejects_bad_thresholds() -> None:
     model = post.TritonPythonModel()
-    model.labels = post.read_labels(MODELS / "yolox_postprocess" / "labels.txt")
+    model.labels = read_labels(MODELS / "yolox_postprocess" / "labels.txt")
     assert len(model.labels) == 80 and model.labels[60] == "dining table"
 
     def request(score: float, status: int = 0) -> dict[str, npt.NDArray[Any]]:
@@ -287,23 +296,23 @@ def test_postprocess_execute_packs_labels_and_rejects_bad_thresholds() -> None:
 
 
 def test_pack_detections_pads_shorter_lists_in_a_multi_image_request() -> None:
-    one = post.Detections(
+    one = yolox.Detections(
         boxes=boxes_of([1, 2, 3, 4]),
         scores=np.array([0.5], dtype=np.float32),
         class_ids=np.array([15], dtype=np.int32),
     )
-    none = post.Detections(
+    none = yolox.Detections(
         boxes=np.zeros((0, 4), dtype=np.float32),
         scores=np.zeros(0, dtype=np.float32),
         class_ids=np.zeros(0, dtype=np.int32),
     )
     labels = [f"class{i}" for i in range(80)]
-    boxes, scores, class_ids, names = post.pack_detections([one, none], labels)
+    boxes, scores, class_ids, names = yolox.pack_detections([one, none], labels)
     assert boxes.shape == (2, 1, 4)
     assert class_ids.tolist() == [[15], [-1]]
     assert scores.tolist() == [[0.5], [0.0]]
     assert names.tolist() == [[b"class15"], [b""]]
-    empty = post.pack_detections([none], labels)
+    empty = yolox.pack_detections([none], labels)
     assert empty[0].shape == (1, 0, 4) and empty[3].shape == (1, 0)
 
 
@@ -311,9 +320,9 @@ def test_pack_detections_pads_shorter_lists_in_a_multi_image_request() -> None:
 
 
 def test_intra_op_threads_comes_from_the_config_parameter() -> None:
-    assert network.intra_op_threads({}) == 2
+    assert steps.intra_op_threads({}) == 2
     config = {"parameters": {"intra_op_threads": {"string_value": "4"}}}
-    assert network.intra_op_threads(config) == 4
+    assert steps.intra_op_threads(config) == 4
 
 
 class RecordingSession:
@@ -328,13 +337,13 @@ class RecordingSession:
         return [images[:, 0, 0, :1][:, None, :].repeat(3549, axis=1)]
 
 
-def test_run_batched_makes_one_call_and_splits_per_request() -> None:
+def test_run_grouped_makes_one_call_and_splits_per_request() -> None:
     session = RecordingSession()
     batches = [np.full((n, 3, 416, 416), n, dtype=np.float32) for n in (1, 3, 2)]
-    outputs = network.run_batched(session, batches)
+    outputs = steps.OnnxNetwork(session, per_run=32).run_grouped("images", ["output"], batches)
     assert session.calls == [(6, 3, 416, 416)]
-    assert [output.shape[0] for output in outputs] == [1, 3, 2]
-    assert [float(output[0, 0, 0]) for output in outputs] == [1, 3, 2]
+    assert [output.shape[0] for (output,) in outputs] == [1, 3, 2]
+    assert [float(output[0, 0, 0]) for (output,) in outputs] == [1, 3, 2]
 
 
 # --- model preparation -------------------------------------------------------------------------

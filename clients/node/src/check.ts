@@ -1,5 +1,6 @@
 /**
- * Exercises the client against a running server and prints what came back as JSON, for
+ * Exercises the client against a running server (detection, its upload stream, analysis and
+ * health over one connection) and prints what came back as JSON, for
  * tests/integration/test_node_client.py: `node dist/check.js <host:port> <images folder>`.
  */
 import { readFileSync } from "node:fs";
@@ -51,9 +52,22 @@ try {
   empty = statusOfError(error);
 }
 
+// Analysis and health over the same transport (one HTTP/2 connection) as detection.
+const analysis = await clients.analysis.analyzeImage({
+  image: { source: { case: "content", value: photo("astronaut.png") } },
+  options: { objects: {}, text: {} },
+});
+const health = await clients.health.check({ service: "vision.v1.AnalysisService" });
+
 console.log(JSON.stringify({
   detect: astronaut.detections.map((d) => ({ label: d.label, score: d.score })),
   imageSize: { width: astronaut.imageSize?.width, height: astronaut.imageSize?.height },
+  model: { name: astronaut.model?.name, version: astronaut.model?.version },
+  analysis: {
+    objects: analysis.analysis?.objects?.detections.map((d) => d.label) ?? [],
+    textStatus: analysis.analysis?.text?.status?.code ?? 0,
+  },
+  health: health.status,
   stream: streamed,
   empty,
 }));

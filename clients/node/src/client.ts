@@ -1,12 +1,15 @@
 /**
  * A small TypeScript client of vision-grpc: plain gRPC over HTTP/2 (TLS optional) with
  * @connectrpc/connect-node, on the messages protoc-gen-es generates from protos/ (src/gen,
- * `scripts/gen-stubs`). It shows what every caller needs: a unary call, the chunked upload
- * stream (upload.proto), and the google.rpc.Status details of a failure.
+ * `scripts/gen-stubs`). It shows what every caller needs: a stub per service on one connection,
+ * TLS and mutual TLS, a unary call, the chunked upload stream (upload.proto), and the
+ * google.rpc.Status details of a failure.
  */
 import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import {
+  Code, ConnectError, createClient, type Client, type Interceptor, type Transport,
+} from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import {
@@ -16,6 +19,8 @@ import {
   RetryInfoSchema,
 } from "./gen/google/rpc/error_details_pb.js";
 import { type Status, StatusSchema } from "./gen/google/rpc/status_pb.js";
+import { Health } from "./gen/grpc/health/v1/health_pb.js";
+import { AnalysisService } from "./gen/vision/v1/analysis_service_pb.js";
 import { DetectionOptionsSchema } from "./gen/vision/v1/detection_pb.js";
 import {
   DetectionService,
@@ -35,21 +40,72 @@ import { SearchService } from "./gen/vision/v1/search_service_pb.js";
 /** 1 MiB chunks: well under the server's 4 MiB message limit (framing included). */
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
 
+/** PEM contents (not file names), as Node's tls options take them. */
+export interface TlsOptions {
+  /** Roots the server's certificate must chain to; Node's default roots when unset. */
+  ca?: string | Buffer;
+  /** Mutual TLS: the client's certificate chain, with `key`. */
+  cert?: string | Buffer;
+  /** Mutual TLS: the client certificate's private key, with `cert`. */
+  key?: string | Buffer;
+}
+
 export interface VisionClientOptions {
   /** `http://host:port` for plain HTTP/2, `https://host:port` for TLS. */
   baseUrl: string;
+  /** Certificates for an `https://` baseUrl; a server with mutual TLS needs `cert` and `key`. */
+  tls?: TlsOptions;
   /** Sent as `authorization: Bearer <apiKey>` when set. */
   apiKey?: string;
   /** Default deadline of each call. */
   timeoutMs?: number;
 }
 
-/** One HTTP/2 connection shared by a stub per service. */
+/**
+ * Connect reports a connection that TLS tears down right after the handshake as CANCELLED (the
+ * HTTP/2 stream closed with CANCEL), though the caller cancelled nothing: with TLS 1.3 a server
+ * that refuses the client's certificate (mutual TLS) sends its alert once the client has
+ * finished. gRPC's other clients (grpc-js, Go, Python) say UNAVAILABLE, and so does this one.
+ */
+const connectionLost: Interceptor = (next) => async (request) => {
+  const unavailable = (error: unknown) => {
+    const failure = ConnectError.from(error);
+    return failure.code === Code.Canceled && !request.signal.aborted
+      ? new ConnectError(failure.rawMessage, Code.Unavailable, failure.metadata, undefined, failure)
+      : failure;
+  };
+  try {
+    const response = await next(request);
+    if (!response.stream) {
+      return response;
+    }
+    const messages = response.message;
+    return {
+      ...response,
+      message: (async function* () {
+        try {
+          yield* messages;
+        } catch (error) {
+          throw unavailable(error);
+        }
+      })(),
+    };
+  } catch (error) {
+    throw unavailable(error);
+  }
+};
+
+/** One HTTP/2 connection (`transport`) shared by a stub per service. */
 export function createVisionClients(options: VisionClientOptions) {
-  const transport = createGrpcTransport({
+  if ((options.tls?.cert === undefined) !== (options.tls?.key === undefined)) {
+    throw new Error("tls.cert and tls.key go together (mutual TLS)");
+  }
+  const transport: Transport = createGrpcTransport({
     baseUrl: options.baseUrl,
+    nodeOptions: options.tls,
     defaultTimeoutMs: options.timeoutMs ?? 30_000,
-    interceptors: options.apiKey === undefined ? [] : [
+    interceptors: options.apiKey === undefined ? [connectionLost] : [
+      connectionLost,
       (next) => async (request) => {
         request.header.set("authorization", `Bearer ${options.apiKey}`);
         return next(request);
@@ -57,6 +113,7 @@ export function createVisionClients(options: VisionClientOptions) {
     ],
   });
   return {
+    transport,
     detection: createClient(DetectionService, transport),
     embedding: createClient(EmbeddingService, transport),
     faces: createClient(FaceService, transport),
@@ -65,6 +122,8 @@ export function createVisionClients(options: VisionClientOptions) {
     ingest: createClient(IngestService, transport),
     search: createClient(SearchService, transport),
     people: createClient(PeopleService, transport),
+    analysis: createClient(AnalysisService, transport),
+    health: createClient(Health, transport),
   };
 }
 

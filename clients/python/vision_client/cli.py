@@ -245,9 +245,12 @@ async def _people(args: argparse.Namespace, client: VisionClient) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    root_certificates = args.ca_cert.read_bytes() if args.ca_cert else None
+    def pem(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path else None
     async with VisionClient(args.target, timeout_s=args.timeout, api_key=args.api_key,
-                            tls=args.tls, root_certificates=root_certificates) as client:
+                            tls=args.tls, root_certificates=pem(args.ca_cert),
+                            certificate_chain=pem(args.cert),
+                            private_key=pem(args.key)) as client:
         if args.command == "models":
             return await _models(args, client)
         if args.command == "search":
@@ -288,6 +291,10 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="TLS with the system's roots")
     parser.add_argument("--ca-cert", type=Path, default=default(None),
                         help="TLS with this PEM root certificate")
+    parser.add_argument("--cert", type=Path, default=default(None),
+                        help="mutual TLS: this PEM client certificate chain (with --key)")
+    parser.add_argument("--key", type=Path, default=default(None),
+                        help="mutual TLS: the client certificate's PEM private key")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -372,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> None:
              args.person)):
         parser().error("search needs --text, --image, --face or --similar-to, or a filter "
                        "(--label, --where, --person) to browse")
+    if (args.cert is None) != (args.key is None):
+        parser().error("--cert and --key go together (mutual TLS)")
     try:
         code = asyncio.run(_run(args))
     except grpc.aio.AioRpcError as err:

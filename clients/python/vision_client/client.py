@@ -149,17 +149,24 @@ class VisionClient:
     """Use as `async with VisionClient("127.0.0.1:4603") as client:`; share one per process.
 
     `timeout_s` is the deadline of a unary call, retries included; `stream_timeout_s` that of
-    one stream (None: no deadline). TLS when `tls` or `root_certificates` (PEM) is given;
-    `api_key` travels as `authorization: Bearer <key>` on every call."""
+    one stream (None: no deadline). TLS when `tls`, `root_certificates` (PEM) or a client
+    certificate is given; mutual TLS presents `certificate_chain` (PEM, the client's certificate
+    then its intermediates) with its `private_key` (PEM), both or neither. `api_key` travels as
+    `authorization: Bearer <key>` on every call."""
 
     def __init__(
         self, target: str, timeout_s: float = DEFAULT_TIMEOUT_S, *,
         stream_timeout_s: float | None = None, retry: RetryPolicy | None = None,
         api_key: str | None = None, tls: bool = False, root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None, private_key: bytes | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if tls or root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError("certificate_chain and private_key go together (mutual TLS)")
+        if tls or root_certificates is not None or certificate_chain is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates, private_key=private_key,
+                certificate_chain=certificate_chain)
             self._channel = grpc.aio.secure_channel(target, credentials, channel_options)
         else:
             self._channel = grpc.aio.insecure_channel(target, channel_options)

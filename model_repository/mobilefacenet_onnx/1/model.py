@@ -1,1 +1,1 @@
-../../mobilenet_v2_onnx/1/model.py
+../../yolox_nano_onnx/1/model.py

@@ -1,117 +1,18 @@
-"""Triton Python model: decode encoded images and prepare them for MobileNetV2 (ImageNet).
+"""Triton Python model, first step of the mobilenet_v2 ensemble (config.pbtxt): decode encoded
+images and prepare them as MobileNetV2 was evaluated on ImageNet (triton_models.mobilenet).
 
-Per image, as torchvision's ImageNet evaluation transform does: RGB, shorter side resized to
-256, centre crop 224x224, scaled to [0, 1] and normalised by the ImageNet mean/std, CHW float32.
-An undecodable image gets IMAGE_STATUS 1, IMAGE_SIZE (0, 0) and a zero tensor, so the rest of
+An undecodable image gets its IMAGE_STATUS, IMAGE_SIZE (0, 0) and a zero tensor, so the rest of
 the batch proceeds and the postprocess step returns an empty result for it.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
 
-# The decode budget is one file linked into each decoding step's folder (decode_budget.py). Triton
-# loads model.py on its own, so its folder is put on the import path here, for tests alike.
-sys.path.insert(0, str(Path(__file__).parent))
-from decode_budget import (  # noqa: E402
-    STATUS_OK,
-    STATUS_TOO_COMPLEX,
-    STATUS_UNDECODABLE,
-    jpeg_too_complex,
-    png_chunks_broken,
-)
-
-RESIZE_SHORTER = 256
-CROP = 224
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# Beyond this aspect ratio the middle of the longer side is cut out before resizing: the 224
-# crop only ever sees the middle, and a 1 x 3000 strip would otherwise resize to 256 x 768000.
-MAX_ASPECT = 16
-
-
-def decode_image(data: bytes) -> npt.NDArray[np.uint8] | None:
-    """Decode JPEG/PNG/WebP/BMP bytes to HxWx3 BGR uint8 (EXIF orientation applied); None if
-    the bytes are not a decodable image."""
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if buffer.size == 0:
-        return None
-    try:
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    except cv2.error:
-        return None
-    if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
-        return None
-    return image.astype(np.uint8, copy=False)
-
-
-def resized_shape(height: int, width: int, shorter: int = RESIZE_SHORTER) -> tuple[int, int]:
-    """(height, width) with the shorter side set to `shorter`; the longer side is truncated,
-    as torchvision's Resize(int) computes it."""
-    if height <= width:
-        return shorter, max(1, int(shorter * width / height))
-    return max(1, int(shorter * height / width)), shorter
-
-
-def resize_and_crop(
-    image: npt.NDArray[np.uint8], shorter: int = RESIZE_SHORTER, crop: int = CROP
-) -> npt.NDArray[np.uint8]:
-    """Shorter side to `shorter`, then the centre crop x crop (offsets rounded as torchvision's
-    CenterCrop does)."""
-    height, width = image.shape[:2]
-    longest = min(height, width) * MAX_ASPECT
-    if height > longest:
-        top = (height - longest) // 2
-        image, height = image[top : top + longest], longest
-    elif width > longest:
-        left = (width - longest) // 2
-        image, width = image[:, left : left + longest], longest
-    new_h, new_w = resized_shape(height, width, shorter)
-    # INTER_AREA averages the source pixels when shrinking, as torchvision's antialiased
-    # bilinear resize does; when enlarging it would degrade towards nearest, so use bilinear.
-    shrinking = new_h * new_w < height * width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-    top = int(round((new_h - crop) / 2.0))
-    left = int(round((new_w - crop) / 2.0))
-    return resized[top : top + crop, left : left + crop]
-
-
-def normalise(bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """BGR uint8 HxWx3 to the network's RGB, mean/std-normalised CHW float32."""
-    rgb = bgr[:, :, ::-1].astype(np.float32) / np.float32(255.0)
-    return ((rgb - MEAN) / STD).transpose(2, 0, 1).astype(np.float32)
-
-
-def preprocess_batch(
-    items: npt.NDArray[np.object_],
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-    """Tensors, (height, width) and status for every image of one request ([n, 1] bytes)."""
-    flat = items.reshape(-1)
-    tensors = np.zeros((len(flat), 3, CROP, CROP), dtype=np.float32)
-    sizes = np.zeros((len(flat), 2), dtype=np.int32)
-    statuses = np.full((len(flat), 1), STATUS_UNDECODABLE, dtype=np.int32)
-    for index, item in enumerate(flat):
-        data = bytes(item)
-        if jpeg_too_complex(data):
-            statuses[index, 0] = STATUS_TOO_COMPLEX
-            continue
-        if png_chunks_broken(data):
-            continue  # STATUS_UNDECODABLE
-        image = decode_image(data)
-        if image is None:
-            continue
-        tensors[index] = normalise(resize_and_crop(image))
-        sizes[index] = image.shape[:2]
-        statuses[index, 0] = STATUS_OK
-    return tensors, sizes, statuses
+from triton_models.mobilenet import preprocess_batch
+from triton_models.serving import read_input
 
 
 class TritonPythonModel:
@@ -120,15 +21,8 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
-            items = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-            tensors, sizes, statuses = preprocess_batch(items)
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("IMAGES", tensors),
-                        pb_utils.Tensor("IMAGE_SIZE", sizes),
-                        pb_utils.Tensor("IMAGE_STATUS", statuses),
-                    ]
-                )
-            )
+            tensors, sizes, statuses = preprocess_batch(read_input(pb_utils, request, "IMAGE"))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("IMAGES", tensors), pb_utils.Tensor("IMAGE_SIZE", sizes),
+                pb_utils.Tensor("IMAGE_STATUS", statuses)]))
         return responses

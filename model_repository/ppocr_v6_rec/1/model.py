@@ -1,1 +1,1 @@
-../../ppocr_v6_det/1/model.py
+../../yolox_nano_onnx/1/model.py

@@ -40,8 +40,8 @@ class UploadHeader(_message.Message):
     """
     size_bytes: _builtins.int
     """The image's total size in bytes, > 0 and within the server's image size
-    limit. Chunks beyond it fail the image; an end marker before it is
-    reached does too.
+    limit (0 fails the image with EMPTY_IMAGE). Chunks beyond it fail the
+    image; an end marker before it is reached does too.
     """
     @_builtins.property
     def detection(self) -> _detection_pb2.DetectionOptions:

@@ -1,9 +1,11 @@
-"""The decode budget and per-image statuses shared by every decoding step of this repository
-(yolox_preprocess, mobilenet_v2_preprocess, yunet_mobilefacenet, ppocr_v6; the others' 1/ folders
-link this file). The budget is the server's header check (server/images.py, settings
-limits.max_jpeg_scans / max_jpeg_scan_pixels) again, because Triton may be called directly: the
-decoder passes over every block once per scan, so a 100 KB file of thousands of empty scans would
-hold a step for seconds. tests/unit/test_decode_budget.py keeps it in agreement with the server.
+"""Decoding of the encoded images every entry model receives, to an image and its
+IMAGE_STATUS (0 decoded, 1 not decodable, 2 over the decode budget), with the budget checked in
+this one place before OpenCV sees the bytes.
+
+The budget is the server's header check (server/images.py, settings limits.max_jpeg_scans /
+max_jpeg_scan_pixels) again, because Triton may be called directly: the decoder passes over
+every block once per scan, so a 100 KB file of thousands of empty scans would hold a step for
+seconds. tests/unit/test_decode_budget.py keeps it in agreement with the server.
 
 PNG: OpenCV trusts a chunk's declared length, so a ~120-byte file whose chunk claims 4 GB held a
 step for 10 s and 4 GB of memory; a PNG whose chunks do not fit its bytes is not decoded.
@@ -12,6 +14,12 @@ step for 10 s and 4 GB of memory; a PNG whose chunks do not fit its bytes is not
 from __future__ import annotations
 
 import re
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+UInt8Image = npt.NDArray[np.uint8]
 
 STATUS_OK = 0
 STATUS_UNDECODABLE = 1
@@ -73,3 +81,25 @@ def jpeg_too_complex(data: bytes) -> bool:
                 break
             pos = found.start()
     return False
+
+
+def decode(data: bytes) -> tuple[UInt8Image | None, int]:
+    """JPEG/PNG/WebP/BMP bytes as HxWx3 BGR uint8 (EXIF orientation applied, alpha dropped,
+    grey expanded) and STATUS_OK, or None and the status that says why not."""
+    if jpeg_too_complex(data):
+        return None, STATUS_TOO_COMPLEX
+    if not data or png_chunks_broken(data):
+        return None, STATUS_UNDECODABLE
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None, STATUS_UNDECODABLE
+    if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
+        return None, STATUS_UNDECODABLE
+    return np.asarray(image, dtype=np.uint8), STATUS_OK
+
+
+def decode_all(items: npt.NDArray[np.object_]) -> tuple[list[UInt8Image | None], list[int]]:
+    """Every image of one request's IMAGE tensor ([n, 1] bytes) and its status."""
+    decoded = [decode(bytes(item)) for item in items.reshape(-1)]
+    return [image for image, _ in decoded], [status for _, status in decoded]

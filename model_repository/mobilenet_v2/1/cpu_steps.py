@@ -1,1 +1,0 @@
-../../yolox_nano/1/cpu_steps.py

@@ -1,1 +1,0 @@
-../../yolox_preprocess/1/decode_budget.py
