@@ -85,8 +85,8 @@ def main() -> None:
                         help="write idle_memory.md from idle_memory.json, measuring nothing")
     args = parser.parse_args()
     if args.render:
-        recorded = json.loads((args.out / "idle_memory.json").read_text())
-        (args.out / "idle_memory.md").write_text(markdown(recorded))
+        (args.out / "idle_memory.md").write_text(
+            markdown(json.loads((args.out / "idle_memory.json").read_text())))
         return
     log_path = ROOT / "var" / "bench-idle-memory-triton.log"
     log_path.parent.mkdir(exist_ok=True)
