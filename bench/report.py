@@ -563,8 +563,15 @@ def markdown(results: Json, images: list[Path]) -> str:
         "MobileNetV2's canonical ImageNet preprocessing, per photo (cosine, top-1 class).",
         "- [report/idle_memory.md](report/idle_memory.md): idle Triton memory on the CPU "
         "configuration, every model loaded vs the served ones (`python -m bench.idle_memory`).",
+        "- [report/ocr_input_size.md](report/ocr_input_size.md): the OCR detector's input "
+        "size (ppocr_v6's det_max_side_len): 12-MP read time and reference lines found per "
+        "candidate, and IngestImage of 12-MP photos with and without the cap "
+        "(`python -m bench.ocr_input_size --service`).",
         "- [report/overload.md](report/overload.md): admission under overload and retry "
-        "storms (`python -m bench.overload`).", "",
+        "storms (`python -m bench.overload`).",
+        "- [report/similarity.md](report/similarity.md): the cosine figures behind "
+        "ingest.near_duplicate_cosine and people.match_cosine (`python -m bench.similarity`).",
+        "",
         *GPU_SECTION,
     ]
     return "\n".join([

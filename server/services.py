@@ -30,9 +30,10 @@ from server.pipeline.catalog import CatalogPipeline
 from server.pipeline.detection import OBJECTS, DetectionConfig, DetectionPipeline
 from server.pipeline.embedding import EMBEDDING, EmbeddingConfig, EmbeddingPipeline
 from server.pipeline.faces import FACES, FacesConfig, FacesPipeline
-from server.pipeline.ingest import STORED_ANALYSES, IngestPipeline
+from server.pipeline.ingest import STORED_ANALYSES, IngestConfig, IngestPipeline
 from server.pipeline.ocr import TEXT, OcrConfig, OcrPipeline
 from server.pipeline.options import ModelChoice
+from server.pipeline.people import PeoplePipeline
 from server.pipeline.search import SearchPipeline
 from server.servicers.analysis import AnalysisConversion, AnalysisServicer
 from server.servicers.detection import DetectionServicer, detection_options, objects_analysis
@@ -41,6 +42,7 @@ from server.servicers.faces import FaceServicer, face_options, faces_analysis
 from server.servicers.ingest import IngestServicer
 from server.servicers.models import ModelServicer
 from server.servicers.ocr import OcrServicer, ocr_options, text_analysis
+from server.servicers.people import PeopleServicer
 from server.servicers.search import SearchServicer
 from server.servicers.streams import StreamLimits, UploadBudget
 from server.settings import Settings, TaskSettings
@@ -67,6 +69,8 @@ from vision.v1 import (
     model_service_pb2_grpc,
     ocr_service_pb2,
     ocr_service_pb2_grpc,
+    people_service_pb2,
+    people_service_pb2_grpc,
     search_service_pb2,
     search_service_pb2_grpc,
 )
@@ -205,7 +209,10 @@ def _analysis(resources: Resources) -> AnalysisServicer:
 
 
 def _ingest(resources: Resources) -> IngestServicer:
-    return IngestServicer(IngestPipeline(_analysis_pipeline(resources), resources.store),
+    settings = resources.settings
+    config = IngestConfig(near_duplicate_cosine=settings.ingest.near_duplicate_cosine,
+                          match_cosine=settings.people.match_cosine)
+    return IngestServicer(IngestPipeline(_analysis_pipeline(resources), resources.store, config),
                           _stream_limits(resources))
 
 
@@ -301,6 +308,13 @@ SERVICES: tuple[Service, ...] = (
         build=_search,
         models=lambda settings: [settings.embedding.default_model,
                                  settings.faces.default_model],
+        tensors=None,
+    ),
+    Service(
+        descriptor=people_service_pb2.DESCRIPTOR.services_by_name["PeopleService"],
+        add_to_server=people_service_pb2_grpc.add_PeopleServiceServicer_to_server,
+        build=lambda resources: PeopleServicer(PeoplePipeline(resources.store)),
+        models=lambda settings: [],
         tensors=None,
     ),
     Service(

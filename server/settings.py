@@ -199,6 +199,26 @@ class OcrSettings(TaskSettings):
     default_model: str = Field("ppocr_v6", description="OCR model by default.")
 
 
+class IngestSettings(BaseModel):
+    """What ingest decides beyond analysing the image (server/pipeline/ingest.py)."""
+
+    near_duplicate_cosine: float = Field(
+        0.92, ge=-1, le=1, description="An ingested image whose image embedding has at least "
+        "this cosine similarity with a stored image's is reported as its duplicate "
+        "(`duplicate_of`); same bytes always are. Calibrated on re-encodes and resizes versus "
+        "distinct photos of one scene (bench/similarity.py, README).")
+
+
+class PeopleSettings(BaseModel):
+    """How faces group into people at ingest (server/pipeline/people.py)."""
+
+    match_cosine: float = Field(
+        0.55, ge=-1, le=1, description="A stored face joins the person of its nearest stored "
+        "face when their identity-embedding cosine similarity reaches this; otherwise it starts "
+        "a new person. Calibrated on same versus different people (bench/similarity.py, "
+        "README).")
+
+
 class AuthSettings(BaseModel):
     key_file: Path | None = Field(
         None, description="API key file (TOML or JSON, see server/auth.py); none = open server.")
@@ -284,6 +304,8 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     faces: FaceSettings = Field(default_factory=FaceSettings)
     ocr: OcrSettings = Field(default_factory=OcrSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    people: PeopleSettings = Field(default_factory=PeopleSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
 
 

@@ -1,12 +1,20 @@
 """Ingest: check the id and metadata, analyse the image once through every task (objects,
 embedding and classes, faces with identity embeddings, text), and store the result as one
 record that feeds the four indexes. Nothing is written unless every analysis succeeded, and an
-id ingested again is replaced whole (the store's upsert is atomic)."""
+id ingested again is replaced whole (the store's upsert is atomic).
+
+Before the write, the record learns which stored image it duplicates (same SHA-256 of the bytes,
+or an image embedding at least `near_duplicate_cosine` alike) and which person each face joins
+(server/pipeline/people.py). Those decisions and the write happen under one lock per process,
+so that two images of one upload see each other: a photo and its copy in one stream are still
+reported as duplicates, and two new faces of one person form one person, not two."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -35,6 +43,7 @@ from server.pipeline.detection import OBJECTS
 from server.pipeline.embedding import EMBEDDING
 from server.pipeline.faces import FACES
 from server.pipeline.ocr import TEXT
+from server.pipeline.people import assign_people
 from server.store.base import (
     MAX_IMAGE_ID_CHARS,
     MAX_METADATA_ENTRIES,
@@ -69,19 +78,35 @@ class IngestInput:
     metadata: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    near_duplicate_cosine: float
+    match_cosine: float
+
+
 class IngestPipeline:
-    def __init__(self, analysis: AnalysisPipeline, store: VectorStore,
+    def __init__(self, analysis: AnalysisPipeline, store: VectorStore, config: IngestConfig,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._analysis = analysis
         self._store = store
+        self._config = config
         self._clock = clock
+        self._write = asyncio.Lock()
 
     async def ingest(self, tenant: str, given: IngestInput, content: bytes, request_id: str,
                      timeout_s: float | None) -> ImageRecord:
         check_ingest(given)
         result = await self._analysis.analyze(content, STORED_ANALYSES, request_id, timeout_s)
-        record = to_record(tenant, given, result, self._clock())
-        await self._store.upsert(record)
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(content).hexdigest())
+        record = replace(to_record(tenant, given, result, self._clock()), content_sha256=digest)
+        async with self._write:
+            duplicate_of = await self._store.find_duplicate(
+                tenant, digest, record.embedding, self._config.near_duplicate_cosine,
+                exclude_id=given.image_id)
+            record = await assign_people(
+                self._store, replace(record, duplicate_of=duplicate_of or ""),
+                self._config.match_cosine)
+            await self._store.upsert(record)
         return record
 
     async def get(self, tenant: str, image_id: str) -> ImageRecord:

@@ -6,6 +6,10 @@
 - image: its embedding, k-NN on the images index (score = cosine).
 - face image: its largest face's identity embedding, k-NN on the faces index, one hit per image.
 - vector: k-NN on the index it names.
+- similar_to_id: the stored image's own embedding, k-NN on the images index without that image.
+- no query, some filter: browse, every matching image newest first.
+k-NN scores are cosines; `min_score` drops hits below it in the store, so a page never holds a
+hit under the floor and the ranking above the floor is the one every page is cut from.
 Pages are offsets into that deterministic ranking, carried in a token bound to the query.
 """
 
@@ -15,10 +19,11 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from server.domain import (
     Box,
@@ -28,11 +33,14 @@ from server.domain import (
     Input,
     InvalidArgumentError,
     ModelRef,
+    NotFoundError,
 )
 from server.pipeline.embedding import EmbeddingPipeline
 from server.pipeline.faces import FacesPipeline
 from server.store.base import (
+    MAX_IMAGE_ID_CHARS,
     MAX_K,
+    MAX_OFFSET,
     Filters,
     IndexKind,
     MetadataRange,
@@ -46,6 +54,7 @@ DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 MAX_TEXT_CHARS = 1000
 RRF_K = 60
+MAX_PERSON_IDS = 100
 # Text queries rank each index separately; these are the ones words can match.
 TEXT_INDEXES = (IndexKind.IMAGES, IndexKind.OBJECTS, IndexKind.OCR)
 SPACES = {IndexKind.IMAGES: Space.IMAGES, IndexKind.FACES: Space.FACES}
@@ -65,20 +74,32 @@ class FiltersInput:
     metadata: dict[str, str] = field(default_factory=dict)
     ranges: tuple[RangeInput, ...] = ()
     indexes: tuple[IndexKind, ...] = ()
+    person_ids: tuple[str, ...] = ()
+
+    def selects(self) -> bool:
+        """Some condition narrows the images (`indexes` alone only picks where to look)."""
+        return bool(self.labels or self.metadata or self.ranges or self.person_ids)
 
 
 @dataclass(frozen=True, slots=True)
 class SearchInput:
-    """Exactly one query field is set. Image queries carry their encoded bytes."""
+    """At most one query field is set; none browses. Image queries carry their encoded bytes."""
 
     text: str | None = None
     image: bytes | None = None
     face_image: bytes | None = None
     vector: tuple[float, ...] | None = None
     vector_index: IndexKind | None = None
+    similar_to_id: str | None = None
     filters: FiltersInput = field(default_factory=FiltersInput)
     page_size: int = 0
     page_token: str = ""
+    min_score: float | None = None
+
+    @property
+    def browses(self) -> bool:
+        return all(query is None for query in (self.text, self.image, self.face_image,
+                                                self.vector, self.similar_to_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +142,11 @@ class SearchPipeline:
                 Input.REQUEST, "page_size", f"must be in [0, {MAX_PAGE_SIZE}] (0 = default)"))
         offset = _offset(given, violations)
         self._check_query(given, violations)
+        _check_min_score(given, violations)
         if violations:
             raise InvalidArgumentError("INVALID_ARGUMENT", tuple(violations))
+        if given.browses:
+            return await self._browse(tenant, given, filters, offset, page_size)
         if offset + page_size > MAX_K:
             raise InvalidArgumentError.one(
                 "INVALID_ARGUMENT", Input.REQUEST, "page_token",
@@ -151,9 +175,16 @@ class SearchPipeline:
             elif not np.all(np.isfinite(given.vector)) or not any(given.vector):
                 violations.append(FieldViolation(
                     Input.REQUEST, "vector.values", "must be finite and not all zeros"))
-        elif given.image is None and given.face_image is None:
+        elif given.similar_to_id is not None:
+            if (not 1 <= len(given.similar_to_id) <= MAX_IMAGE_ID_CHARS
+                    or not given.similar_to_id.isprintable()):
+                violations.append(FieldViolation(
+                    Input.REQUEST, "similar_to_id",
+                    f"must be 1 to {MAX_IMAGE_ID_CHARS} printable characters"))
+        elif given.browses and not given.filters.selects():
             violations.append(FieldViolation(
-                Input.REQUEST, "query", "set one of text, image, face_image or vector"))
+                Input.REQUEST, "query", "set one of text, image, face_image, vector or "
+                "similar_to_id, or a filter (labels, metadata, ranges, person_ids) to browse"))
 
     async def _ranked(self, tenant: str, given: SearchInput, filters: Filters, limit: int,
                       request_id: str, timeout_s: float | None) -> list[SearchHit]:
@@ -162,7 +193,8 @@ class SearchPipeline:
         if given.image is not None:
             embedded = await self._embedding.embed(
                 given.image, EmbedOptionsInput(ModelRef("")), request_id, timeout_s)
-            return await self._knn(tenant, Space.IMAGES, embedded.embedding, filters, limit)
+            return await self._knn(tenant, Space.IMAGES, embedded.embedding, filters, limit,
+                                   given.min_score)
         if given.face_image is not None:
             found = await self._faces.detect_faces(
                 given.face_image, FaceOptionsInput(ModelRef(""), include_embeddings=True),
@@ -174,16 +206,40 @@ class SearchPipeline:
             largest = max(faces, key=lambda f: (f.box.x_max - f.box.x_min)
                           * (f.box.y_max - f.box.y_min))
             assert largest.embedding is not None
-            return await self._knn(tenant, Space.FACES, largest.embedding, filters, limit)
+            return await self._knn(tenant, Space.FACES, largest.embedding, filters, limit,
+                                   given.min_score)
+        if given.similar_to_id is not None:
+            stored = await self._store.get(tenant, given.similar_to_id)
+            if stored is None or stored.embedding is None:
+                raise NotFoundError("image", given.similar_to_id, "similar_to_id")
+            return await self._knn(
+                tenant, Space.IMAGES, stored.embedding,
+                replace(filters, exclude_ids=filters.exclude_ids | {given.similar_to_id}),
+                limit, given.min_score)
         assert given.vector is not None and given.vector_index is not None
-        return await self._knn(tenant, SPACES[given.vector_index], given.vector, filters, limit)
+        return await self._knn(tenant, SPACES[given.vector_index], given.vector, filters, limit,
+                               given.min_score)
 
-    async def _knn(self, tenant: str, space: Space, vector: tuple[float, ...],
-                   filters: Filters, limit: int) -> list[SearchHit]:
+    async def _browse(self, tenant: str, given: SearchInput, filters: Filters, offset: int,
+                      page_size: int) -> SearchPage:
+        """Every image the filters match, newest first: the store pages by offset itself, so
+        browsing is bound only by the store's largest offset, not by MAX_K."""
+        if offset > MAX_OFFSET:
+            raise InvalidArgumentError.one(
+                "INVALID_ARGUMENT", Input.REQUEST, "page_token",
+                f"browsing stops after {MAX_OFFSET} images; narrow the filters")
+        found = await self._store.browse(tenant, filters, page_size + 1, offset)
+        page = tuple(SearchHit(hit.image_id, 0.0, (), ()) for hit in found[:page_size])
+        more = len(found) > page_size and offset + page_size <= MAX_OFFSET
+        return SearchPage(page, _token(offset + page_size, given) if more else "")
+
+    async def _knn(self, tenant: str, space: Space, vector: tuple[float, ...] | npt.NDArray[Any],
+                   filters: Filters, limit: int, min_score: float | None = None
+                   ) -> list[SearchHit]:
         query = np.asarray(vector, dtype=np.float32)
         # Faces: several faces of one image may be near; fetch more, keep each image's best.
         fetch = min(MAX_K, limit * 3) if space is Space.FACES else limit
-        hits = await self._store.knn(tenant, space, query, fetch, filters)
+        hits = await self._store.knn(tenant, space, query, fetch, filters, min_score=min_score)
         kind = IndexKind.IMAGES if space is Space.IMAGES else IndexKind.FACES
         best: dict[str, SearchHit] = {}
         for hit in hits:
@@ -226,8 +282,19 @@ def _vector_match(kind: IndexKind, hit: VectorHit) -> HitMatch:
 
 
 def _only(filters: Filters, kind: IndexKind) -> Filters:
-    return Filters(labels=filters.labels, metadata=filters.metadata, ranges=filters.ranges,
-                   indexes=frozenset({kind}))
+    return replace(filters, indexes=frozenset({kind}))
+
+
+def _check_min_score(given: SearchInput, violations: list[FieldViolation]) -> None:
+    if given.min_score is None:
+        return
+    if given.text is not None or given.browses:
+        violations.append(FieldViolation(
+            Input.REQUEST, "min_score", "applies to image, face_image, vector and similar_to_id "
+            "queries only: text and browse scores are not similarities"))
+    elif not -1.0 <= given.min_score <= 1.0:  # also refuses NaN
+        violations.append(FieldViolation(Input.REQUEST, "min_score",
+                                         "must be a cosine similarity in [-1, 1]"))
 
 
 def _filters(given: FiltersInput, violations: list[FieldViolation]) -> Filters:
@@ -254,14 +321,23 @@ def _filters(given: FiltersInput, violations: list[FieldViolation]) -> Filters:
             else:
                 values.append(value)
         ranges.append(MetadataRange(bound.key, values[0], values[1]))
+    if len(given.person_ids) > MAX_PERSON_IDS:
+        violations.append(FieldViolation(Input.REQUEST, "filters.person_ids",
+                                         f"at most {MAX_PERSON_IDS} ids"))
+    for i, person_id in enumerate(given.person_ids):
+        if not 1 <= len(person_id) <= MAX_IMAGE_ID_CHARS or not person_id.isprintable():
+            violations.append(FieldViolation(
+                Input.REQUEST, f"filters.person_ids[{i}]",
+                f"must be 1 to {MAX_IMAGE_ID_CHARS} printable characters"))
     return Filters(labels=frozenset(given.labels), metadata=dict(given.metadata),
-                   ranges=tuple(ranges), indexes=frozenset(given.indexes))
+                   ranges=tuple(ranges), indexes=frozenset(given.indexes),
+                   person_ids=frozenset(given.person_ids))
 
 
 def _fingerprint(given: SearchInput) -> str:
     digest = hashlib.sha256()
     for part in (given.text, given.image, given.face_image, given.vector, given.vector_index,
-                 given.filters, given.page_size):
+                 given.similar_to_id, given.min_score, given.filters, given.page_size):
         digest.update(repr(part).encode() if not isinstance(part, bytes) else part)
         digest.update(b"\x00")
     return digest.hexdigest()[:16]

@@ -101,11 +101,13 @@ def indexed_image(record: ImageRecord) -> ingest_pb2.IndexedImage:
             for o in record.objects],
         faces=[face_pb2.Face(
             box=converters.box(f.box), score=f.score,
-            normalized_box=converters.normalized_box(f.box.normalized(width, height)))
+            normalized_box=converters.normalized_box(f.box.normalized(width, height)),
+            person_id=f.person_id)
             for f in record.faces],
         text_lines=[ocr_pb2.TextLine(
             text=line.text, confidence=line.confidence, box=converters.box(line.box),
             normalized_box=converters.normalized_box(line.box.normalized(width, height)))
             for line in record.ocr_lines],
         text=record.ocr_text,
+        duplicate_of=record.duplicate_of,
     )

@@ -30,7 +30,7 @@ class SearchServicer(search_grpc.SearchServiceServicer):
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    @unary(lambda request: RequestPaths(image=f"{request.WhichOneof('query')}.content",
+    @unary(lambda request: RequestPaths(image=f"{request.WhichOneof('query') or 'query'}.content",
                                         options=""))
     async def Search(  # noqa: N802 (gRPC method name)
         self, request: search_pb2.SearchRequest, context: Context
@@ -48,6 +48,7 @@ def search_input(request: search_pb2.SearchRequest) -> SearchInput:
         metadata=dict(filters.metadata),
         ranges=tuple(RangeInput(r.key, r.gte, r.lte, r.numeric) for r in filters.ranges),
         indexes=tuple(INDEXES[i] for i in filters.indexes if i in INDEXES),
+        person_ids=tuple(filters.person_ids),
     )
     return SearchInput(
         text=request.text if which == "text" else None,
@@ -56,9 +57,11 @@ def search_input(request: search_pb2.SearchRequest) -> SearchInput:
                     if which == "face_image" else None),
         vector=tuple(request.vector.values) if which == "vector" else None,
         vector_index=INDEXES.get(request.vector.index) if which == "vector" else None,
+        similar_to_id=request.similar_to_id if which == "similar_to_id" else None,
         filters=given,
         page_size=request.page_size,
         page_token=request.page_token,
+        min_score=request.min_score if request.HasField("min_score") else None,
     )
 
 

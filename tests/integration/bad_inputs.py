@@ -24,6 +24,7 @@ from vision.v1 import (
     image_pb2,
     model_pb2,
     ocr_pb2,
+    person_pb2,
     upload_pb2,
 )
 from vision.v1 import analysis_service_pb2 as an_pb2
@@ -32,6 +33,8 @@ from vision.v1 import embedding_service_pb2 as emb_pb2
 from vision.v1 import face_service_pb2 as face_pb2s
 from vision.v1 import model_service_pb2 as mod_pb2
 from vision.v1 import ocr_service_pb2 as ocr_pb2s
+from vision.v1 import people_service_pb2 as people_pb2
+from vision.v1 import search_service_pb2 as search_pb2
 
 IA = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -98,6 +101,11 @@ ANALYZE = "/vision.v1.AnalysisService/AnalyzeImage"
 STREAM_ANALYZE = "/vision.v1.AnalysisService/StreamAnalyzeImages"
 LIST_MODELS = "/vision.v1.ModelService/ListModels"
 GET_MODEL = "/vision.v1.ModelService/GetModel"
+SEARCH = "/vision.v1.SearchService/Search"
+LIST_PEOPLE = "/vision.v1.PeopleService/ListPeople"
+GET_PERSON = "/vision.v1.PeopleService/GetPerson"
+UPDATE_PERSON = "/vision.v1.PeopleService/UpdatePerson"
+MERGE_PEOPLE = "/vision.v1.PeopleService/MergePeople"
 
 
 def unary(name: str, method: str, request: Message | bytes, code: grpc.StatusCode,
@@ -285,6 +293,44 @@ CASES: tuple[Case, ...] = (
           mod_pb2.ListModelsRequest(page_size=-1), IA, "INVALID_ARGUMENT", "page_size"),
     unary("get model: empty name", GET_MODEL, mod_pb2.GetModelRequest(name=""), IA,
           "INVALID_ARGUMENT", "name"),
+    # --- SearchService.Search: more like this, score floors, browsing, people
+    unary("search: score floor on words", SEARCH, search_pb2.SearchRequest(
+        text="cat", min_score=0.5), IA, "INVALID_ARGUMENT", "min_score"),
+    unary("search: score floor while browsing", SEARCH, search_pb2.SearchRequest(
+        filters=search_pb2.SearchFilters(labels=["cat"]), min_score=0.5), IA,
+        "INVALID_ARGUMENT", "min_score"),
+    unary("search: score floor above 1", SEARCH, search_pb2.SearchRequest(
+        similar_to_id="x", min_score=2), IA, "INVALID_ARGUMENT", "min_score"),
+    unary("search: no query, only an index", SEARCH, search_pb2.SearchRequest(
+        filters=search_pb2.SearchFilters(indexes=[search_pb2.INDEX_IMAGES])), IA,
+        "INVALID_ARGUMENT", "query"),
+    unary("search: empty person id", SEARCH, search_pb2.SearchRequest(
+        filters=search_pb2.SearchFilters(person_ids=[""])), IA, "INVALID_ARGUMENT",
+        "filters.person_ids[0]"),
+    unary("search: similar to an unknown image", SEARCH, search_pb2.SearchRequest(
+        similar_to_id="never-ingested"), NOT_FOUND, "NOT_FOUND", "similar_to_id"),
+    # --- PeopleService
+    unary("list people: forged page token", LIST_PEOPLE,
+          people_pb2.ListPeopleRequest(page_token="not-a-token"), IA, "INVALID_ARGUMENT",
+          "page_token"),
+    unary("list people: page size over 100", LIST_PEOPLE,
+          people_pb2.ListPeopleRequest(page_size=101), IA, "INVALID_ARGUMENT", "page_size"),
+    unary("get person: empty id", GET_PERSON, people_pb2.GetPersonRequest(id=""), IA,
+          "INVALID_ARGUMENT", "id"),
+    unary("get person: unknown", GET_PERSON, people_pb2.GetPersonRequest(id="p-nobody"),
+          NOT_FOUND, "NOT_FOUND", "id"),
+    unary("update person: name not printable", UPDATE_PERSON, people_pb2.UpdatePersonRequest(
+        person=person_pb2.Person(id="p-1", name="a\x00b")), IA, "INVALID_ARGUMENT",
+        "person.name"),
+    unary("update person: unknown", UPDATE_PERSON, people_pb2.UpdatePersonRequest(
+        person=person_pb2.Person(id="p-nobody", name="Ann")), NOT_FOUND, "NOT_FOUND",
+        "person.id"),
+    unary("merge people: the target among the sources", MERGE_PEOPLE,
+          people_pb2.MergePeopleRequest(person_ids=["p-1"], target_id="p-1"), IA,
+          "INVALID_ARGUMENT", "person_ids[0]"),
+    unary("merge people: unknown target", MERGE_PEOPLE,
+          people_pb2.MergePeopleRequest(person_ids=["p-1"], target_id="p-nobody"), NOT_FOUND,
+          "NOT_FOUND", "target_id"),
     unary("embed: not an image", EMBED, emb_pb2.EmbedImageRequest(image=_image(b"\x00" * 64)), IA,
           "INVALID_IMAGE", "image.content"),
     unary("detect: model pinned to a bad version of another task's model", DETECT,

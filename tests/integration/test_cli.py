@@ -1,7 +1,7 @@
 """The `vision-client` CLI as a user runs it, against the real server: a folder of 50 photos
 through a pseudo-terminal shows the progress bar (count, rate, ETA) and its table; `--json`
 piped gives one parseable object per image and no bar; exit codes for failed images and an
-unreachable server."""
+unreachable server; duplicates in the index summary, people, more like this and score floors."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from server.app import create_server
 from tests.images import PHOTOS, photo
-from tests.integration.conftest import ROOT, free_port
+from tests.integration.conftest import ROOT, free_port, settings_for
+from vision_client import VisionClient
 
 PHOTO_LABELS = {"astronaut.png": "person", "chelsea.png": "cat", "coffee.png": "cup",
                 "motorcycle_left.png": "motorcycle"}
@@ -133,3 +135,75 @@ async def test_index_a_folder_then_search_it(target: str, tmp_path: Path) -> Non
     assert code == 0, err
     assert sorted(line.split()[1] for line in out.splitlines()) == [
         "cli-obama.jpg", "cli-obama2.jpg"]
+
+
+def json_lines(out: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+async def test_duplicates_people_and_more_like_this_from_the_shell(
+    triton_url: str, tmp_path: Path,
+) -> None:
+    # A server of its own: duplicates and people are judged against everything stored.
+    running = await create_server(settings_for(triton_url))
+    try:
+        await duplicates_people_and_more_like_this(f"127.0.0.1:{running.port}", tmp_path)
+    finally:
+        await running.stop(grace_s=1)
+
+
+async def duplicates_people_and_more_like_this(target: str, tmp_path: Path) -> None:
+    folder = tmp_path / "album2"
+    folder.mkdir()
+    for name in ("obama3.jpg", "biden.jpg", "coffee.png"):
+        shutil.copy(PHOTOS / name, folder / f"cli2-{name}")
+    shutil.copy(PHOTOS / "obama3.jpg", folder / "cli2-obama3-copy.jpg")
+    code, out, err = await run_piped("--json", "index", str(folder), "--target", target,
+                                     "--metadata", "album=cli2")
+    assert code == 0, err
+    summary = json_lines(out)[-1]["summary"]
+    assert isinstance(summary, dict)
+    assert (summary["indexed"], summary["failed"]) == (4, 0)
+    duplicates = summary["duplicates"]
+    assert isinstance(duplicates, dict) and len(duplicates) == 1
+    ((copy, original),) = duplicates.items()  # which one is the copy depends on arrival
+    assert sorted([copy, original]) == ["cli2-obama3-copy.jpg", "cli2-obama3.jpg"]
+    code, out, err = await run_piped("index", str(folder / "cli2-coffee.png"), "--target", target,
+                                     "--metadata", "album=cli2")
+    assert code == 0, err
+    assert "indexed 1, failed 0, duplicates 0" in out  # its own earlier version is no duplicate
+
+    code, out, err = await run_piped("--json", "search", "--similar-to", "cli2-obama3.jpg",
+                                     "--min-score", "0.95", "--target", target)
+    assert code == 0, err
+    assert [hit["id"] for hit in json_lines(out)] == ["cli2-obama3-copy.jpg"]
+
+    code, out, err = await run_piped("--json", "people", "--target", target)
+    assert code == 0, err
+    people = json_lines(out)
+    assert people and all(str(p["id"]).startswith("p-") for p in people)
+    code, out, err = await run_piped("--json", "search", "--where", "album=cli2", "--face",
+                                     str(PHOTOS / "biden.jpg"), "--limit", "1",
+                                     "--target", target)
+    assert code == 0, err
+    assert json_lines(out)[0]["id"] == "cli2-biden.jpg"
+
+    async with VisionClient(target) as client:
+        (obama,) = [f.person_id for f in (await client.get_image("cli2-obama3.jpg")).faces]
+        (biden,) = [f.person_id for f in (await client.get_image("cli2-biden.jpg")).faces]
+    code, out, err = await run_piped("people", "rename", obama, "Barack Obama",
+                                     "--target", target)
+    assert code == 0, err
+    assert "Barack Obama" in out
+    code, out, err = await run_piped("--json", "search", "--person", obama,
+                                     "--where", "album=cli2", "--target", target)
+    assert code == 0, err
+    assert sorted(str(hit["id"]) for hit in json_lines(out)) == [
+        "cli2-obama3-copy.jpg", "cli2-obama3.jpg"]
+    code, out, err = await run_piped("--json", "people", "merge", biden, "--into", obama,
+                                     "--target", target)
+    assert code == 0, err
+    (merged,) = json_lines(out)
+    assert (merged["id"], merged["name"]) == (obama, "Barack Obama")
+    code, _, err = await run_piped("people", "show", biden, "--target", target)
+    assert code == 3 and "NOT_FOUND" in err

@@ -1,19 +1,21 @@
 """Ingest and search end to end: every test photo indexed through the real server and Triton,
 then found again by a similar photo, a face, words, labels and filters; pages, deletes, get and
-bad input."""
+bad input; more like a stored image, score floors, browsing by filter and by person, and
+duplicates recognised at ingest."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 
+import cv2
 import grpc
 import pytest
 import pytest_asyncio
 from google.rpc import code_pb2
 
 from server.app import RunningServer, create_server
-from tests.images import photo
+from tests.images import decode, photo
 from tests.integration.conftest import settings_for
 from tests.integration.status_details import reason, status_of, violations
 from tests.integration.test_analysis_services import CORRUPT, PHOTOS
@@ -128,11 +130,13 @@ async def test_get_delete_and_reingest_replace_everything(indexed: grpc.aio.Chan
     got = (await ingest.GetImage(ing_pb2.GetImageRequest(id="sample1.jpg"))).image
     assert len(got.faces) == 3 and got.metadata["n"] == str(PHOTOS.index("sample1.jpg"))
     assert "person" in {label.label for label in got.labels}
-    await ingest.IngestImage(ing_pb2.IngestImageRequest(
+    stored = (await ingest.IngestImage(ing_pb2.IngestImageRequest(
         options=ingest_pb2.IngestOptions(id="sample1.jpg", metadata={"again": "yes"}),
-        image=image_pb2.Image(content=photo("chelsea.png"))))
+        image=image_pb2.Image(content=photo("chelsea.png"))))).image
+    assert stored.duplicate_of == "chelsea.png"  # the same bytes, stored all the same
     replaced = (await ingest.GetImage(ing_pb2.GetImageRequest(id="sample1.jpg"))).image
     assert len(replaced.faces) == 0 and dict(replaced.metadata) == {"again": "yes"}
+    assert replaced.duplicate_of == "chelsea.png"
     cats = ids(await search(indexed, text="cat", page_size=50))
     assert "sample1.jpg" in cats
     await ingest.DeleteImage(ing_pb2.DeleteImageRequest(id="sample1.jpg"))
@@ -198,3 +202,131 @@ async def test_bad_ingest_and_search_requests(indexed: grpc.aio.Channel) -> None
     (result,) = [r async for r in stream]
     assert result.status.code == code_pb2.INVALID_ARGUMENT
     assert violations(result.status) == ["header.ingest.id"]
+
+
+async def test_more_like_a_stored_image_ranks_as_its_own_photo_would_without_itself(
+    indexed: grpc.aio.Channel,
+) -> None:
+    by_photo = await search(indexed, image=image_pb2.Image(content=photo("obama.jpg")),
+                            page_size=50)
+    similar = await search(indexed, similar_to_id="obama.jpg", page_size=50)
+    assert ids(by_photo)[0] == "obama.jpg"
+    assert ids(similar) == ids(by_photo)[1:]
+    assert [h.score for h in similar.hits] == pytest.approx(
+        [h.score for h in by_photo.hits[1:]], abs=1e-4)
+    assert list(similar.hits[0].indexes) == [search_pb2.INDEX_IMAGES]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await search(indexed, similar_to_id="no-such-image")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert violations(status_of(caught.value)) == ["similar_to_id"]
+
+
+async def test_a_score_floor_ends_the_hits_and_paging_walks_each_once(
+    indexed: grpc.aio.Channel,
+) -> None:
+    query = image_pb2.Image(content=photo("sample4.jpg"))
+    whole = await search(indexed, image=query, page_size=100)
+    floor = 0.6
+    above = [h.id for h in whole.hits if h.score >= floor]
+    assert 2 <= len(above) < len(whole.hits)  # the floor cuts inside the ranking
+    walked, token = [], ""
+    while True:
+        page = await search(indexed, image=query, page_size=2, page_token=token,
+                            min_score=floor)
+        assert all(h.score >= floor for h in page.hits)
+        walked += ids(page)
+        token = page.next_page_token
+        if not token:
+            break
+    assert walked == above
+    for fields_given in ({"text": "cat", "min_score": 0.5},
+                         {"filters": search_pb2.SearchFilters(labels=["cat"]), "min_score": 0.5},
+                         {"similar_to_id": "obama.jpg", "min_score": 1.5}):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await search(indexed, **fields_given)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(status_of(caught.value)) == ["min_score"], fields_given
+
+
+async def created(channel: grpc.aio.Channel, image_id: str) -> tuple[float, str]:
+    image = (await ing_grpc.IngestServiceStub(channel).GetImage(
+        ing_pb2.GetImageRequest(id=image_id))).image
+    return image.create_time.ToDatetime().timestamp(), image.id
+
+
+async def test_browsing_by_filter_lists_every_match_newest_first(
+    indexed: grpc.aio.Channel,
+) -> None:
+    filters = search_pb2.SearchFilters(metadata={"kind": "photo"})
+    walked, token = [], ""
+    while True:
+        page = await search(indexed, filters=filters, page_size=3, page_token=token)
+        assert all(h.score == 0 for h in page.hits)
+        walked += ids(page)
+        token = page.next_page_token
+        if not token:
+            break
+    times = [await created(indexed, image_id) for image_id in PHOTOS[::2]]
+    assert walked == [image_id for _, image_id in sorted(times, key=lambda t: (-t[0], t[1]))]
+
+
+async def test_faces_of_one_person_are_found_by_person_and_two_in_one_photo_differ(
+    indexed: grpc.aio.Channel,
+) -> None:
+    ingest = ing_grpc.IngestServiceStub(indexed)
+    faces = {name: list((await ingest.GetImage(ing_pb2.GetImageRequest(id=name))).image.faces)
+             for name in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "sample4.jpg")}
+    obama = {f.person_id for name in ("obama.jpg", "obama2.jpg", "obama3.jpg")
+             for f in faces[name]}
+    assert len(obama) == 1 and "" not in obama
+    (person,) = obama
+    biden = faces["biden.jpg"][0].person_id
+    group = [f.person_id for f in faces["sample4.jpg"]]
+    assert len(group) >= 2 and len(set(group)) == len(group)  # one photo, different people
+    assert biden not in obama and not obama & set(group)
+    browsed = await search(indexed, filters=search_pb2.SearchFilters(person_ids=[person]))
+    assert sorted(ids(browsed)) == ["obama.jpg", "obama2.jpg", "obama3.jpg"]
+    by_face = await search(indexed, face_image=image_pb2.Image(content=photo("obama2.jpg")),
+                           filters=search_pb2.SearchFilters(person_ids=[biden]))
+    assert ids(by_face) == ["biden.jpg"]
+    by_words = await search(indexed, text="suit", filters=search_pb2.SearchFilters(
+        person_ids=[person, biden]))
+    assert set(ids(by_words)) <= {"obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"}
+    assert ids(await search(indexed, filters=search_pb2.SearchFilters(
+        person_ids=["p-nobody"]))) == []
+
+
+def jpeg(name: str, quality: int, scale: float = 1.0) -> bytes:
+    image = decode(name)
+    if scale != 1.0:
+        height, width = image.shape[:2]
+        image = cv2.resize(image, (round(width * scale), round(height * scale)),
+                           interpolation=cv2.INTER_AREA)
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return bytes(buffer.tobytes())
+
+
+async def test_duplicates_are_recognised_at_ingest_and_still_stored(
+    indexed: grpc.aio.Channel,
+) -> None:
+    ingest = ing_grpc.IngestServiceStub(indexed)
+    for name in PHOTOS:  # distinct photos, also those of one scene, are no duplicates
+        stored = (await ingest.GetImage(ing_pb2.GetImageRequest(id=name))).image
+        assert stored.duplicate_of == "", name
+    copy = (await ingest.IngestImage(ing_pb2.IngestImageRequest(
+        options=ingest_pb2.IngestOptions(id="dup-bytes"),
+        image=image_pb2.Image(content=photo("coffee.png"))), timeout=60)).image
+    assert copy.duplicate_of == "coffee.png"
+    uploads = [(upload_pb2.UploadHeader(request_id=image_id, size_bytes=len(content),
+                                        ingest=ingest_pb2.IngestOptions(id=image_id)), content)
+               for image_id, content in (("dup-q50", jpeg("obama2.jpg", 50)),
+                                         ("dup-half", jpeg("sample5.jpg", 90, 0.5)))]
+    streamed = {r.request_id: r async for r in ingest.StreamIngestImages(
+        upload_messages(ing_pb2.StreamIngestImagesRequest, uploads), timeout=120)}
+    assert streamed["dup-q50"].image.duplicate_of == "obama2.jpg"
+    assert streamed["dup-half"].image.duplicate_of == "sample5.jpg"
+    got = (await ingest.GetImage(ing_pb2.GetImageRequest(id="dup-half"))).image
+    assert got.duplicate_of == "sample5.jpg" and len(got.faces) >= 2
+    for image_id in ("dup-bytes", "dup-q50", "dup-half"):
+        await ingest.DeleteImage(ing_pb2.DeleteImageRequest(id=image_id))

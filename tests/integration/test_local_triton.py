@@ -51,13 +51,15 @@ def test_start_ends_the_stubs_a_killed_triton_left_behind(
                     repository / "yolox_postprocess")
 
     def start() -> LocalTriton:
+        # yolox_postprocess serves no task of its own, so only all_models loads it (one stub).
         return start_triton(http_port=free_port(), grpc_port=free_port(),
                             metrics_port=free_port(), log_path=tmp_path / "triton.log",
-                            model_repository=repository)
+                            model_repository=repository, all_models=True)
 
     first = start()
     try:
         stubs = [pid for pid in group_members(first.pid) if pid != first.pid]
+        assert len(stubs) == 1
         regions = shm_regions(stubs)
         os.kill(first.pid, signal.SIGKILL)
         first.process.wait()

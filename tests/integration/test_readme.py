@@ -32,7 +32,8 @@ async def test_the_readme_try_it_commands_succeed(target: str) -> None:
     assert process.returncode == 0, err.decode()
     text = out.decode()
     for expected in ("vision.v1.SearchService", '"SERVING"', '"person"', "Egyptian cat",
-                     "Invoice #A-1234", '"yunet_mobilefacenet"', '"id": "coffee"', "cat "):
+                     "Invoice #A-1234", '"yunet_mobilefacenet"', '"id": "coffee"', "cat ",
+                     '"duplicate_of": "', '"name": "Barack Obama"', '"id": "obama"'):
         assert expected in text, expected
 
 

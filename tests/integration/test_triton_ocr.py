@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pytest
 from tritonclient.grpc.aio import InferenceServerClient, InferInput
 
 from tests import reference_ocr
-from tests.images import photo
+from tests.images import decode, photo
 from tests.integration.triton_statistics import counted_since, counts
 
 pytestmark = pytest.mark.triton
@@ -129,6 +130,7 @@ async def test_the_model_declares_its_task(triton_url: str) -> None:
     async with InferenceServerClient(triton_url) as triton:
         config = (await triton.get_model_config(MODEL, as_json=True))["config"]
     assert config["parameters"]["task"]["string_value"] == "ocr"
+    assert config["parameters"]["det_max_side_len"]["string_value"] == "1024"
     assert config["max_batch_size"] == 32
     outputs = {output["name"]: output["data_type"] for output in config["output"]}
     assert outputs == {
@@ -155,3 +157,16 @@ async def test_concurrent_requests_are_batched(triton_url: str) -> None:
         # Requests of other tests may still be finishing in Triton (e.g. a killed server's).
         assert inferences >= 8, step
         assert executions < inferences, f"{step}: {inferences} inferences in {executions} runs"
+
+
+async def test_a_large_photo_is_read_through_the_smaller_detector_input(triton_url: str) -> None:
+    # 4032 x 1260: bounded to 2000 wide, then detected at 1024 wide (det_max_side_len); the
+    # lines are still cut from the bounded image and mapped back to the photo's own pixels.
+    large = cv2.resize(decode("synthetic_text.png"), (4032, 1260), interpolation=cv2.INTER_CUBIC)
+    ok, encoded = cv2.imencode(".png", large)
+    assert ok
+    (reading,) = await read_images(triton_url, encoded.tobytes())
+    assert reading.status == 0 and reading.size == (1260, 4032)
+    reference = [line.text for line in reference_ocr.read_photo("synthetic_text.png")]
+    assert reading.texts == reference
+    assert reading.polygons[:, 0::2].max() > 2000  # x in the photo's pixels, not the detector's

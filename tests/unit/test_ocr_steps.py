@@ -90,8 +90,17 @@ def box_of(*corners: tuple[float, float]) -> npt.NDArray[np.float32]:
 def test_det_input_size_grows_the_shorter_side_to_736_in_multiples_of_32() -> None:
     # page.png: 736 / 191 = 3.853..., width int(384 * 3.853) = 1479 -> 1472
     assert detection.det_input_size(191, 384) == (736, 1472)
-    assert detection.det_input_size(1000, 3000) == (992, 3008)  # no growth, only rounding
+    assert detection.det_input_size(800, 900) == (800, 896)  # no growth, only rounding
     assert detection.det_input_size(10, 10) == (736, 736)
+    # growth wins over the cap: a long strip keeps its shorter side at 736
+    assert detection.det_input_size(200, 2000, max_side=1024) == (736, 7360)
+
+
+def test_det_input_size_shrinks_a_large_photo_to_the_longer_side_cap() -> None:
+    # a 12-MP photo bounded to 2000 x 1504: 1024 / 2000 = 0.512 -> 1024 x 770 -> 1024 x 768
+    assert detection.det_input_size(1504, 2000, max_side=1024) == (768, 1024)
+    assert detection.det_input_size(1504, 2000, max_side=4096) == (1504, 1984)  # 62.5 -> 62
+    assert detection.det_input_size(1504, 2000) == detection.det_input_size(1504, 2000, 1024)
 
 
 def test_normalise_maps_0_255_to_minus_1_1_channels_first() -> None:

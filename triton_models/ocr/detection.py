@@ -1,5 +1,9 @@
 """PP-OCR text detection input: the whole image bounded, padded when very flat, and resized
-for the DB detector as RapidOCR 3.10 (PaddleOCR's DetResizeForTest, limit_type "min") does."""
+for the DB detector as RapidOCR 3.10 (PaddleOCR's DetResizeForTest, limit_type "min") does,
+except that a large photo is shrunk for detection alone to at most `max_side` pixels on its
+longer side (the model parameter det_max_side_len): the detector's cost grows with its input's
+pixels, while the lines it finds are still cut from the bounded image at full resolution for
+recognition."""
 
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ MIN_SIDE_LEN, MAX_SIDE_LEN = 30, 2000
 PAD_MAX_WIDTH_HEIGHT_RATIO, PAD_MIN_HEIGHT = 8, 30
 # The detector sees the image with its shorter side at least this long, sides multiples of 32.
 DET_LIMIT_SIDE_LEN = 736
+# The detector's input for an image that needs no growth: longer side at most this (rounded to
+# 32). Chosen by bench/ocr_input_size.py (bench/REPORT.md, OCR detection input size).
+DET_MAX_SIDE_LEN = 1024
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,15 @@ def prepare_image(image: ImageArray) -> PreparedImage:
     return PreparedImage(padded, top, ratio_h, ratio_w)
 
 
-def det_input_size(height: int, width: int) -> tuple[int, int]:
-    """The detector's (height, width): shorter side grown to 736 if below, multiples of 32."""
-    scale = max(1.0, DET_LIMIT_SIDE_LEN / min(height, width))
+def det_input_size(height: int, width: int,
+                   max_side: int = DET_MAX_SIDE_LEN) -> tuple[int, int]:
+    """The detector's (height, width), multiples of 32: shorter side grown to 736 if below,
+    otherwise longer side shrunk to `max_side` if above (growth wins: small text stays
+    legible)."""
+    if min(height, width) < DET_LIMIT_SIDE_LEN:
+        scale = DET_LIMIT_SIDE_LEN / min(height, width)
+    else:
+        scale = min(1.0, max_side / max(height, width))
     return max(32, round_to_32(int(height * scale))), max(32, round_to_32(int(width * scale)))
 
 
@@ -83,6 +96,6 @@ def normalise(image: ImageArray) -> FloatArray:
     return np.ascontiguousarray(scaled.transpose(2, 0, 1))
 
 
-def det_input(image: ImageArray) -> FloatArray:
-    height, width = det_input_size(*image.shape[:2])
+def det_input(image: ImageArray, max_side: int = DET_MAX_SIDE_LEN) -> FloatArray:
+    height, width = det_input_size(image.shape[0], image.shape[1], max_side)
     return normalise(multiple_of_32(image, height, width))

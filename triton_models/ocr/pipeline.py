@@ -11,7 +11,13 @@ import numpy as np
 import numpy.typing as npt
 
 from triton_models.ocr.db_postprocess import db_boxes
-from triton_models.ocr.detection import PreparedImage, det_input, det_input_size, prepare_image
+from triton_models.ocr.detection import (
+    DET_MAX_SIDE_LEN,
+    PreparedImage,
+    det_input,
+    det_input_size,
+    prepare_image,
+)
 from triton_models.ocr.reading_order import (
     EMPTY_LINES,
     TextLines,
@@ -59,17 +65,19 @@ def run_step(steps: Steps, step: str, batch: FloatArray, output: str) -> FloatAr
     return np.asarray(steps.run(step, {NETWORK_INPUT: batch}, [output])[output])
 
 
-def detect(images: Sequence[PreparedImage], steps: Steps) -> list[FloatArray]:
+def detect(images: Sequence[PreparedImage], steps: Steps,
+           max_side: int = DET_MAX_SIDE_LEN) -> list[FloatArray]:
     """Boxes per image in reading order; images whose detector inputs share a size go together,
     at most DET_MAX_PIXELS_PER_CALL (and STEP_MAX_BATCH images) per call."""
     groups: dict[tuple[int, int], list[int]] = {}
     for index, prepared in enumerate(images):
-        groups.setdefault(det_input_size(*prepared.image.shape[:2]), []).append(index)
+        height, width = prepared.image.shape[:2]
+        groups.setdefault(det_input_size(height, width, max_side), []).append(index)
     boxes: list[FloatArray] = [np.zeros((0, 4, 2), np.float32)] * len(images)
     for (height, width), members in groups.items():
         per_call = min(STEP_MAX_BATCH, max(1, DET_MAX_PIXELS_PER_CALL // (height * width)))
         for part in chunks(members, per_call):
-            batch = np.stack([det_input(images[i].image) for i in part])
+            batch = np.stack([det_input(images[i].image, max_side) for i in part])
             maps = run_step(steps, DET_MODEL, batch, DET_OUTPUT)
             for index, probability_map in zip(part, maps, strict=True):
                 found, _ = db_boxes(probability_map[0], *images[index].image.shape[:2])
@@ -94,12 +102,12 @@ def read_lines(crops: list[ImageArray], charset: Sequence[str],
     return readings
 
 
-def read_images(images: Sequence[ImageArray | None], charset: Sequence[str],
-                steps: Steps) -> list[TextLines]:
+def read_images(images: Sequence[ImageArray | None], charset: Sequence[str], steps: Steps,
+                det_max_side: int = DET_MAX_SIDE_LEN) -> list[TextLines]:
     """Text lines of each decoded image; None (undecodable) gives no lines."""
     present = [(index, image) for index, image in enumerate(images) if image is not None]
     prepared = [prepare_image(image) for _, image in present]
-    boxes = detect(prepared, steps)
+    boxes = detect(prepared, steps, det_max_side)
     crops = [
         crop_line(image.image, box)
         for image, found in zip(prepared, boxes, strict=True)

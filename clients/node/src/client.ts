@@ -34,6 +34,7 @@ import { FaceService } from "./gen/vision/v1/face_service_pb.js";
 import { IngestService } from "./gen/vision/v1/ingest_service_pb.js";
 import { ModelService } from "./gen/vision/v1/model_service_pb.js";
 import { OcrService } from "./gen/vision/v1/ocr_service_pb.js";
+import { PeopleService } from "./gen/vision/v1/people_service_pb.js";
 import { SearchService } from "./gen/vision/v1/search_service_pb.js";
 
 /** 1 MiB chunks: well under the server's 4 MiB message limit (framing included). */
@@ -120,6 +121,7 @@ export function createVisionClients(options: VisionClientOptions) {
     models: createClient(ModelService, transport),
     ingest: createClient(IngestService, transport),
     search: createClient(SearchService, transport),
+    people: createClient(PeopleService, transport),
     analysis: createClient(AnalysisService, transport),
     health: createClient(Health, transport),
   };

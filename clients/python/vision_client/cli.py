@@ -1,5 +1,5 @@
 """`vision-client`: call a vision-grpc server from the shell. One subcommand per RPC family:
-detect, embed, faces, ocr, models, index, search (`vision-client <command> --help`). Images
+detect, embed, faces, ocr, models, index, search, people (`vision-client <command> --help`). Images
 are files or folders (their .jpg/.jpeg/.png/.webp/.bmp files); several are processed at once
 (`--concurrency`), with a progress bar (rate, ETA) on stderr when it is a terminal. Output is a
 readable table by default and one JSON object per image (or model) per line with `--json`.
@@ -22,7 +22,14 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from vision.v1 import detection_pb2, face_pb2, image_pb2, model_service_pb2, search_service_pb2
+from vision.v1 import (
+    detection_pb2,
+    face_pb2,
+    image_pb2,
+    model_service_pb2,
+    person_pb2,
+    search_service_pb2,
+)
 from vision_client.client import DEFAULT_CONCURRENCY, IngestImage, StreamImage, VisionClient
 from vision_client.errors import vision_error
 from vision_client.progress import Progress
@@ -157,30 +164,48 @@ async def _index(args: argparse.Namespace, client: VisionClient, paths: list[Pat
             yield IngestImage(image_id, path.read_bytes(), {**metadata, "path": str(path)})
 
     failures = 0
+    indexed = 0
+    duplicates: dict[str, str] = {}
     async for response in client.stream_ingest(images()):
         progress.done += 1
         if response.status.code != 0:
             failures += 1
             _failed(args, progress, response.request_id, response.status.message)
             continue
+        indexed += 1
+        if response.image.duplicate_of:
+            duplicates[response.image.id] = response.image.duplicate_of
         _show(args, progress, response.request_id, response.image, lambda r: [
             f"{len(r.objects)} objects, {len(r.faces)} faces, {len(r.text_lines)} text lines; "
-            f"labels: {', '.join(label.label for label in r.labels[:4])}"])
+            f"labels: {', '.join(label.label for label in r.labels[:4])}",
+            *([f"duplicate of {r.duplicate_of}"] if r.duplicate_of else [])])
     progress.finish()
+    if args.json:
+        print(json.dumps({"summary": {"indexed": indexed, "failed": failures,
+                                      "duplicates": duplicates}}))
+    else:
+        print(f"indexed {indexed}, failed {failures}, duplicates {len(duplicates)}"
+              + "".join(f"\n  {image} duplicates {original}"
+                        for image, original in duplicates.items()))
     return EXIT_IMAGE_FAILED if failures else EXIT_OK
 
 
 async def _search(args: argparse.Namespace, client: VisionClient) -> int:
     request = search_service_pb2.SearchRequest(
         filters=search_service_pb2.SearchFilters(
-            labels=args.label or [], metadata=_pairs(args.where, "--where")),
+            labels=args.label or [], metadata=_pairs(args.where, "--where"),
+            person_ids=args.person or []),
         page_size=min(args.limit, 100))
+    if args.min_score is not None:
+        request.min_score = args.min_score
     if args.text is not None:
         request.text = args.text
     elif args.image is not None:
         request.image.CopyFrom(image_pb2.Image(content=args.image.read_bytes()))
-    else:
+    elif args.face is not None:
         request.face_image.CopyFrom(image_pb2.Image(content=args.face.read_bytes()))
+    elif args.similar_to is not None:
+        request.similar_to_id = args.similar_to
     shown = 0
     while shown < args.limit:
         page = await client.search(request)
@@ -199,6 +224,26 @@ async def _search(args: argparse.Namespace, client: VisionClient) -> int:
     return EXIT_OK
 
 
+def _person_line(person: person_pb2.Person) -> str:
+    name = person.name or "(unnamed)"
+    return (f"{person.id:<20} {name:<24} {person.face_count:>4} faces {person.image_count:>4} "
+            f"images  cover {person.cover_image_id} {_box(person.cover_box)}")
+
+
+async def _people(args: argparse.Namespace, client: VisionClient) -> int:
+    if args.action == "rename":
+        people = [await client.rename_person(args.id, args.name)]
+    elif args.action == "merge":
+        people = [await client.merge_people(args.ids, args.into)]
+    elif args.action == "show":
+        people = [await client.get_person(args.id)]
+    else:
+        people = await client.list_people()
+    for person in people:
+        print(json.dumps(json_format.MessageToDict(person)) if args.json else _person_line(person))
+    return EXIT_OK
+
+
 async def _run(args: argparse.Namespace) -> int:
     def pem(path: Path | None) -> bytes | None:
         return path.read_bytes() if path else None
@@ -210,6 +255,8 @@ async def _run(args: argparse.Namespace) -> int:
             return await _models(args, client)
         if args.command == "search":
             return await _search(args, client)
+        if args.command == "people":
+            return await _people(args, client)
         paths = image_paths(args.images)
         if args.command == "index":
             return await _index(args, client, paths)
@@ -289,16 +336,37 @@ def parser() -> argparse.ArgumentParser:
     index.add_argument("--metadata", nargs="*", metavar="KEY=VALUE",
                        help="metadata stored with every image")
     search = sub.add_parser("search", parents=[common], help="find indexed images",
-                            description="Find indexed images by words, a similar photo or a "
-                                        "face; best first.")
-    query = search.add_mutually_exclusive_group(required=True)
+                            description="Find indexed images by words, a similar photo, a "
+                                        "face or a stored image, best first; with only "
+                                        "filters, browse them newest first.")
+    query = search.add_mutually_exclusive_group()
     query.add_argument("--text", help="words: labels and text in the images")
     query.add_argument("--image", type=Path, help="a photo: similar images")
     query.add_argument("--face", type=Path, help="a photo of a person: the same person")
+    query.add_argument("--similar-to", metavar="ID", help="an indexed image: more like it")
+    search.add_argument("--min-score", type=float,
+                        help="lowest cosine similarity in [-1, 1] (not with --text)")
     search.add_argument("--label", nargs="*", help="only images with any of these labels")
     search.add_argument("--where", nargs="*", metavar="KEY=VALUE",
                         help="only images whose metadata has these values")
+    search.add_argument("--person", nargs="+", metavar="ID",
+                        help="only images with a face of any of these people")
     search.add_argument("--limit", type=int, default=10, help="most hits shown (default 10)")
+    people = sub.add_parser("people", parents=[common], help="list, rename and merge people",
+                            description="The people that indexed faces are grouped into: list "
+                                        "them (the default), show one, rename one, or merge "
+                                        "several into one.")
+    action = people.add_subparsers(dest="action")
+    action.add_parser("list", parents=[common], help="every person, most faces first")
+    show = action.add_parser("show", parents=[common], help="one person")
+    show.add_argument("id")
+    rename = action.add_parser("rename", parents=[common], help="give a person a name")
+    rename.add_argument("id")
+    rename.add_argument("name")
+    merge = action.add_parser("merge", parents=[common],
+                              help="move every face of some people to another")
+    merge.add_argument("ids", nargs="+", metavar="ID", help="the people merged away")
+    merge.add_argument("--into", required=True, metavar="ID", help="the person kept")
     return root
 
 
@@ -306,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if getattr(args, "concurrency", 1) < 1:
         parser().error("--concurrency must be at least 1")
+    if args.command == "search" and not any(
+            (args.text, args.image, args.face, args.similar_to, args.label, args.where,
+             args.person)):
+        parser().error("search needs --text, --image, --face or --similar-to, or a filter "
+                       "(--label, --where, --person) to browse")
     if (args.cert is None) != (args.key is None):
         parser().error("--cert and --key go together (mutual TLS)")
     try:

@@ -34,6 +34,9 @@ from vision.v1 import (
     ocr_pb2,
     ocr_service_pb2,
     ocr_service_pb2_grpc,
+    people_service_pb2,
+    people_service_pb2_grpc,
+    person_pb2,
     search_service_pb2,
     search_service_pb2_grpc,
     upload_pb2,
@@ -177,6 +180,7 @@ class VisionClient:
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
         self._search = search_service_pb2_grpc.SearchServiceStub(self._channel)
+        self._people = people_service_pb2_grpc.PeopleServiceStub(self._channel)
         self._timeout_s = timeout_s
         self._stream_timeout_s = stream_timeout_s
         self._retry = retry or RetryPolicy()
@@ -376,8 +380,40 @@ class VisionClient:
 
     async def search(self, request: search_service_pb2.SearchRequest
                      ) -> search_service_pb2.SearchResponse:
-        """One page of hits; build the request with text=, image=, face_image= or vector=."""
+        """One page of hits; build the request with text=, image=, face_image=, vector= or
+        similar_to_id= (optionally min_score=), or only filters= to browse newest first."""
         return await self._unary(self._search.Search, request)
+
+    async def list_people(self) -> list[person_pb2.Person]:
+        """Every person (all pages), most faces first."""
+        people: list[person_pb2.Person] = []
+        token = ""
+        while True:
+            page = await self._unary(self._people.ListPeople,
+                                     people_service_pb2.ListPeopleRequest(page_token=token))
+            people.extend(page.people)
+            token = page.next_page_token
+            if not token:
+                return people
+
+    async def get_person(self, person_id: str) -> person_pb2.Person:
+        response = await self._unary(self._people.GetPerson,
+                                     people_service_pb2.GetPersonRequest(id=person_id))
+        return response.person
+
+    async def rename_person(self, person_id: str, name: str) -> person_pb2.Person:
+        response = await self._unary(self._people.UpdatePerson,
+                                     people_service_pb2.UpdatePersonRequest(
+                                         person=person_pb2.Person(id=person_id, name=name)))
+        return response.person
+
+    async def merge_people(self, person_ids: Sequence[str], target_id: str
+                           ) -> person_pb2.Person:
+        """Moves every face of person_ids to target_id; returns the target as merged."""
+        response = await self._unary(self._people.MergePeople,
+                                     people_service_pb2.MergePeopleRequest(
+                                         person_ids=list(person_ids), target_id=target_id))
+        return response.person
 
 async def _windowed(
     open_call: Callable[[AsyncIterator[Any]], Any], images: list[StreamImage], concurrency: int,

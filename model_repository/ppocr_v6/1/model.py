@@ -15,18 +15,21 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_models.images import decode_all
+from triton_models.ocr.detection import DET_MAX_SIDE_LEN
 from triton_models.ocr.pipeline import REC_MODEL, read_images
 from triton_models.ocr.reading_order import pack_lines
 from triton_models.ocr.recognition import CHARACTERS_FILE, read_charset
 from triton_models.serving import read_input
-from triton_models.steps import steps_for
+from triton_models.steps import parameter, steps_for
 
 
 class TritonPythonModel:
     """Reads every image of every request in the Triton batch through shared step calls."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        self.steps = steps_for(args, json.loads(args["model_config"]), pb_utils)
+        config = json.loads(args["model_config"])
+        self.steps = steps_for(args, config, pb_utils)
+        self.det_max_side = int(parameter(config, "det_max_side_len", str(DET_MAX_SIDE_LEN)))
         # The recogniser's folder sits beside this model in the repository on CPU and on GPU.
         repository = Path(args["model_repository"]).parent
         self.charset = read_charset(repository / REC_MODEL / "1" / CHARACTERS_FILE)
@@ -39,7 +42,7 @@ class TritonPythonModel:
             images.extend(decoded)
             statuses.extend(codes)
         try:
-            results = read_images(images, self.charset, self.steps)
+            results = read_images(images, self.charset, self.steps, self.det_max_side)
         except Exception as err:  # noqa: BLE001 - Triton needs one response per request, not a raise
             error = pb_utils.TritonError(f"OCR failed: {type(err).__name__}: {err}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]

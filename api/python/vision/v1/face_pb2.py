@@ -27,7 +27,7 @@ from vision.v1 import geometry_pb2 as vision_dot_v1_dot_geometry__pb2
 from vision.v1 import model_pb2 as vision_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vision/v1/face.proto\x12\tvision.v1\x1a\x19vision/v1/embedding.proto\x1a\x18vision/v1/geometry.proto\x1a\x15vision/v1/model.proto\"\x98\x01\n\x0b\x46\x61\x63\x65Options\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.vision.v1.ModelReference\x12\x1c\n\x0fscore_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\x12include_embeddings\x18\x03 \x01(\x08\x12\x11\n\tmax_faces\x18\x04 \x01(\x05\x42\x12\n\x10_score_threshold\"\xc2\x01\n\x04\x46\x61\x63\x65\x12#\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x16.vision.v1.BoundingBox\x12\x38\n\x0enormalized_box\x18\x02 \x01(\x0b\x32 .vision.v1.NormalizedBoundingBox\x12\r\n\x05score\x18\x03 \x01(\x02\x12#\n\tlandmarks\x18\x04 \x03(\x0b\x32\x10.vision.v1.Point\x12\'\n\tembedding\x18\x05 \x01(\x0b\x32\x14.vision.v1.Embeddingb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vision/v1/face.proto\x12\tvision.v1\x1a\x19vision/v1/embedding.proto\x1a\x18vision/v1/geometry.proto\x1a\x15vision/v1/model.proto\"\x98\x01\n\x0b\x46\x61\x63\x65Options\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.vision.v1.ModelReference\x12\x1c\n\x0fscore_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\x12include_embeddings\x18\x03 \x01(\x08\x12\x11\n\tmax_faces\x18\x04 \x01(\x05\x42\x12\n\x10_score_threshold\"\xd5\x01\n\x04\x46\x61\x63\x65\x12#\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x16.vision.v1.BoundingBox\x12\x38\n\x0enormalized_box\x18\x02 \x01(\x0b\x32 .vision.v1.NormalizedBoundingBox\x12\r\n\x05score\x18\x03 \x01(\x02\x12#\n\tlandmarks\x18\x04 \x03(\x0b\x32\x10.vision.v1.Point\x12\'\n\tembedding\x18\x05 \x01(\x0b\x32\x14.vision.v1.Embedding\x12\x11\n\tperson_id\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,5 +37,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FACEOPTIONS']._serialized_start=112
   _globals['_FACEOPTIONS']._serialized_end=264
   _globals['_FACE']._serialized_start=267
-  _globals['_FACE']._serialized_end=461
+  _globals['_FACE']._serialized_end=480
 # @@protoc_insertion_point(module_scope)

@@ -76,8 +76,14 @@ class Face(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     LANDMARKS_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    PERSON_ID_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     """Detection confidence in [0, 1]."""
+    person_id: _builtins.str
+    """The person (PeopleService) this stored face belongs to; set on the faces
+    of ingested images (IngestImage, StreamIngestImages, GetImage), empty
+    elsewhere.
+    """
     @_builtins.property
     def box(self) -> _geometry_pb2.BoundingBox:
         """The face's box in pixels of the original image."""
@@ -108,10 +114,11 @@ class Face(_message.Message):
         score: _builtins.float = ...,
         landmarks: _abc.Iterable[_geometry_pb2.Point] | None = ...,
         embedding: _embedding_pb2.Embedding | None = ...,
+        person_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "embedding", b"embedding", "normalized_box", b"normalized_box"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "embedding", b"embedding", "landmarks", b"landmarks", "normalized_box", b"normalized_box", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "embedding", b"embedding", "landmarks", b"landmarks", "normalized_box", b"normalized_box", "person_id", b"person_id", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,7 +30,7 @@ from vision.v1 import image_pb2 as vision_dot_v1_dot_image__pb2
 from vision.v1 import ocr_pb2 as vision_dot_v1_dot_ocr__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vision/v1/ingest.proto\x12\tvision.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19vision/v1/detection.proto\x1a\x19vision/v1/embedding.proto\x1a\x14vision/v1/face.proto\x1a\x15vision/v1/image.proto\x1a\x13vision/v1/ocr.proto\"\x86\x01\n\rIngestOptions\x12\n\n\x02id\x18\x01 \x01(\t\x12\x38\n\x08metadata\x18\x02 \x03(\x0b\x32&.vision.v1.IngestOptions.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x03\n\x0cIndexedImage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x08metadata\x18\x02 \x03(\x0b\x32%.vision.v1.IndexedImage.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\nimage_size\x18\x04 \x01(\x0b\x32\x14.vision.v1.ImageSize\x12)\n\x06labels\x18\x05 \x03(\x0b\x32\x19.vision.v1.Classification\x12%\n\x07objects\x18\x06 \x03(\x0b\x32\x14.vision.v1.Detection\x12\x1e\n\x05\x66\x61\x63\x65s\x18\x07 \x03(\x0b\x32\x0f.vision.v1.Face\x12\'\n\ntext_lines\x18\x08 \x03(\x0b\x32\x13.vision.v1.TextLine\x12\x0c\n\x04text\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vision/v1/ingest.proto\x12\tvision.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19vision/v1/detection.proto\x1a\x19vision/v1/embedding.proto\x1a\x14vision/v1/face.proto\x1a\x15vision/v1/image.proto\x1a\x13vision/v1/ocr.proto\"\x86\x01\n\rIngestOptions\x12\n\n\x02id\x18\x01 \x01(\t\x12\x38\n\x08metadata\x18\x02 \x03(\x0b\x32&.vision.v1.IngestOptions.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x03\n\x0cIndexedImage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x08metadata\x18\x02 \x03(\x0b\x32%.vision.v1.IndexedImage.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\nimage_size\x18\x04 \x01(\x0b\x32\x14.vision.v1.ImageSize\x12)\n\x06labels\x18\x05 \x03(\x0b\x32\x19.vision.v1.Classification\x12%\n\x07objects\x18\x06 \x03(\x0b\x32\x14.vision.v1.Detection\x12\x1e\n\x05\x66\x61\x63\x65s\x18\x07 \x03(\x0b\x32\x0f.vision.v1.Face\x12\'\n\ntext_lines\x18\x08 \x03(\x0b\x32\x13.vision.v1.TextLine\x12\x0c\n\x04text\x18\t \x01(\t\x12\x14\n\x0c\x64uplicate_of\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,7 +46,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTOPTIONS_METADATAENTRY']._serialized_start=278
   _globals['_INGESTOPTIONS_METADATAENTRY']._serialized_end=325
   _globals['_INDEXEDIMAGE']._serialized_start=328
-  _globals['_INDEXEDIMAGE']._serialized_end=720
+  _globals['_INDEXEDIMAGE']._serialized_end=742
   _globals['_INDEXEDIMAGE_METADATAENTRY']._serialized_start=278
   _globals['_INDEXEDIMAGE_METADATAENTRY']._serialized_end=325
 # @@protoc_insertion_point(module_scope)

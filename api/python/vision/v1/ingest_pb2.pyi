@@ -112,10 +112,18 @@ class IndexedImage(_message.Message):
     FACES_FIELD_NUMBER: _builtins.int
     TEXT_LINES_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    DUPLICATE_OF_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The caller's id."""
     text: _builtins.str
     """All text, lines separated by newlines."""
+    duplicate_of: _builtins.str
+    """The id of an image stored before this one that it duplicates: one with
+    the same bytes (SHA-256), or else the nearest whose image embedding has
+    a cosine similarity of at least the server's `ingest.near_duplicate_cosine`
+    (re-encodes and resizes of one photo). Empty when there is none. The
+    image is stored either way; whether to keep it is the caller's choice.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The metadata given at ingest."""
@@ -160,10 +168,11 @@ class IndexedImage(_message.Message):
         faces: _abc.Iterable[_face_pb2.Face] | None = ...,
         text_lines: _abc.Iterable[_ocr_pb2.TextLine] | None = ...,
         text: _builtins.str = ...,
+        duplicate_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "image_size", b"image_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "faces", b"faces", "id", b"id", "image_size", b"image_size", "labels", b"labels", "metadata", b"metadata", "objects", b"objects", "text", b"text", "text_lines", b"text_lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "duplicate_of", b"duplicate_of", "faces", b"faces", "id", b"id", "image_size", b"image_size", "labels", b"labels", "metadata", b"metadata", "objects", b"objects", "text", b"text", "text_lines", b"text_lines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

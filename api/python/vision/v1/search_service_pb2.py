@@ -26,7 +26,7 @@ from vision.v1 import geometry_pb2 as vision_dot_v1_dot_geometry__pb2
 from vision.v1 import image_pb2 as vision_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evision/v1/search_service.proto\x12\tvision.v1\x1a\x18vision/v1/geometry.proto\x1a\x15vision/v1/image.proto\">\n\x0bVectorQuery\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x1f\n\x05index\x18\x02 \x01(\x0e\x32\x10.vision.v1.Index\"G\n\rMetadataRange\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0b\n\x03gte\x18\x02 \x01(\t\x12\x0b\n\x03lte\x18\x03 \x01(\t\x12\x0f\n\x07numeric\x18\x04 \x01(\x08\"\xd7\x01\n\rSearchFilters\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x38\n\x08metadata\x18\x02 \x03(\x0b\x32&.vision.v1.SearchFilters.MetadataEntry\x12(\n\x06ranges\x18\x03 \x03(\x0b\x32\x18.vision.v1.MetadataRange\x12!\n\x07indexes\x18\x04 \x03(\x0e\x32\x10.vision.v1.Index\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xef\x01\n\rSearchRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x10.vision.v1.ImageH\x00\x12&\n\nface_image\x18\x03 \x01(\x0b\x32\x10.vision.v1.ImageH\x00\x12(\n\x06vector\x18\x04 \x01(\x0b\x32\x16.vision.v1.VectorQueryH\x00\x12)\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x18.vision.v1.SearchFilters\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\tB\x07\n\x05query\"m\n\x05Match\x12\x1f\n\x05index\x18\x01 \x01(\x0e\x32\x10.vision.v1.Index\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x16.vision.v1.BoundingBox\"l\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12!\n\x07indexes\x18\x03 \x03(\x0e\x32\x10.vision.v1.Index\x12!\n\x07matches\x18\x04 \x03(\x0b\x32\x10.vision.v1.Match\"M\n\x0eSearchResponse\x12\"\n\x04hits\x18\x01 \x03(\x0b\x32\x14.vision.v1.SearchHit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*c\n\x05Index\x12\x15\n\x11INDEX_UNSPECIFIED\x10\x00\x12\x10\n\x0cINDEX_IMAGES\x10\x01\x12\x0f\n\x0bINDEX_FACES\x10\x02\x12\x11\n\rINDEX_OBJECTS\x10\x03\x12\r\n\tINDEX_OCR\x10\x04\x32N\n\rSearchService\x12=\n\x06Search\x12\x18.vision.v1.SearchRequest\x1a\x19.vision.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evision/v1/search_service.proto\x12\tvision.v1\x1a\x18vision/v1/geometry.proto\x1a\x15vision/v1/image.proto\">\n\x0bVectorQuery\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x1f\n\x05index\x18\x02 \x01(\x0e\x32\x10.vision.v1.Index\"G\n\rMetadataRange\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0b\n\x03gte\x18\x02 \x01(\t\x12\x0b\n\x03lte\x18\x03 \x01(\t\x12\x0f\n\x07numeric\x18\x04 \x01(\x08\"\xeb\x01\n\rSearchFilters\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x38\n\x08metadata\x18\x02 \x03(\x0b\x32&.vision.v1.SearchFilters.MetadataEntry\x12(\n\x06ranges\x18\x03 \x03(\x0b\x32\x18.vision.v1.MetadataRange\x12!\n\x07indexes\x18\x04 \x03(\x0e\x32\x10.vision.v1.Index\x12\x12\n\nperson_ids\x18\x05 \x03(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xae\x02\n\rSearchRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x10.vision.v1.ImageH\x00\x12&\n\nface_image\x18\x03 \x01(\x0b\x32\x10.vision.v1.ImageH\x00\x12(\n\x06vector\x18\x04 \x01(\x0b\x32\x16.vision.v1.VectorQueryH\x00\x12\x17\n\rsimilar_to_id\x18\x08 \x01(\tH\x00\x12)\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x18.vision.v1.SearchFilters\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x16\n\tmin_score\x18\t \x01(\x02H\x01\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_score\"m\n\x05Match\x12\x1f\n\x05index\x18\x01 \x01(\x0e\x32\x10.vision.v1.Index\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x16.vision.v1.BoundingBox\"l\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12!\n\x07indexes\x18\x03 \x03(\x0e\x32\x10.vision.v1.Index\x12!\n\x07matches\x18\x04 \x03(\x0b\x32\x10.vision.v1.Match\"M\n\x0eSearchResponse\x12\"\n\x04hits\x18\x01 \x03(\x0b\x32\x14.vision.v1.SearchHit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*c\n\x05Index\x12\x15\n\x11INDEX_UNSPECIFIED\x10\x00\x12\x10\n\x0cINDEX_IMAGES\x10\x01\x12\x0f\n\x0bINDEX_FACES\x10\x02\x12\x11\n\rINDEX_OBJECTS\x10\x03\x12\r\n\tINDEX_OCR\x10\x04\x32N\n\rSearchService\x12=\n\x06Search\x12\x18.vision.v1.SearchRequest\x1a\x19.vision.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEARCHFILTERS_METADATAENTRY']._loaded_options = None
   _globals['_SEARCHFILTERS_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_INDEX']._serialized_start=991
-  _globals['_INDEX']._serialized_end=1090
+  _globals['_INDEX']._serialized_start=1074
+  _globals['_INDEX']._serialized_end=1173
   _globals['_VECTORQUERY']._serialized_start=94
   _globals['_VECTORQUERY']._serialized_end=156
   _globals['_METADATARANGE']._serialized_start=158
   _globals['_METADATARANGE']._serialized_end=229
   _globals['_SEARCHFILTERS']._serialized_start=232
-  _globals['_SEARCHFILTERS']._serialized_end=447
-  _globals['_SEARCHFILTERS_METADATAENTRY']._serialized_start=400
-  _globals['_SEARCHFILTERS_METADATAENTRY']._serialized_end=447
-  _globals['_SEARCHREQUEST']._serialized_start=450
-  _globals['_SEARCHREQUEST']._serialized_end=689
-  _globals['_MATCH']._serialized_start=691
-  _globals['_MATCH']._serialized_end=800
-  _globals['_SEARCHHIT']._serialized_start=802
-  _globals['_SEARCHHIT']._serialized_end=910
-  _globals['_SEARCHRESPONSE']._serialized_start=912
-  _globals['_SEARCHRESPONSE']._serialized_end=989
-  _globals['_SEARCHSERVICE']._serialized_start=1092
-  _globals['_SEARCHSERVICE']._serialized_end=1170
+  _globals['_SEARCHFILTERS']._serialized_end=467
+  _globals['_SEARCHFILTERS_METADATAENTRY']._serialized_start=420
+  _globals['_SEARCHFILTERS_METADATAENTRY']._serialized_end=467
+  _globals['_SEARCHREQUEST']._serialized_start=470
+  _globals['_SEARCHREQUEST']._serialized_end=772
+  _globals['_MATCH']._serialized_start=774
+  _globals['_MATCH']._serialized_end=883
+  _globals['_SEARCHHIT']._serialized_start=885
+  _globals['_SEARCHHIT']._serialized_end=993
+  _globals['_SEARCHRESPONSE']._serialized_start=995
+  _globals['_SEARCHRESPONSE']._serialized_end=1072
+  _globals['_SEARCHSERVICE']._serialized_start=1175
+  _globals['_SEARCHSERVICE']._serialized_end=1253
 # @@protoc_insertion_point(module_scope)

@@ -151,6 +151,7 @@ class SearchFilters(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     RANGES_FIELD_NUMBER: _builtins.int
     INDEXES_FIELD_NUMBER: _builtins.int
+    PERSON_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Any of these image-level labels, e.g. "cup"."""
@@ -167,6 +168,13 @@ class SearchFilters(_message.Message):
     def indexes(self) -> _containers.RepeatedScalarFieldContainer[Global___Index.ValueType]:
         """Only these indexes. Empty: every index the query can search."""
 
+    @_builtins.property
+    def person_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Images that contain a face of any of these people (PeopleService ids).
+        A face query or a faces-index vector query returns only those people's
+        faces. Unknown ids match nothing.
+        """
+
     def __init__(
         self,
         *,
@@ -174,10 +182,11 @@ class SearchFilters(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ranges: _abc.Iterable[Global___MetadataRange] | None = ...,
         indexes: _abc.Iterable[Global___Index.ValueType] | None = ...,
+        person_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes", "labels", b"labels", "metadata", b"metadata", "ranges", b"ranges"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes", "labels", b"labels", "metadata", b"metadata", "person_ids", b"person_ids", "ranges", b"ranges"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,15 +202,30 @@ class SearchRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     FACE_IMAGE_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
+    SIMILAR_TO_ID_FIELD_NUMBER: _builtins.int
     FILTERS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Words: labels and text in images."""
+    similar_to_id: _builtins.str
+    """The id of an ingested image: images similar to it, by its stored image
+    embedding ("more like this"). That image itself is never returned. An
+    unknown id is NOT_FOUND naming `similar_to_id`.
+    """
     page_size: _builtins.int
     """Hits per page, in [0, 100]; 0 means 10."""
     page_token: _builtins.str
     """A `next_page_token` of the same query, for the following page."""
+    min_score: _builtins.float
+    """The lowest score a hit may have, in [-1, 1]: hits whose cosine
+    similarity is below it are not returned, so the results end where
+    relevance ends; paging walks every hit above it once. Only for image,
+    face_image, vector and similar_to_id queries; with a text query (whose
+    fusion scores are not similarities) or when browsing it is
+    INVALID_ARGUMENT. Unset: no floor.
+    """
     @_builtins.property
     def image(self) -> _image_pb2.Image:
         """A photo: similar images."""
@@ -225,16 +249,23 @@ class SearchRequest(_message.Message):
         image: _image_pb2.Image | None = ...,
         face_image: _image_pb2.Image | None = ...,
         vector: Global___VectorQuery | None = ...,
+        similar_to_id: _builtins.str = ...,
         filters: Global___SearchFilters | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        min_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["face_image", b"face_image", "filters", b"filters", "image", b"image", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "face_image", b"face_image", "filters", b"filters", "image", b"image", "min_score", b"min_score", "query", b"query", "similar_to_id", b"similar_to_id", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["face_image", b"face_image", "filters", b"filters", "image", b"image", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "text", b"text", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "face_image", b"face_image", "filters", b"filters", "image", b"image", "min_score", b"min_score", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "similar_to_id", b"similar_to_id", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["text", "image", "face_image", "vector"]  # noqa: Y015
+    _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
+    _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["text", "image", "face_image", "vector", "similar_to_id"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_score) -> _WhichOneofReturnType__min_score | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
@@ -290,8 +321,9 @@ class SearchHit(_message.Message):
     id: _builtins.str
     """The caller's id of the image."""
     score: _builtins.float
-    """Higher is better. Cosine similarity for a single-index vector, image or
-    face query; the reciprocal-rank fusion score otherwise.
+    """Higher is better. Cosine similarity in [-1, 1] for an image, face_image,
+    vector or similar_to_id query; the reciprocal-rank fusion score for a
+    text query; 0 when browsing.
     """
     @_builtins.property
     def indexes(self) -> _containers.RepeatedScalarFieldContainer[Global___Index.ValueType]:

@@ -49,8 +49,11 @@ class SearchServiceServicer:
     def Search(self, request, context):
         """Finds images. A text query searches labels and OCR text (BM25); an
         image query the images index by embedding; a face query the faces index
-        with the query image's largest face; a vector query the index it names.
-        Hits from several indexes are fused by reciprocal-rank fusion.
+        with the query image's largest face; a vector query the index it names;
+        a similar_to_id query the images index with a stored image's embedding.
+        Hits from several indexes are fused by reciprocal-rank fusion. With no
+        query and at least one filter, Search browses: every matching image,
+        newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

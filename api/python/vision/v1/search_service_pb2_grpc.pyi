@@ -38,8 +38,11 @@ class SearchServiceStub:
     Search: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.SearchRequest, _search_service_pb2.SearchResponse]
     """Finds images. A text query searches labels and OCR text (BM25); an
     image query the images index by embedding; a face query the faces index
-    with the query image's largest face; a vector query the index it names.
-    Hits from several indexes are fused by reciprocal-rank fusion.
+    with the query image's largest face; a vector query the index it names;
+    a similar_to_id query the images index with a stored image's embedding.
+    Hits from several indexes are fused by reciprocal-rank fusion. With no
+    query and at least one filter, Search browses: every matching image,
+    newest first.
     """
 
 @_typing.type_check_only
@@ -50,8 +53,11 @@ class SearchServiceAsyncStub(SearchServiceStub):
     Search: _aio.UnaryUnaryMultiCallable[_search_service_pb2.SearchRequest, _search_service_pb2.SearchResponse]  # type: ignore[assignment]
     """Finds images. A text query searches labels and OCR text (BM25); an
     image query the images index by embedding; a face query the faces index
-    with the query image's largest face; a vector query the index it names.
-    Hits from several indexes are fused by reciprocal-rank fusion.
+    with the query image's largest face; a vector query the index it names;
+    a similar_to_id query the images index with a stored image's embedding.
+    Hits from several indexes are fused by reciprocal-rank fusion. With no
+    query and at least one filter, Search browses: every matching image,
+    newest first.
     """
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -65,8 +71,11 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_search_service_pb2.SearchResponse, _abc.Awaitable[_search_service_pb2.SearchResponse]]:
         """Finds images. A text query searches labels and OCR text (BM25); an
         image query the images index by embedding; a face query the faces index
-        with the query image's largest face; a vector query the index it names.
-        Hits from several indexes are fused by reciprocal-rank fusion.
+        with the query image's largest face; a vector query the index it names;
+        a similar_to_id query the images index with a stored image's embedding.
+        Hits from several indexes are fused by reciprocal-rank fusion. With no
+        query and at least one filter, Search browses: every matching image,
+        newest first.
         """
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vision/v1/face.proto.
  */
 export const file_vision_v1_face: GenFile = /*@__PURE__*/
-  fileDesc("ChR2aXNpb24vdjEvZmFjZS5wcm90bxIJdmlzaW9uLnYxIpgBCgtGYWNlT3B0aW9ucxIoCgVtb2RlbBgBIAEoCzIZLnZpc2lvbi52MS5Nb2RlbFJlZmVyZW5jZRIcCg9zY29yZV90aHJlc2hvbGQYAiABKAJIAIgBARIaChJpbmNsdWRlX2VtYmVkZGluZ3MYAyABKAgSEQoJbWF4X2ZhY2VzGAQgASgFQhIKEF9zY29yZV90aHJlc2hvbGQiwgEKBEZhY2USIwoDYm94GAEgASgLMhYudmlzaW9uLnYxLkJvdW5kaW5nQm94EjgKDm5vcm1hbGl6ZWRfYm94GAIgASgLMiAudmlzaW9uLnYxLk5vcm1hbGl6ZWRCb3VuZGluZ0JveBINCgVzY29yZRgDIAEoAhIjCglsYW5kbWFya3MYBCADKAsyEC52aXNpb24udjEuUG9pbnQSJwoJZW1iZWRkaW5nGAUgASgLMhQudmlzaW9uLnYxLkVtYmVkZGluZ2IGcHJvdG8z", [file_vision_v1_embedding, file_vision_v1_geometry, file_vision_v1_model]);
+  fileDesc("ChR2aXNpb24vdjEvZmFjZS5wcm90bxIJdmlzaW9uLnYxIpgBCgtGYWNlT3B0aW9ucxIoCgVtb2RlbBgBIAEoCzIZLnZpc2lvbi52MS5Nb2RlbFJlZmVyZW5jZRIcCg9zY29yZV90aHJlc2hvbGQYAiABKAJIAIgBARIaChJpbmNsdWRlX2VtYmVkZGluZ3MYAyABKAgSEQoJbWF4X2ZhY2VzGAQgASgFQhIKEF9zY29yZV90aHJlc2hvbGQi1QEKBEZhY2USIwoDYm94GAEgASgLMhYudmlzaW9uLnYxLkJvdW5kaW5nQm94EjgKDm5vcm1hbGl6ZWRfYm94GAIgASgLMiAudmlzaW9uLnYxLk5vcm1hbGl6ZWRCb3VuZGluZ0JveBINCgVzY29yZRgDIAEoAhIjCglsYW5kbWFya3MYBCADKAsyEC52aXNpb24udjEuUG9pbnQSJwoJZW1iZWRkaW5nGAUgASgLMhQudmlzaW9uLnYxLkVtYmVkZGluZxIRCglwZXJzb25faWQYBiABKAliBnByb3RvMw", [file_vision_v1_embedding, file_vision_v1_geometry, file_vision_v1_model]);
 
 /**
  * Options for one face detection.
@@ -109,6 +109,15 @@ export type Face = Message<"vision.v1.Face"> & {
    * @generated from field: vision.v1.Embedding embedding = 5;
    */
   embedding?: Embedding | undefined;
+
+  /**
+   * The person (PeopleService) this stored face belongs to; set on the faces
+   * of ingested images (IngestImage, StreamIngestImages, GetImage), empty
+   * elsewhere.
+   *
+   * @generated from field: string person_id = 6;
+   */
+  personId: string;
 };
 
 /**

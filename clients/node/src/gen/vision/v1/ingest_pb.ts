@@ -24,7 +24,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vision/v1/ingest.proto.
  */
 export const file_vision_v1_ingest: GenFile = /*@__PURE__*/
-  fileDesc("ChZ2aXNpb24vdjEvaW5nZXN0LnByb3RvEgl2aXNpb24udjEihgEKDUluZ2VzdE9wdGlvbnMSCgoCaWQYASABKAkSOAoIbWV0YWRhdGEYAiADKAsyJi52aXNpb24udjEuSW5nZXN0T3B0aW9ucy5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKIAwoMSW5kZXhlZEltYWdlEgoKAmlkGAEgASgJEjcKCG1ldGFkYXRhGAIgAygLMiUudmlzaW9uLnYxLkluZGV4ZWRJbWFnZS5NZXRhZGF0YUVudHJ5Ei8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgppbWFnZV9zaXplGAQgASgLMhQudmlzaW9uLnYxLkltYWdlU2l6ZRIpCgZsYWJlbHMYBSADKAsyGS52aXNpb24udjEuQ2xhc3NpZmljYXRpb24SJQoHb2JqZWN0cxgGIAMoCzIULnZpc2lvbi52MS5EZXRlY3Rpb24SHgoFZmFjZXMYByADKAsyDy52aXNpb24udjEuRmFjZRInCgp0ZXh0X2xpbmVzGAggAygLMhMudmlzaW9uLnYxLlRleHRMaW5lEgwKBHRleHQYCSABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBYgZwcm90bzM", [file_google_protobuf_timestamp, file_vision_v1_detection, file_vision_v1_embedding, file_vision_v1_face, file_vision_v1_image, file_vision_v1_ocr]);
+  fileDesc("ChZ2aXNpb24vdjEvaW5nZXN0LnByb3RvEgl2aXNpb24udjEihgEKDUluZ2VzdE9wdGlvbnMSCgoCaWQYASABKAkSOAoIbWV0YWRhdGEYAiADKAsyJi52aXNpb24udjEuSW5nZXN0T3B0aW9ucy5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAwoMSW5kZXhlZEltYWdlEgoKAmlkGAEgASgJEjcKCG1ldGFkYXRhGAIgAygLMiUudmlzaW9uLnYxLkluZGV4ZWRJbWFnZS5NZXRhZGF0YUVudHJ5Ei8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgppbWFnZV9zaXplGAQgASgLMhQudmlzaW9uLnYxLkltYWdlU2l6ZRIpCgZsYWJlbHMYBSADKAsyGS52aXNpb24udjEuQ2xhc3NpZmljYXRpb24SJQoHb2JqZWN0cxgGIAMoCzIULnZpc2lvbi52MS5EZXRlY3Rpb24SHgoFZmFjZXMYByADKAsyDy52aXNpb24udjEuRmFjZRInCgp0ZXh0X2xpbmVzGAggAygLMhMudmlzaW9uLnYxLlRleHRMaW5lEgwKBHRleHQYCSABKAkSFAoMZHVwbGljYXRlX29mGAogASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AWIGcHJvdG8z", [file_google_protobuf_timestamp, file_vision_v1_detection, file_vision_v1_embedding, file_vision_v1_face, file_vision_v1_image, file_vision_v1_ocr]);
 
 /**
  * What identifies an image to ingest and what is stored with it.
@@ -127,6 +127,17 @@ export type IndexedImage = Message<"vision.v1.IndexedImage"> & {
    * @generated from field: string text = 9;
    */
   text: string;
+
+  /**
+   * The id of an image stored before this one that it duplicates: one with
+   * the same bytes (SHA-256), or else the nearest whose image embedding has
+   * a cosine similarity of at least the server's `ingest.near_duplicate_cosine`
+   * (re-encodes and resizes of one photo). Empty when there is none. The
+   * image is stored either way; whether to keep it is the caller's choice.
+   *
+   * @generated from field: string duplicate_of = 10;
+   */
+  duplicateOf: string;
 };
 
 /**

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vision/v1/search_service.proto.
  */
 export const file_vision_v1_search_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch52aXNpb24vdjEvc2VhcmNoX3NlcnZpY2UucHJvdG8SCXZpc2lvbi52MSI+CgtWZWN0b3JRdWVyeRIOCgZ2YWx1ZXMYASADKAISHwoFaW5kZXgYAiABKA4yEC52aXNpb24udjEuSW5kZXgiRwoNTWV0YWRhdGFSYW5nZRILCgNrZXkYASABKAkSCwoDZ3RlGAIgASgJEgsKA2x0ZRgDIAEoCRIPCgdudW1lcmljGAQgASgIItcBCg1TZWFyY2hGaWx0ZXJzEg4KBmxhYmVscxgBIAMoCRI4CghtZXRhZGF0YRgCIAMoCzImLnZpc2lvbi52MS5TZWFyY2hGaWx0ZXJzLk1ldGFkYXRhRW50cnkSKAoGcmFuZ2VzGAMgAygLMhgudmlzaW9uLnYxLk1ldGFkYXRhUmFuZ2USIQoHaW5kZXhlcxgEIAMoDjIQLnZpc2lvbi52MS5JbmRleBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi7wEKDVNlYXJjaFJlcXVlc3QSDgoEdGV4dBgBIAEoCUgAEiEKBWltYWdlGAIgASgLMhAudmlzaW9uLnYxLkltYWdlSAASJgoKZmFjZV9pbWFnZRgDIAEoCzIQLnZpc2lvbi52MS5JbWFnZUgAEigKBnZlY3RvchgEIAEoCzIWLnZpc2lvbi52MS5WZWN0b3JRdWVyeUgAEikKB2ZpbHRlcnMYBSABKAsyGC52aXNpb24udjEuU2VhcmNoRmlsdGVycxIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCUIHCgVxdWVyeSJtCgVNYXRjaBIfCgVpbmRleBgBIAEoDjIQLnZpc2lvbi52MS5JbmRleBIQCghwb3NpdGlvbhgCIAEoBRIMCgR0ZXh0GAMgASgJEiMKA2JveBgEIAEoCzIWLnZpc2lvbi52MS5Cb3VuZGluZ0JveCJsCglTZWFyY2hIaXQSCgoCaWQYASABKAkSDQoFc2NvcmUYAiABKAISIQoHaW5kZXhlcxgDIAMoDjIQLnZpc2lvbi52MS5JbmRleBIhCgdtYXRjaGVzGAQgAygLMhAudmlzaW9uLnYxLk1hdGNoIk0KDlNlYXJjaFJlc3BvbnNlEiIKBGhpdHMYASADKAsyFC52aXNpb24udjEuU2VhcmNoSGl0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpjCgVJbmRleBIVChFJTkRFWF9VTlNQRUNJRklFRBAAEhAKDElOREVYX0lNQUdFUxABEg8KC0lOREVYX0ZBQ0VTEAISEQoNSU5ERVhfT0JKRUNUUxADEg0KCUlOREVYX09DUhAEMk4KDVNlYXJjaFNlcnZpY2USPQoGU2VhcmNoEhgudmlzaW9uLnYxLlNlYXJjaFJlcXVlc3QaGS52aXNpb24udjEuU2VhcmNoUmVzcG9uc2ViBnByb3RvMw", [file_vision_v1_geometry, file_vision_v1_image]);
+  fileDesc("Ch52aXNpb24vdjEvc2VhcmNoX3NlcnZpY2UucHJvdG8SCXZpc2lvbi52MSI+CgtWZWN0b3JRdWVyeRIOCgZ2YWx1ZXMYASADKAISHwoFaW5kZXgYAiABKA4yEC52aXNpb24udjEuSW5kZXgiRwoNTWV0YWRhdGFSYW5nZRILCgNrZXkYASABKAkSCwoDZ3RlGAIgASgJEgsKA2x0ZRgDIAEoCRIPCgdudW1lcmljGAQgASgIIusBCg1TZWFyY2hGaWx0ZXJzEg4KBmxhYmVscxgBIAMoCRI4CghtZXRhZGF0YRgCIAMoCzImLnZpc2lvbi52MS5TZWFyY2hGaWx0ZXJzLk1ldGFkYXRhRW50cnkSKAoGcmFuZ2VzGAMgAygLMhgudmlzaW9uLnYxLk1ldGFkYXRhUmFuZ2USIQoHaW5kZXhlcxgEIAMoDjIQLnZpc2lvbi52MS5JbmRleBISCgpwZXJzb25faWRzGAUgAygJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKuAgoNU2VhcmNoUmVxdWVzdBIOCgR0ZXh0GAEgASgJSAASIQoFaW1hZ2UYAiABKAsyEC52aXNpb24udjEuSW1hZ2VIABImCgpmYWNlX2ltYWdlGAMgASgLMhAudmlzaW9uLnYxLkltYWdlSAASKAoGdmVjdG9yGAQgASgLMhYudmlzaW9uLnYxLlZlY3RvclF1ZXJ5SAASFwoNc2ltaWxhcl90b19pZBgIIAEoCUgAEikKB2ZpbHRlcnMYBSABKAsyGC52aXNpb24udjEuU2VhcmNoRmlsdGVycxIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCRIWCgltaW5fc2NvcmUYCSABKAJIAYgBAUIHCgVxdWVyeUIMCgpfbWluX3Njb3JlIm0KBU1hdGNoEh8KBWluZGV4GAEgASgOMhAudmlzaW9uLnYxLkluZGV4EhAKCHBvc2l0aW9uGAIgASgFEgwKBHRleHQYAyABKAkSIwoDYm94GAQgASgLMhYudmlzaW9uLnYxLkJvdW5kaW5nQm94ImwKCVNlYXJjaEhpdBIKCgJpZBgBIAEoCRINCgVzY29yZRgCIAEoAhIhCgdpbmRleGVzGAMgAygOMhAudmlzaW9uLnYxLkluZGV4EiEKB21hdGNoZXMYBCADKAsyEC52aXNpb24udjEuTWF0Y2giTQoOU2VhcmNoUmVzcG9uc2USIgoEaGl0cxgBIAMoCzIULnZpc2lvbi52MS5TZWFyY2hIaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKmMKBUluZGV4EhUKEUlOREVYX1VOU1BFQ0lGSUVEEAASEAoMSU5ERVhfSU1BR0VTEAESDwoLSU5ERVhfRkFDRVMQAhIRCg1JTkRFWF9PQkpFQ1RTEAMSDQoJSU5ERVhfT0NSEAQyTgoNU2VhcmNoU2VydmljZRI9CgZTZWFyY2gSGC52aXNpb24udjEuU2VhcmNoUmVxdWVzdBoZLnZpc2lvbi52MS5TZWFyY2hSZXNwb25zZWIGcHJvdG8z", [file_vision_v1_geometry, file_vision_v1_image]);
 
 /**
  * A raw vector to search with.
@@ -124,6 +124,15 @@ export type SearchFilters = Message<"vision.v1.SearchFilters"> & {
    * @generated from field: repeated vision.v1.Index indexes = 4;
    */
   indexes: Index[];
+
+  /**
+   * Images that contain a face of any of these people (PeopleService ids).
+   * A face query or a faces-index vector query returns only those people's
+   * faces. Unknown ids match nothing.
+   *
+   * @generated from field: repeated string person_ids = 5;
+   */
+  personIds: string[];
 };
 
 /**
@@ -140,7 +149,9 @@ export const SearchFiltersSchema: GenMessage<SearchFilters> = /*@__PURE__*/
  */
 export type SearchRequest = Message<"vision.v1.SearchRequest"> & {
   /**
-   * What to search for; exactly one.
+   * What to search for: at most one. None, with at least one filter, browses
+   * every image the filters match, newest first (hit scores are 0); none
+   * and no filter is INVALID_ARGUMENT.
    *
    * @generated from oneof vision.v1.SearchRequest.query
    */
@@ -176,6 +187,16 @@ export type SearchRequest = Message<"vision.v1.SearchRequest"> & {
      */
     value: VectorQuery;
     case: "vector";
+  } | {
+    /**
+     * The id of an ingested image: images similar to it, by its stored image
+     * embedding ("more like this"). That image itself is never returned. An
+     * unknown id is NOT_FOUND naming `similar_to_id`.
+     *
+     * @generated from field: string similar_to_id = 8;
+     */
+    value: string;
+    case: "similarToId";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -198,6 +219,18 @@ export type SearchRequest = Message<"vision.v1.SearchRequest"> & {
    * @generated from field: string page_token = 7;
    */
   pageToken: string;
+
+  /**
+   * The lowest score a hit may have, in [-1, 1]: hits whose cosine
+   * similarity is below it are not returned, so the results end where
+   * relevance ends; paging walks every hit above it once. Only for image,
+   * face_image, vector and similar_to_id queries; with a text query (whose
+   * fusion scores are not similarities) or when browsing it is
+   * INVALID_ARGUMENT. Unset: no floor.
+   *
+   * @generated from field: optional float min_score = 9;
+   */
+  minScore?: number | undefined;
 };
 
 /**
@@ -264,8 +297,9 @@ export type SearchHit = Message<"vision.v1.SearchHit"> & {
   id: string;
 
   /**
-   * Higher is better. Cosine similarity for a single-index vector, image or
-   * face query; the reciprocal-rank fusion score otherwise.
+   * Higher is better. Cosine similarity in [-1, 1] for an image, face_image,
+   * vector or similar_to_id query; the reciprocal-rank fusion score for a
+   * text query; 0 when browsing.
    *
    * @generated from field: float score = 2;
    */
@@ -378,8 +412,11 @@ export const SearchService: GenService<{
   /**
    * Finds images. A text query searches labels and OCR text (BM25); an
    * image query the images index by embedding; a face query the faces index
-   * with the query image's largest face; a vector query the index it names.
-   * Hits from several indexes are fused by reciprocal-rank fusion.
+   * with the query image's largest face; a vector query the index it names;
+   * a similar_to_id query the images index with a stored image's embedding.
+   * Hits from several indexes are fused by reciprocal-rank fusion. With no
+   * query and at least one filter, Search browses: every matching image,
+   * newest first.
    *
    * @generated from rpc vision.v1.SearchService.Search
    */
