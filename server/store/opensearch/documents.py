@@ -95,34 +95,18 @@ def documents(prefix: str, record: ImageRecord) -> list[tuple[str, str, Json]]:
     if record.embedding is not None:
         image["embedding"] = vector_json(record.embedding)
     docs = [(alias(prefix, IndexKind.IMAGES), key, image)]
+
+    def part(kind: IndexKind, suffix: str, i: int, score: float, box: Box, own: Json) -> None:
+        source = common | {"kind": kind.value, POSITION: i, "score": score, "box": _box(box)}
+        docs.append((alias(prefix, kind), f"{key}-{suffix}{i}", source | own))
+
     for i, face in enumerate(record.faces):
-        source = common | {
-            "kind": "faces",
-            POSITION: i,
-            "score": face.score,
-            "box": _box(face.box),
-        }
-        source["embedding"] = vector_json(face.embedding)
-        source["person_id"] = face.person_id
-        docs.append((alias(prefix, IndexKind.FACES), f"{key}-f{i}", source))
+        part(IndexKind.FACES, "f", i, face.score, face.box,
+             {"embedding": vector_json(face.embedding), "person_id": face.person_id})
     for i, obj in enumerate(record.objects):
-        source = common | {
-            "kind": "objects",
-            POSITION: i,
-            "score": obj.score,
-            "box": _box(obj.box),
-        }
-        source["label"] = obj.label
-        docs.append((alias(prefix, IndexKind.OBJECTS), f"{key}-o{i}", source))
+        part(IndexKind.OBJECTS, "o", i, obj.score, obj.box, {"label": obj.label})
     for i, line in enumerate(record.ocr_lines):
-        source = common | {
-            "kind": "ocr",
-            POSITION: i,
-            "score": line.confidence,
-            "box": _box(line.box),
-        }
-        source["text"] = line.text
-        docs.append((alias(prefix, IndexKind.OCR), f"{key}-l{i}", source))
+        part(IndexKind.OCR, "l", i, line.confidence, line.box, {"text": line.text})
     return docs
 
 
