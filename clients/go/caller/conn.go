@@ -126,3 +126,18 @@ func Fatal(err error) {
 	fmt.Fprintln(os.Stderr, err)
 	os.Exit(2)
 }
+
+// Start is every example's beginning: its flags parsed, the folder's images read and the one
+// connection dialled; it exits with the error when any of these fails.
+func Start(about string) (Options, []Image, *grpc.ClientConn) {
+	options := ParseArgs(about)
+	images, err := Images(options.Images)
+	if err != nil {
+		Fatal(err)
+	}
+	conn, err := Dial(options)
+	if err != nil {
+		Fatal(err)
+	}
+	return options, images, conn
+}

@@ -10,15 +10,7 @@ import (
 )
 
 func main() {
-	options := caller.ParseArgs("detect: DetectObjects on each image of a folder")
-	images, err := caller.Images(options.Images)
-	if err != nil {
-		caller.Fatal(err)
-	}
-	conn, err := caller.Dial(options)
-	if err != nil {
-		caller.Fatal(err)
-	}
+	options, images, conn := caller.Start("detect: DetectObjects on each image of a folder")
 	defer conn.Close()
 	detection := visionv1.NewDetectionServiceClient(conn)
 	var report caller.Report

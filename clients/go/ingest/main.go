@@ -11,15 +11,7 @@ import (
 )
 
 func main() {
-	options := caller.ParseArgs("ingest: index each image of a folder, then find it by itself")
-	images, err := caller.Images(options.Images)
-	if err != nil {
-		caller.Fatal(err)
-	}
-	conn, err := caller.Dial(options)
-	if err != nil {
-		caller.Fatal(err)
-	}
+	options, images, conn := caller.Start("ingest: index each image of a folder, then find it by itself")
 	defer conn.Close()
 	ingest := visionv1.NewIngestServiceClient(conn)
 	search := visionv1.NewSearchServiceClient(conn)

@@ -17,15 +17,7 @@ import (
 const chunkBytes = 1 << 20
 
 func main() {
-	options := caller.ParseArgs("stream: every image of a folder over one StreamDetectObjects call")
-	images, err := caller.Images(options.Images)
-	if err != nil {
-		caller.Fatal(err)
-	}
-	conn, err := caller.Dial(options)
-	if err != nil {
-		caller.Fatal(err)
-	}
+	options, images, conn := caller.Start("stream: every image of a folder over one StreamDetectObjects call")
 	defer conn.Close()
 	ctx, cancel := options.Context()
 	defer cancel()
